@@ -1,0 +1,1 @@
+"""Evaluation: lm-eval scoring of base vs adapters, the load benchmark and the gate."""

@@ -1,0 +1,53 @@
+"""The few error types the handler raises, mapped to HTTP status codes in one place."""
+
+
+class HandlerError(Exception):
+    """Base class: an error that reaches the client with ``status`` and a JSON body."""
+
+    status = 500
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_json(self) -> dict:
+        body = {"error": self.message, "code": self.status, "type": type(self).__name__}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class BadRequest(HandlerError):
+    """The request is malformed or asks for something out of range."""
+
+    status = 400
+
+
+class NotFound(HandlerError):
+    """The request names something that does not exist (an adapter, a pipeline)."""
+
+    status = 404
+
+
+class PayloadTooLarge(HandlerError):
+    status = 413
+
+
+class Overloaded(HandlerError):
+    status = 503
+
+
+class ConfigError(HandlerError):
+    """serving.properties (or a pipeline/adapter setting) is invalid: the model fails to load."""
+
+    status = 500
+
+
+def error_json(exc: BaseException) -> tuple[int, dict]:
+    """Status and JSON body for any exception; unknown ones are a 500 that names their type."""
+    if isinstance(exc, HandlerError):
+        return exc.status, exc.to_json()
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's
+        return 507, {"error": f"out of memory: {exc}", "code": 507, "type": type(exc).__name__}
+    return 500, {"error": f"{type(exc).__name__}: {exc}", "code": 500, "type": "InternalError"}

@@ -1,0 +1,153 @@
+"""Model loading and batched generation shared by every pipeline."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .errors import BadRequest, ConfigError
+from .pipelines.base import cut_at_stop
+from .properties import ServingOptions
+from .requests import GenerationParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    generated_tokens: int
+    finish_reason: str  # eos | stop | length
+    prompt_tokens: int
+    seconds: float
+
+    def details(self, adapter: str) -> dict:
+        return {"generated_tokens": self.generated_tokens, "prompt_tokens": self.prompt_tokens,
+                "finish_reason": self.finish_reason, "adapter": adapter or "__base__",
+                "inference_seconds": round(self.seconds, 4)}
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is float32 on CPU (bf16 is faster only at large batches there) and bf16/fp16 on GPU."""
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(opts: ServingOptions):
+    """Load tokenizer and model as the options say; return (model, tokenizer, device)."""
+    model_id = opts.resolve(opts.model_id)
+    # DJL passes device_id=-1 for a CPU worker; a device_map also asks for accelerators.
+    use_cuda = torch.cuda.is_available() and (opts.device_id >= 0 or bool(opts.device_map))
+    device = torch.device(f"cuda:{max(opts.device_id, 0)}" if use_cuda else "cpu")
+    kwargs = {"dtype": pick_dtype(opts.dtype, device), "trust_remote_code": opts.trust_remote_code}
+    if opts.quantize:
+        if not torch.cuda.is_available():
+            raise ConfigError(f"option.quantize={opts.quantize} needs a CUDA GPU (bitsandbytes); this host has none")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=opts.quantize == "bitsandbytes8", load_in_4bit=opts.quantize == "bitsandbytes4")
+        kwargs["device_map"] = opts.device_map or {"": device.index or 0}
+    elif opts.device_map:
+        kwargs["device_map"] = opts.device_map
+    tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=opts.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_id, **kwargs)
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    prepare_tokenizer(tokenizer)
+    return model, tokenizer, device
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """Left padding for batched decoding; EOS as pad when the tokenizer has none."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def context_limit(model, tokenizer) -> int:
+    limit = getattr(model.config, "max_position_embeddings", None) or 2048
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if tok_limit and tok_limit < 10**6:
+        limit = min(limit, tok_limit)
+    return int(limit)
+
+
+class Generator:
+    """Runs one left-padded ``generate`` per group of requests with identical parameters."""
+
+    def __init__(self, model, tokenizer, device, stop_sequences: tuple[str, ...] = ()):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.stop_sequences = tuple(stop_sequences)
+        self.limit = context_limit(model, tokenizer)
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+
+    def check_length(self, prompt: str, params: GenerationParams) -> list[int]:
+        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        if len(ids) + params.max_new_tokens > self.limit:
+            raise BadRequest(
+                f"prompt has {len(ids)} tokens and max_new_tokens is {params.max_new_tokens}: together "
+                f"{len(ids) + params.max_new_tokens}, over the model's limit of {self.limit} tokens",
+                field="inputs")
+        return ids
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], params: GenerationParams,
+                 adapter_names: list[str] | None = None, streamer=None) -> list[GenerationResult]:
+        start = time.perf_counter()
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        stops = self.stop_sequences + params.stop
+        kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
+                      pad_token_id=self.tokenizer.pad_token_id,
+                      repetition_penalty=params.repetition_penalty)
+        if params.min_new_tokens:
+            kwargs["min_new_tokens"] = params.min_new_tokens
+        elif stops:
+            # transformers stops each sequence at its first stop string; with min_new_tokens the
+            # caller wants a fixed length, so stop strings then only cut the text afterwards.
+            kwargs.update(stop_strings=list(stops), tokenizer=self.tokenizer)
+        if params.do_sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if adapter_names is not None and any(adapter_names):
+            kwargs["adapter_names"] = [name or "__base__" for name in adapter_names]
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        out = self.model.generate(**enc, **kwargs)
+        elapsed = time.perf_counter() - start
+        width = enc["input_ids"].shape[1]
+        results = []
+        for row, mask in zip(out, enc["attention_mask"]):
+            new = row[width:].tolist()
+            n = len(new)
+            for i, tok in enumerate(new):
+                if tok in self.eos_ids:
+                    n = i
+                    break
+            text = self.tokenizer.decode(new[:n], skip_special_tokens=False)
+            text, stopped = cut_at_stop(text, stops)
+            if stopped:
+                reason = "stop"
+            elif n < len(new):
+                reason = "eos"
+            else:
+                reason = "length"
+            results.append(GenerationResult(text=text, generated_tokens=n, finish_reason=reason,
+                                            prompt_tokens=int(mask.sum()), seconds=elapsed))
+        return results

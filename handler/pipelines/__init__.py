@@ -1,0 +1,8 @@
+"""Pipelines: how a request item becomes a prompt and generated text becomes a response."""
+
+from .base import Pipeline, cut_at_stop
+from .registry import get_pipeline, known_pipelines, register_pipeline
+from .instruction import InstructionTextGenerationPipeline  # noqa: F401  (registers "instruction")
+
+__all__ = ["Pipeline", "cut_at_stop", "get_pipeline", "known_pipelines", "register_pipeline",
+           "InstructionTextGenerationPipeline"]

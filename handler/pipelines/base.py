@@ -1,0 +1,50 @@
+"""The pipeline contract: what a served task needs beyond ``model.generate``.
+
+Modelled on LitServe's LitAPI: a pipeline turns one decoded request item into a prompt and turns
+generated text back into a response. Generation itself (batching, adapters, stopping) is shared
+and lives in :mod:`handler.generation`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ..errors import BadRequest
+
+
+class Pipeline:
+    """Base class. Subclasses set ``name`` and override what they need.
+
+    ``setup`` runs once per worker with the tokenizer; ``decode_request`` turns one request item
+    (the value of ``inputs``, or the whole body for chat) into a prompt string; ``encode_response``
+    turns the generated text into the value returned to the client.
+    """
+
+    name: ClassVar[str] = ""
+    #: Strings that end a response, on top of the tokenizer's EOS and the request's ``stop``.
+    stop_sequences: ClassVar[tuple[str, ...]] = ()
+    #: The request field that carries the items.
+    input_field: ClassVar[str] = "inputs"
+
+    def setup(self, tokenizer: Any, properties: dict[str, str]) -> None:
+        self.tokenizer = tokenizer
+
+    def decode_request(self, item: Any) -> str:
+        if not isinstance(item, str):
+            raise BadRequest(f"'{self.input_field}' items must be strings, got {type(item).__name__}",
+                             field=self.input_field)
+        return item
+
+    def encode_response(self, text: str) -> str:
+        return text
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the earliest stop string; return (text, whether a stop was found)."""
+    cut = len(text)
+    for stop in stops:
+        if stop:
+            i = text.find(stop)
+            if 0 <= i < cut:
+                cut = i
+    return text[:cut], cut < len(text)

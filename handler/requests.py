@@ -1,0 +1,183 @@
+"""Request parsing and validation (DJL LMI schema): one HTTP body -> generation items."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BadRequest
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256
+BASE_ADAPTER = "__base__"
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Validated sampling parameters; requests with equal params share one ``generate`` call."""
+
+    max_new_tokens: int
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class ParsedRequest:
+    """One client request: its items (one per input string) and how to shape the reply."""
+
+    items: list[Any]
+    adapters: list[str]
+    params: GenerationParams
+    is_list: bool = False
+    stream: bool = False
+    details: bool = False
+    return_full_text: bool = False
+    body: dict = field(default_factory=dict)
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _number(params: dict, key: str, default, lo=None, hi=None, integer=False, lo_open=False):
+    if key not in params or params[key] is None:
+        return default
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise BadRequest(f"parameters.{key} must be {kind}, got {_type_name(value)}", field=f"parameters.{key}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise BadRequest(f"parameters.{key} must be finite", field=f"parameters.{key}")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise BadRequest(f"parameters.{key} must be {'>' if lo_open else '>='} {lo}, got {value}", field=f"parameters.{key}")
+    if hi is not None and value > hi:
+        raise BadRequest(f"parameters.{key} must be <= {hi}, got {value}", field=f"parameters.{key}")
+    return value
+
+
+def _bool(mapping: dict, key: str, default: bool, prefix: str = "") -> bool:
+    value = mapping.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequest(f"{prefix}{key} must be true or false, got {_type_name(value)}", field=prefix + key)
+    return value
+
+
+KNOWN_PARAMETERS = {
+    "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_p", "top_k",
+    "repetition_penalty", "seed", "stop", "return_full_text", "details",
+}
+KNOWN_FIELDS = {"inputs", "parameters", "adapters", "stream", "messages"}
+
+
+def parse_params(raw: Any, max_cap: int, default_max: int) -> tuple[GenerationParams, dict]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise BadRequest(f"'parameters' must be an object, got {_type_name(raw)}", field="parameters")
+    unknown = sorted(set(raw) - KNOWN_PARAMETERS)
+    if unknown:
+        raise BadRequest(
+            f"unknown parameters: {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_PARAMETERS))}",
+            field="parameters." + unknown[0])
+    max_new = _number(raw, "max_new_tokens", default_max, lo=1, hi=max_cap, integer=True)
+    min_new = _number(raw, "min_new_tokens", 0, lo=0, hi=max_new, integer=True)
+    do_sample = _bool(raw, "do_sample", False, "parameters.")
+    temperature = float(_number(raw, "temperature", 1.0, lo=0.0, hi=100.0))
+    if "temperature" in raw and raw["temperature"] not in (None, 0) and "do_sample" not in raw:
+        do_sample = True  # TGI/LMI convention: a temperature asks for sampling
+    if temperature == 0:
+        do_sample, temperature = False, 1.0
+    top_p = float(_number(raw, "top_p", 1.0, lo=0.0, hi=1.0, lo_open=True))
+    top_k = _number(raw, "top_k", 0, lo=0, integer=True)
+    rep = float(_number(raw, "repetition_penalty", 1.0, lo=0.0, hi=100.0, lo_open=True))
+    seed = _number(raw, "seed", None, lo=0, hi=2**63 - 1, integer=True)
+    stop = raw.get("stop") or ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise BadRequest("parameters.stop must be a string or a list of strings", field="parameters.stop")
+    if len(stop) > MAX_STOP_STRINGS:
+        raise BadRequest(f"parameters.stop has {len(stop)} strings; at most {MAX_STOP_STRINGS} are allowed",
+                         field="parameters.stop")
+    if any(len(s) > MAX_STOP_LENGTH or not s for s in stop):
+        raise BadRequest(f"parameters.stop strings must be 1..{MAX_STOP_LENGTH} characters", field="parameters.stop")
+    params = GenerationParams(max_new_tokens=max_new, min_new_tokens=min_new, do_sample=do_sample,
+                              temperature=temperature, top_p=top_p, top_k=top_k,
+                              repetition_penalty=rep, seed=seed, stop=tuple(stop))
+    flags = {"details": _bool(raw, "details", False, "parameters."),
+             "return_full_text": _bool(raw, "return_full_text", False, "parameters.")}
+    return params, flags
+
+
+def parse_body(data: bytes | None, *, input_field: str = "inputs", max_cap: int = 512,
+               default_max: int = 64, query_adapter: str | None = None,
+               header_adapter: str | None = None) -> ParsedRequest:
+    """Parse and validate one request body; raise BadRequest naming the field at fault."""
+    if not data:
+        raise BadRequest("empty request body; expected JSON with an 'inputs' field", field="body")
+    try:
+        body = json.loads(bytes(data).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request body is not valid UTF-8: {exc.reason} at byte {exc.start}", field="body") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", field="body") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be a JSON object, got {_type_name(body)}", field="body")
+    unknown = sorted(set(body) - KNOWN_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_FIELDS))}",
+                         field=unknown[0])
+    if input_field not in body:
+        raise BadRequest(f"missing required field '{input_field}'", field=input_field)
+    raw = body[input_field]
+    is_list = input_field == "inputs" and isinstance(raw, list)
+    items = raw if is_list else [raw]
+    if is_list and not items:
+        raise BadRequest("'inputs' must not be an empty list", field="inputs")
+    if input_field == "inputs":
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                where = f"inputs[{i}]" if is_list else "inputs"
+                raise BadRequest(f"{where} must be a string, got {_type_name(item)}", field=where)
+            if not item.strip():
+                where = f"inputs[{i}]" if is_list else "inputs"
+                raise BadRequest(f"{where} must not be empty", field=where)
+    params, flags = parse_params(body.get("parameters"), max_cap, default_max)
+    stream = _bool(body, "stream", False)
+    if stream and is_list:
+        raise BadRequest("'stream' needs a single input, not a list", field="stream")
+    adapters = _parse_adapters(body.get("adapters"), len(items), is_list, query_adapter, header_adapter)
+    return ParsedRequest(items=items, adapters=adapters, params=params, is_list=is_list,
+                         stream=stream, body=body, **flags)
+
+
+def _parse_adapters(raw, n: int, is_list: bool, query: str | None, header: str | None) -> list[str]:
+    """Per-item adapter names; body field first, then ``?adapter=``, then the SageMaker header."""
+    if raw is None:
+        name = query if query is not None else header
+        return [_norm(name)] * n
+    if isinstance(raw, str):
+        return [_norm(raw)] * n
+    if isinstance(raw, list):
+        if not is_list:
+            raise BadRequest("'adapters' is a list but 'inputs' is a single string", field="adapters")
+        if len(raw) != n:
+            raise BadRequest(f"'adapters' has {len(raw)} names but 'inputs' has {n} items", field="adapters")
+        if not all(isinstance(a, str) for a in raw):
+            raise BadRequest("'adapters' items must be strings", field="adapters")
+        return [_norm(a) for a in raw]
+    raise BadRequest(f"'adapters' must be a string or a list of strings, got {_type_name(raw)}", field="adapters")
+
+
+def _norm(name: str | None) -> str:
+    name = (name or "").strip()
+    return "" if name == BASE_ADAPTER else name

@@ -1,0 +1,168 @@
+"""The handler service: DJL's ``Input`` in, ``Output`` out, with per-request errors.
+
+``model.py`` in a model dir holds one ``HandlerService`` and forwards DJL's calls to it; tests
+drive the same class in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import defaultdict
+
+from djl_python import Input, Output
+
+from .adapters import AdapterSet
+from .errors import BadRequest, HandlerError, error_json
+from .generation import Generator, GenerationResult, load_model
+from .pipelines import get_pipeline
+from .properties import ServingOptions
+from .requests import ParsedRequest, parse_body
+
+log = logging.getLogger(__name__)
+ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
+JSON = "application/json"
+
+
+class HandlerService:
+    """Loads the model on DJL's initialisation call and serves generation requests."""
+
+    def __init__(self):
+        self.options: ServingOptions | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def initialize(self, properties: dict) -> None:
+        opts = ServingOptions.from_properties(properties)
+        pipeline = get_pipeline(opts.pipeline)()
+        model, tokenizer, device = load_model(opts)
+        pipeline.setup(tokenizer, dict(properties))
+        self.pipeline = pipeline
+        self.generator = Generator(model, tokenizer, device, pipeline.stop_sequences)
+        self.adapters = AdapterSet(model, allow_pickle=opts.extra.get("allow_pickle_adapters") == "true")
+        if opts.adapter_checkpoint:
+            self.register(opts.adapter_name, opts.resolve(opts.adapter_checkpoint))
+        self.options = opts
+        log.info("model %s loaded on %s with pipeline %s", opts.model_id, device, pipeline.name)
+
+    def handle(self, inputs: Input) -> Output | None:
+        if self.options is None:
+            self.initialize(inputs.get_properties())
+            return None
+        if inputs.is_empty():
+            return None
+        return self.inference(inputs)
+
+    # -- adapters ------------------------------------------------------------------------------
+    def register(self, name: str, src: str) -> None:
+        self.adapters.add(name, src)
+        self.generator.model = self.adapters.model
+
+    def adapter_call(self, inputs: Input, action: str) -> Output:
+        """DJL's register_adapter / update_adapter / unregister_adapter hooks."""
+        name = inputs.get_property("name") or ""
+        src = inputs.get_property("src") or ""
+        try:
+            if action == "register":
+                self.register(name, src)
+            elif action == "update":
+                self.adapters.update(name, src)
+            else:
+                self.adapters.remove(name)
+            self.generator.model = self.adapters.model
+        except Exception as exc:  # every failure is reported; the served adapters stay as they were
+            return _json_output(*error_json(exc))
+        done = {"register": "registered", "update": "updated", "unregister": "unregistered"}[action]
+        return _json_output(200, {"status": f"adapter {name} {done}"})
+
+    # -- inference -----------------------------------------------------------------------------
+    def inference(self, inputs: Input) -> Output:
+        batch = inputs.get_batches()
+        replies: list[tuple[int, object]] = [(500, None)] * len(batch)
+        parsed: dict[int, tuple[ParsedRequest, list[str]]] = {}
+        for i, item in enumerate(batch):
+            try:
+                parsed[i] = self._parse(item)
+            except Exception as exc:
+                replies[i] = error_json(exc)
+        results: dict[int, list[GenerationResult | None]] = {i: [None] * len(r.items) for i, (r, _) in parsed.items()}
+        stream_index = next((i for i, (r, _) in parsed.items() if r.stream), None)
+        groups = defaultdict(list)
+        for i, (req, prompts) in parsed.items():
+            if i == stream_index and len(batch) == 1:
+                continue
+            for j, prompt in enumerate(prompts):
+                groups[req.params].append((i, j, prompt, req.adapters[j]))
+        failed: dict[int, BaseException] = {}
+        for params, members in groups.items():
+            try:
+                out = self.generator.generate([m[2] for m in members], params, [m[3] for m in members])
+            except Exception as exc:
+                log.exception("generation failed for a group of %d items", len(members))
+                for i, *_ in members:
+                    failed[i] = exc
+                continue
+            for (i, j, _, _), res in zip(members, out):
+                results[i][j] = res
+        for i, (req, _) in parsed.items():
+            if i in failed:
+                replies[i] = error_json(failed[i])
+            elif req.stream and len(batch) == 1:
+                return self._stream(req, parsed[i][1][0])
+            elif req.stream:
+                replies[i] = error_json(BadRequest("streaming is available only when requests are not batched; "
+                                                   "set batch_size=1", field="stream"))
+            else:
+                replies[i] = (200, self._encode(req, results[i]))
+        return _batch_output(replies, inputs.is_batch())
+
+    def _parse(self, item: Input) -> tuple[ParsedRequest, list[str]]:
+        opts = self.options
+        query = item.get_content().get("adapter")
+        req = parse_body(item.get_content().get("data"), input_field=self.pipeline.input_field,
+                         max_cap=opts.max_new_tokens, default_max=opts.default_max_new_tokens,
+                         query_adapter=bytes(query).decode("utf-8", "replace") if query is not None else None,
+                         header_adapter=item.get_property(ADAPTER_HEADER))
+        self.adapters.check(req.adapters)
+        prompts = [self.pipeline.decode_request(x) for x in req.items]
+        for p in prompts:
+            self.generator.check_length(p, req.params)
+        return req, prompts
+
+    def _encode(self, req: ParsedRequest, results: list[GenerationResult]) -> object:
+        replies = []
+        for item, adapter, res in zip(req.items, req.adapters, results):
+            text = self.pipeline.encode_response(res.text)
+            if req.return_full_text and isinstance(item, str):
+                text = item + text
+            reply = {"generated_text": text}
+            if req.details:
+                reply["details"] = res.details(adapter)
+            replies.append(reply)
+        return replies if req.is_list else replies[0]
+
+    def _stream(self, req: ParsedRequest, prompt: str) -> Output:
+        from .streaming import stream_generation
+
+        out = Output()
+        out.add_property("content-type", "application/jsonlines")
+        out.add_stream_content(stream_generation(self, req, prompt), output_formatter=None)
+        return out
+
+
+def _json_output(code: int, body) -> Output:
+    out = Output(code=code, message="OK" if code < 300 else body.get("type", "Error"))
+    out.add_property("content-type", JSON)
+    out.add_as_json(body)
+    return out
+
+
+def _batch_output(replies: list[tuple[int, object]], is_batch: bool) -> Output:
+    """One Output for the batch: per-index bodies; the status is real only for a lone request."""
+    if not is_batch:
+        return _json_output(*replies[0])
+    out = Output()
+    out.add_property("content-type", JSON)
+    for i, (_, body) in enumerate(replies):
+        out.add_as_json(body, batch_index=i)
+    return out

@@ -1,0 +1,114 @@
+"""``loraship build``: write a DJL Serving model directory for the handler."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import handler
+
+from .models import resolve_model
+
+HANDLER_SRC = Path(handler.__file__).resolve().parent
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Pinned into requirements.txt. torch is left to the host: the LMI container's build matches its CUDA.
+RUNTIME_REQUIREMENTS = ("transformers", "peft", "accelerate", "safetensors")
+
+
+class BuildError(Exception):
+    pass
+
+
+def parse_adapter_args(values: list[str]) -> dict[str, Path]:
+    """``NAME=DIR`` pairs -> {name: folder}, with names and folders checked."""
+    adapters: dict[str, Path] = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep or not name or not folder:
+            raise BuildError(f"--adapter takes NAME=DIR, got {value!r}")
+        if not ADAPTER_NAME.match(name) or name == "__base__":
+            raise BuildError(f"adapter name {name!r} must be 1-64 of letters, digits, '.', '_', '-'")
+        if name in adapters:
+            raise BuildError(f"adapter name {name!r} is given twice")
+        path = Path(folder).expanduser()
+        if not path.joinpath("adapter_config.json").is_file():
+            raise BuildError(f"adapter folder {folder!r} has no adapter_config.json")
+        adapters[name] = path.resolve()
+    return adapters
+
+
+def serving_properties(model_id: str, adapters: dict[str, Path], *, pipeline: str, batch_size: int,
+                       max_batch_delay: int, dtype: str, max_new_tokens: int, predict_timeout: int,
+                       options: dict[str, str]) -> str:
+    lines = [
+        "# Written by `loraship build`. DJL Serving reads it; the handler gets option.* on its first call.",
+        "engine=Python",
+        "option.entryPoint=model.py",
+        f"option.model_id={model_id}",
+        f"option.pipeline={pipeline}",
+        f"option.dtype={dtype}",
+        f"option.max_new_tokens={max_new_tokens}",
+        "option.enable_lora=true",
+        "option.trust_remote_code=false",
+        # LMI would turn on its own rolling batch / async mode for a causal LM: this handler batches itself.
+        "option.rolling_batch=disable",
+        f"option.predict_timeout={predict_timeout}",
+        "option.model_loading_timeout=240",
+        f"batch_size={batch_size}",
+        f"max_batch_delay={max_batch_delay}",
+        "minWorkers=1",
+        "maxWorkers=1",
+    ]
+    if adapters:
+        first = next(iter(adapters))
+        lines += [f"option.adapter_name={first}", f"option.adapter_checkpoint=adapters/{first}"]
+    lines += [f"option.{k}={v}" for k, v in options.items()]
+    return "\n".join(lines) + "\n"
+
+
+def requirements_txt() -> str:
+    pins = []
+    for name in RUNTIME_REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pins.append(name)
+    return "\n".join(pins) + "\n"
+
+
+def build_model_dir(model: str, out: str | Path, adapters: dict[str, Path] | None = None, *,
+                    pipeline: str = "instruction", batch_size: int = 1, max_batch_delay: int = 100,
+                    dtype: str = "auto", max_new_tokens: int = 512, predict_timeout: int = 120,
+                    options: dict[str, str] | None = None, overwrite: bool = False) -> Path:
+    """Write the model dir into a temporary folder, then move it into place as a whole."""
+    out = Path(out).resolve()
+    adapters = adapters or {}
+    if batch_size < 1 or max_batch_delay < 0 or max_new_tokens < 1 or predict_timeout < 1:
+        raise BuildError("batch_size, max_new_tokens and predict_timeout must be >= 1, max_batch_delay >= 0")
+    if out.exists() and not overwrite:
+        raise BuildError(f"{out} already exists; pass --overwrite to replace it")
+    model_id = resolve_model(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "serving.properties").write_text(serving_properties(
+            model_id, adapters, pipeline=pipeline, batch_size=batch_size, max_batch_delay=max_batch_delay,
+            dtype=dtype, max_new_tokens=max_new_tokens, predict_timeout=predict_timeout,
+            options=options or {}))
+        shutil.copyfile(HANDLER_SRC / "djl_entry.py", tmp / "model.py")
+        shutil.copytree(HANDLER_SRC, tmp / "handler",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "runtime"))
+        (tmp / "requirements.txt").write_text(requirements_txt())
+        for name, src in adapters.items():
+            shutil.copytree(src, tmp / "adapters" / name,
+                            ignore=shutil.ignore_patterns("checkpoint-*", "__pycache__", "optimizer.pt"))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,56 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from loraship.paths import runtime_dir  # noqa: E402
+
+# djl_python is not on PyPI: import it straight from DJL's Python engine jar (a zip).
+_jars = sorted((runtime_dir() / "djl").glob("python-*.jar"))
+if _jars:
+    sys.path.insert(0, str(_jars[-1]))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def djl_available():
+    """The DJL runtime; missing it is a failure in CI (CI must have it) and a skip elsewhere."""
+    from loraship.runtime import RuntimeMissing, java_command
+
+    try:
+        java_command(ROOT, "127.0.0.1", 0)
+    except RuntimeMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"DJL runtime missing in CI: {exc}")
+        pytest.skip(str(exc))
+    return True
+
+
+@pytest.fixture(scope="session")
+def tiny_neox(tmp_path_factory) -> Path:
+    from tiny_models import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-neox"), "gpt_neox")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    from tiny_models import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama")

@@ -1,0 +1,52 @@
+import pytest
+
+from handler.errors import ConfigError
+from handler.pipelines import get_pipeline, known_pipelines
+from handler.pipelines.instruction import (END_KEY, INSTRUCTION_KEY, INTRO_BLURB, RESPONSE_KEY,
+                                           InstructionTextGenerationPipeline, extract_response,
+                                           format_prompt, format_response)
+
+
+def test_prompt_is_the_dolly_template():
+    prompt = format_prompt("  What is SageMaker? ")
+    assert prompt == f"{INTRO_BLURB}\n\n{INSTRUCTION_KEY}\nWhat is SageMaker?\n\n{RESPONSE_KEY}\n"
+
+
+def test_prompt_with_context_puts_it_before_the_response():
+    prompt = format_prompt("Summarise", "Some text")
+    assert prompt.index("Input:\nSome text") < prompt.index(RESPONSE_KEY)
+    assert format_prompt("Summarise", "   ") == format_prompt("Summarise")
+
+
+def test_training_example_is_prompt_plus_response_and_end_marker():
+    assert (format_prompt("Q") + format_response(" A ")).endswith(f"{RESPONSE_KEY}\nA\n\n{END_KEY}")
+
+
+@pytest.mark.parametrize("generated, expected, stopped", [
+    ("Answer.\n\n### End\nrubbish", "Answer.", True),
+    ("Answer.", "Answer.", False),
+    ("  Answer.\n### Instruction:\nnext", "Answer.", True),
+    ("### End", "", True),
+])
+def test_extract_response(generated, expected, stopped):
+    assert extract_response(generated) == (expected, stopped)
+
+
+def test_pipeline_registry_knows_instruction_and_lists_names_on_error():
+    assert get_pipeline("instruction") is InstructionTextGenerationPipeline
+    assert "instruction" in known_pipelines()
+    with pytest.raises(ConfigError, match="known pipelines: .*instruction"):
+        get_pipeline("nope")
+
+
+def test_pipeline_by_module_path():
+    assert get_pipeline("handler.pipelines.instruction:InstructionTextGenerationPipeline") is \
+        InstructionTextGenerationPipeline
+    with pytest.raises(ConfigError, match="cannot load pipeline"):
+        get_pipeline("handler.pipelines.instruction:Missing")
+
+
+def test_instruction_pipeline_round_trip():
+    p = InstructionTextGenerationPipeline()
+    assert p.decode_request("Hi") == format_prompt("Hi")
+    assert p.encode_response(" Hello there.\n\n### End") == "Hello there."

@@ -1,0 +1,1 @@
+"""LoRA training: data, config and the recipe that produces servable adapters."""
