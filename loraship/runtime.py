@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +23,7 @@ class RuntimeMissing(Exception):
     pass
 
 
-def java_command(model_dir: Path, host: str, port: int) -> list[str]:
+def java_command(model_dir: Path, host: str, port: int, tmpdir: str | None = None) -> list[str]:
     """The java command line; raise RuntimeMissing naming what to install when something is absent."""
     java = shutil.which("java")
     if java is None:
@@ -34,7 +35,11 @@ def java_command(model_dir: Path, host: str, port: int) -> list[str]:
     if not (lib / "host" / "ai" / "loraship" / "host" / "DjlHost.class").is_file():
         raise RuntimeMissing(f"the compiled DJL host is missing from {lib / 'host'}: run `make runtime`")
     classpath = os.pathsep.join([str(lib / "host"), str(lib / "djl" / "*")])
-    return [java, "-cp", classpath, MAIN_CLASS, "--model-dir", str(Path(model_dir).resolve()),
+    # DJL names worker sockets /tmp/djl_sock.<19000+n> and kills "dangling" workers that hold
+    # those names at start-up, so two servers on one host would kill each other's workers: each
+    # server gets its own java.io.tmpdir.
+    jvm = [f"-Djava.io.tmpdir={tmpdir}"] if tmpdir else []
+    return [java, *jvm, "-cp", classpath, MAIN_CLASS, "--model-dir", str(Path(model_dir).resolve()),
             "--host", host, "--port", str(port)]
 
 
@@ -67,7 +72,8 @@ class Server:
         self.model_dir = Path(model_dir)
         self.host, self.port = host, port
         self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
-        cmd = java_command(self.model_dir, host, port)
+        self.tmpdir = tempfile.mkdtemp(prefix="djl-")  # short: unix socket paths max out at 107 bytes
+        cmd = java_command(self.model_dir, host, port, self.tmpdir)
         # A new session: stop() can signal the JVM and the Python workers it started as one group.
         self.proc = subprocess.Popen(cmd, env=server_env(env), stdout=log_file, stderr=subprocess.STDOUT
                                      if log_file is not None else None, start_new_session=True)
@@ -104,6 +110,7 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self):

@@ -1,0 +1,92 @@
+"""The handler served by the real DJL runtime over HTTP (DJL's Python engine + loraship's host)."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import requests
+
+from loraship.build import build_model_dir
+from loraship.runtime import Server, free_port
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def server(djl_available, tiny_neox, tmp_path_factory):
+    model_dir = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny", max_new_tokens=64)
+    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w+")
+    srv = Server(model_dir, port=free_port(), log_file=log)
+    try:
+        srv.wait_ready(timeout=240)
+    except Exception:
+        log.seek(0)
+        print(log.read()[-5000:])
+        srv.stop()
+        raise
+    yield srv
+    srv.stop()
+
+
+def post(srv, path, body, **kw):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(srv.url + path, data=data, headers={"content-type": "application/json"},
+                         timeout=120, **kw)
+
+
+def test_ping(server):
+    r = requests.get(server.url + "/ping", timeout=10)
+    assert r.status_code == 200
+
+
+def test_invocations_returns_generated_text_without_template(server):
+    r = post(server, "/invocations", {"inputs": "What is Amazon SageMaker?",
+                                      "parameters": {"max_new_tokens": 16, "details": True}})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert isinstance(body["generated_text"], str)
+    for marker in ("### Instruction", "### Response", "Below is an instruction"):
+        assert marker not in body["generated_text"]
+    assert 0 < body["details"]["generated_tokens"] <= 16
+
+
+def test_predictions_route_and_list_input(server):
+    name = server.model_dir.name
+    r = post(server, f"/predictions/{name}", {"inputs": ["a?", "b?"], "parameters": {"max_new_tokens": 4}})
+    assert r.status_code == 200, r.text
+    assert [set(x) for x in r.json()] == [{"generated_text"}, {"generated_text"}]
+
+
+def test_served_equals_in_process_greedy(server, tiny_neox):
+    from harness import init_input, read_output, request_input
+    from handler.service import HandlerService
+
+    body = {"inputs": "How do I get started?", "parameters": {"max_new_tokens": 12}}
+    svc = HandlerService()
+    svc.handle(init_input({"model_id": str(tiny_neox), "model_dir": str(tiny_neox), "device_id": "-1"}))
+    _, local = read_output(svc.handle(request_input(body)))
+    assert post(server, "/invocations", body).json() == local
+
+
+def test_bad_json_is_400_naming_the_field_and_server_keeps_serving(server):
+    r = post(server, "/invocations", b"{oops")
+    assert r.status_code == 400
+    assert r.json()["field"] == "body"
+    r = post(server, "/invocations", {"inputs": "x", "parameters": {"max_new_tokens": -3}})
+    assert r.status_code == 400 and r.json()["field"] == "parameters.max_new_tokens"
+    assert requests.get(server.url + "/ping", timeout=10).status_code == 200
+    assert post(server, "/invocations", {"inputs": "still there?", "parameters": {"max_new_tokens": 2}}).ok
+
+
+def test_stop_leaves_no_worker_behind(djl_available, tiny_neox, tmp_path):
+    model_dir = build_model_dir(str(tiny_neox), tmp_path / "md")
+    srv = Server(model_dir, port=free_port(), log_file=subprocess.DEVNULL)
+    srv.wait_ready(timeout=240)
+    pgid = srv.proc.pid
+    srv.stop()
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes left in the server's group: {left}"
