@@ -1,0 +1,231 @@
+package ai.loraship.host;
+
+import ai.djl.Model;
+import ai.djl.engine.EngineException;
+import ai.djl.inference.Predictor;
+import ai.djl.modality.Input;
+import ai.djl.modality.Output;
+import ai.djl.translate.Translator;
+
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.BlockingQueue;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.LinkedBlockingQueue;
+import java.util.concurrent.TimeUnit;
+import java.util.function.Supplier;
+
+/**
+ * One Python worker process and the only thread that talks to it.
+ *
+ * <p>A PyPredictor is not thread-safe, so everything sent to this worker (request batches from the
+ * shared queue, adapter operations from its own control queue) goes through {@link #run}.
+ */
+final class Worker implements Runnable {
+
+    /** A request waiting for its Output. */
+    static final class Job {
+        final Input input;
+        final CompletableFuture<Output> result = new CompletableFuture<>();
+
+        Job(Input input) {
+            this.input = input;
+        }
+    }
+
+    private static final Logger logger = LoggerFactory.getLogger(Worker.class);
+    /** Bounds how long an adapter operation waits for an idle worker. */
+    private static final long POLL_MILLIS = 20;
+    private static final long RECOVERY_BACKOFF_MILLIS = 5000;
+
+    private final int id;
+    private final Model model;
+    private final Translator<Input, Output> translator;
+    private final BlockingQueue<Job> jobs;
+    private final BlockingQueue<Job> control = new LinkedBlockingQueue<>();
+    private final int batchSize;
+    private final long maxBatchDelayMillis;
+    private final Supplier<List<Input>> adapterReplay;
+    private final Thread thread;
+    private volatile Predictor<Input, Output> predictor;
+    private volatile boolean running = true;
+    private String syncedPid;
+    private long nextRecovery;
+
+    Worker(
+            int id,
+            Model model,
+            Translator<Input, Output> translator,
+            BlockingQueue<Job> jobs,
+            HostConfig config,
+            Supplier<List<Input>> adapterReplay) {
+        this.id = id;
+        this.model = model;
+        this.translator = translator;
+        this.jobs = jobs;
+        this.batchSize = config.batchSize;
+        this.maxBatchDelayMillis = config.maxBatchDelayMillis;
+        this.adapterReplay = adapterReplay;
+        this.thread = new Thread(this, "worker-" + id);
+    }
+
+    /** Starts the Python process (blocking until its model is loaded), then the worker thread. */
+    void start() {
+        predictor = model.newPredictor(translator);
+        syncedPid = PyProbe.pid(predictor);
+        thread.start();
+    }
+
+    /** Runs an adapter operation on this worker's own thread. */
+    CompletableFuture<Output> submitControl(Input input) {
+        Job job = new Job(input);
+        control.add(job);
+        return job.result;
+    }
+
+    boolean isHealthy() {
+        Predictor<Input, Output> p = predictor;
+        return running && thread.isAlive() && p != null && PyProbe.isReady(p);
+    }
+
+    @Override
+    public void run() {
+        while (running) {
+            try {
+                for (Job c; (c = control.poll()) != null; ) {
+                    execute(List.of(c));
+                }
+                Job first = jobs.poll(POLL_MILLIS, TimeUnit.MILLISECONDS);
+                // Checked while idle too, so /ping recovers without waiting for traffic.
+                boolean healthy = ensureHealthy();
+                if (first == null) {
+                    continue;
+                }
+                List<Job> batch = collectBatch(first);
+                if (healthy) {
+                    execute(batch);
+                } else {
+                    fail(batch, new EngineException("Python worker " + id + " is not ready (restarting)"));
+                }
+            } catch (InterruptedException e) {
+                break;
+            } catch (Throwable t) {
+                // Never let the thread die: the jobs already failed inside execute().
+                logger.error("Worker {} loop error", id, t);
+            }
+        }
+        fail(new ArrayList<>(control), new EngineException("Server is shutting down"));
+    }
+
+    /** Takes jobs until the batch is full or max_batch_delay has passed since the first one. */
+    private List<Job> collectBatch(Job first) throws InterruptedException {
+        List<Job> batch = new ArrayList<>(batchSize);
+        batch.add(first);
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(maxBatchDelayMillis);
+        while (batch.size() < batchSize) {
+            long left = deadline - System.nanoTime();
+            Job next = left > 0 ? jobs.poll(left, TimeUnit.NANOSECONDS) : jobs.poll();
+            if (next == null) {
+                break;
+            }
+            batch.add(next);
+        }
+        return batch;
+    }
+
+    /** One batchPredict call; PyPredictor builds the batch_NNN. encoding when there are several. */
+    private void execute(List<Job> batch) {
+        List<Input> inputs = new ArrayList<>(batch.size());
+        for (Job job : batch) {
+            inputs.add(job.input);
+        }
+        try {
+            List<Output> outputs = predictor.batchPredict(inputs);
+            for (int i = 0; i < batch.size(); i++) {
+                batch.get(i).result.complete(outputs.get(i));
+            }
+        } catch (Throwable t) {
+            logger.warn("Worker {}: batch of {} failed: {}", id, batch.size(), t.toString());
+            fail(batch, t);
+        }
+    }
+
+    /**
+     * Keeps the Python process usable. PyProcess restarts a worker that failed during a predict by
+     * itself; one that died while idle, or whose restart failed, is never restarted, so it is
+     * replaced here. A restarted process has lost its adapters: they are registered again.
+     */
+    private boolean ensureHealthy() {
+        Predictor<Input, Output> p = predictor;
+        if (PyProbe.isReady(p)) {
+            String pid = PyProbe.pid(p);
+            if (pid != null && !pid.equals(syncedPid)) {
+                syncedPid = pid;
+                replayAdapters();
+            }
+            return true;
+        }
+        if (PyProbe.restartPending(p) || System.currentTimeMillis() < nextRecovery) {
+            return false;
+        }
+        logger.warn("Worker {}: Python process is down, starting a new one", id);
+        try {
+            p.close();
+        } catch (RuntimeException e) {
+            logger.warn("Worker {}: closing the old predictor failed", id, e);
+        }
+        try {
+            predictor = model.newPredictor(translator);
+            syncedPid = PyProbe.pid(predictor);
+            replayAdapters();
+            return true;
+        } catch (RuntimeException e) {
+            logger.error("Worker {}: restart failed, retrying in {} ms", id, RECOVERY_BACKOFF_MILLIS, e);
+            nextRecovery = System.currentTimeMillis() + RECOVERY_BACKOFF_MILLIS;
+            return false;
+        }
+    }
+
+    private void replayAdapters() {
+        for (Input input : adapterReplay.get()) {
+            try {
+                Output out = predictor.batchPredict(List.of(input)).get(0);
+                if (out.getCode() >= 300) {
+                    logger.error("Worker {}: re-registering adapter {} failed: {}",
+                            id, input.getProperty("name", null), out.getMessage());
+                }
+            } catch (Exception e) {
+                logger.error("Worker {}: re-registering adapter {} failed",
+                        id, input.getProperty("name", null), e);
+            }
+        }
+    }
+
+    private static void fail(List<Job> batch, Throwable t) {
+        for (Job job : batch) {
+            job.result.completeExceptionally(t);
+        }
+    }
+
+    /** Asks the thread to stop after its current batch; not interrupted, which PyProcess would take as a failure. */
+    void requestStop() {
+        running = false;
+    }
+
+    /** Waits briefly for the thread, then stops the Python process; called from the shutdown hook. */
+    void close() {
+        running = false;
+        try {
+            thread.join(5000);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        Predictor<Input, Output> p = predictor;
+        if (p != null) {
+            p.close();
+        }
+    }
+}
