@@ -105,28 +105,33 @@ class Generator:
         return ids
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], params: GenerationParams,
-                 adapter_names: list[str] | None = None, streamer=None) -> list[GenerationResult]:
+    def generate(self, prompts: list[str], params: GenerationParams, adapter_names: list[str] | None = None,
+                 streamer=None, tokenizer=None) -> list[GenerationResult]:
+        """One left-padded ``generate``; ``tokenizer`` is an adapter's own when it added tokens."""
         start = time.perf_counter()
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        tokenizer = tokenizer or self.tokenizer
+        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         stops = self.stop_sequences + params.stop
         kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
-                      pad_token_id=self.tokenizer.pad_token_id,
+                      pad_token_id=tokenizer.pad_token_id,
                       repetition_penalty=params.repetition_penalty)
         if params.min_new_tokens:
             kwargs["min_new_tokens"] = params.min_new_tokens
         elif stops:
             # transformers stops each sequence at its first stop string; with min_new_tokens the
             # caller wants a fixed length, so stop strings then only cut the text afterwards.
-            kwargs.update(stop_strings=list(stops), tokenizer=self.tokenizer)
+            kwargs.update(stop_strings=list(stops), tokenizer=tokenizer)
         if params.do_sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        if adapter_names is not None and any(adapter_names):
-            kwargs["adapter_names"] = [name or "__base__" for name in adapter_names]
+        if hasattr(self.model, "peft_config"):
+            # Always name the adapters: without adapter_names peft would apply its active adapter
+            # to requests for the base model.
+            names = adapter_names or [""] * len(prompts)
+            kwargs["adapter_names"] = [name or "__base__" for name in names]
         if streamer is not None:
             kwargs["streamer"] = streamer
         out = self.model.generate(**enc, **kwargs)
@@ -140,7 +145,7 @@ class Generator:
                 if tok in self.eos_ids:
                     n = i
                     break
-            text = self.tokenizer.decode(new[:n], skip_special_tokens=False)
+            text = tokenizer.decode(new[:n], skip_special_tokens=False)
             text, stopped = cut_at_stop(text, stops)
             if stopped:
                 reason = "stop"

@@ -54,6 +54,14 @@ class ServingOptions:
     """The seed's single adapter: a folder loaded at start-up under ``adapter_name``."""
     adapter_name: str = ""
     enable_lora: bool = False
+    adapter_roots: str = ""
+    """Comma-separated folders adapters may be registered from, besides the model dir."""
+    max_adapters: int = 0
+    """How many adapters stay loaded (LRU); evicted ones reload from disk on demand. 0: no bound."""
+    pinned_adapters: str = ""
+    """Comma-separated adapter names never evicted (the seed adapter always is)."""
+    allow_pickle_adapters: bool = False
+    """Accept adapter_model.bin (pickle, can run code when loaded); safetensors only by default."""
     trust_remote_code: bool = False
     device_map: str = ""
     quantize: str = ""
@@ -74,7 +82,8 @@ class ServingOptions:
             if isinstance(default, bool):
                 setattr(opts, key, _bool(key, value, problems))
             elif isinstance(default, int):
-                setattr(opts, key, _int(key, value, problems, minimum=-1 if key == "device_id" else 1))
+                minimum = {"device_id": -1, "max_adapters": 0}.get(key, 1)
+                setattr(opts, key, _int(key, value, problems, minimum=minimum))
             else:
                 setattr(opts, key, str(value).strip())
         if not opts.model_id:
@@ -90,6 +99,10 @@ class ServingOptions:
         if problems:
             raise ConfigError("invalid serving.properties: " + "; ".join(problems))
         return opts
+
+    @property
+    def roots(self) -> list[str]:
+        return [self.model_dir] + [self.resolve(r.strip()) for r in self.adapter_roots.split(",") if r.strip()]
 
     def resolve(self, path: str) -> str:
         """A path option made absolute against the model dir (hub ids pass through)."""

@@ -39,9 +39,11 @@ class HandlerService:
         pipeline.setup(tokenizer, dict(properties))
         self.pipeline = pipeline
         self.generator = Generator(model, tokenizer, device, pipeline.stop_sequences)
-        self.adapters = AdapterSet(model, allow_pickle=opts.extra.get("allow_pickle_adapters") == "true")
+        pinned = {n.strip() for n in opts.pinned_adapters.split(",") if n.strip()}
+        self.adapters = AdapterSet(model, tokenizer, allow_pickle=opts.allow_pickle_adapters, roots=opts.roots,
+                                   max_loaded=opts.max_adapters, pinned=pinned)
         if opts.adapter_checkpoint:
-            self.register(opts.adapter_name, opts.resolve(opts.adapter_checkpoint))
+            self.register(opts.adapter_name, opts.resolve(opts.adapter_checkpoint), pin=True)
         self.options = opts
         log.info("model %s loaded on %s with pipeline %s", opts.model_id, device, pipeline.name)
 
@@ -54,17 +56,18 @@ class HandlerService:
         return self.inference(inputs)
 
     # -- adapters ------------------------------------------------------------------------------
-    def register(self, name: str, src: str) -> None:
-        self.adapters.add(name, src)
+    def register(self, name: str, src: str, pin: bool = False) -> None:
+        self.adapters.add(name, src, pin=pin)
         self.generator.model = self.adapters.model
 
     def adapter_call(self, inputs: Input, action: str) -> Output:
         """DJL's register_adapter / update_adapter / unregister_adapter hooks."""
         name = inputs.get_property("name") or ""
         src = inputs.get_property("src") or ""
+        pin = inputs.get_content().get("pin")
         try:
             if action == "register":
-                self.register(name, src)
+                self.register(name, src, pin=pin is not None and bytes(pin).decode().lower() == "true")
             elif action == "update":
                 self.adapters.update(name, src)
             else:
@@ -92,17 +95,22 @@ class HandlerService:
             if i == stream_index and len(batch) == 1:
                 continue
             for j, prompt in enumerate(prompts):
-                groups[req.params].append((i, j, prompt, req.adapters[j]))
+                # Adapters that added tokens bring their own tokenizer: they batch apart.
+                tokenizer = self.adapters.tokenizer_for(req.adapters[j])
+                groups[(req.params, id(tokenizer))].append((i, j, prompt, req.adapters[j], tokenizer))
         failed: dict[int, BaseException] = {}
-        for params, members in groups.items():
+        for (params, _), members in groups.items():
+            names = [m[3] for m in members]
             try:
-                out = self.generator.generate([m[2] for m in members], params, [m[3] for m in members])
+                self.adapters.ensure_loaded(names)
+                self.generator.model = self.adapters.model
+                out = self.generator.generate([m[2] for m in members], params, names, tokenizer=members[0][4])
             except Exception as exc:
                 log.exception("generation failed for a group of %d items", len(members))
                 for i, *_ in members:
                     failed[i] = exc
                 continue
-            for (i, j, _, _), res in zip(members, out):
+            for (i, j, *_), res in zip(members, out):
                 results[i][j] = res
         for i, (req, _) in parsed.items():
             if i in failed:

@@ -21,12 +21,16 @@ def stream_generation(service, req, prompt: str):
     gen = service.generator
     stops = gen.stop_sequences + req.params.stop
     hold = max((len(s) for s in stops), default=1) - 1
-    streamer = TextIteratorStreamer(gen.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    tokenizer = service.adapters.tokenizer_for(req.adapters[0])
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     box: dict = {}
 
     def run():
         try:
-            box["result"] = gen.generate([prompt], req.params, [req.adapters[0]], streamer=streamer)[0]
+            service.adapters.ensure_loaded(req.adapters)
+            gen.model = service.adapters.model
+            box["result"] = gen.generate([prompt], req.params, req.adapters[:1], streamer=streamer,
+                                         tokenizer=tokenizer)[0]
         except Exception as exc:  # reported in the final line; the stream must still end
             box["error"] = exc
             streamer.end()

@@ -48,3 +48,23 @@ def save_tiny_model(folder: Path, arch: str = "gpt_neox", seed: int = 0) -> Path
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_random_adapter(base: Path, folder: Path, seed: int = 1, r: int = 4, alpha: int = 16,
+                        target_modules=None) -> Path:
+    """A LoRA adapter with random (non-zero) A and B, so it visibly changes the base model's output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    if target_modules is None:
+        target_modules = ["query_key_value"] if model.config.model_type == "gpt_neox" else ["q_proj", "v_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules,
+                                                  init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(folder)
+    return folder
