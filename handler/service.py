@@ -121,7 +121,7 @@ class HandlerService:
                 replies[i] = error_json(BadRequest("streaming is available only when requests are not batched; "
                                                    "set batch_size=1", field="stream"))
             else:
-                replies[i] = (200, self._encode(req, results[i]))
+                replies[i] = (200, self._encode(req, results[i], len(batch)))
         return _batch_output(replies, inputs.is_batch())
 
     def _parse(self, item: Input) -> tuple[ParsedRequest, list[str]]:
@@ -137,7 +137,7 @@ class HandlerService:
             self.generator.check_length(p, req.params)
         return req, prompts
 
-    def _encode(self, req: ParsedRequest, results: list[GenerationResult]) -> object:
+    def _encode(self, req: ParsedRequest, results: list[GenerationResult], batch_size: int) -> object:
         replies = []
         for item, adapter, res in zip(req.items, req.adapters, results):
             text = self.pipeline.encode_response(res.text)
@@ -145,7 +145,7 @@ class HandlerService:
                 text = item + text
             reply = {"generated_text": text}
             if req.details:
-                reply["details"] = res.details(adapter)
+                reply["details"] = {**res.details(adapter), "batch_size": batch_size}
             replies.append(reply)
         return replies if req.is_list else replies[0]
 

@@ -87,3 +87,24 @@ def test_invalid_options_fail_init_listing_every_problem(tiny_neox):
                                             "trust_remote_code": "maybe"}))
     msg = str(err.value)
     assert "option.dtype" in msg and "option.max_new_tokens" in msg and "option.trust_remote_code" in msg
+
+
+def test_chat_pipeline_end_to_end_with_the_default_tokenizer(tmp_path):
+    """A tiny random Llama with SmolLM2's real tokenizer and chat template, served as 'chat'."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from handler.service import HandlerService
+    from loraship.models import prepare_default
+
+    tok = AutoTokenizer.from_pretrained(prepare_default())
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=32, eos_token_id=tok.eos_token_id)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    svc = HandlerService()
+    svc.handle(init_input({"model_id": str(tmp_path), "model_dir": str(tmp_path), "pipeline": "chat"}))
+    code, body = read_output(svc.handle(request_input(
+        {"messages": [{"role": "user", "content": "Hello"}], "parameters": {"max_new_tokens": 5, "details": True}})))
+    assert code == 200 and body["details"]["generated_tokens"] <= 5
+    code, body = read_output(svc.handle(request_input({"inputs": "Hello"})))
+    assert code == 400 and body["field"] == "messages"

@@ -50,3 +50,42 @@ def test_instruction_pipeline_round_trip():
     p = InstructionTextGenerationPipeline()
     assert p.decode_request("Hi") == format_prompt("Hi")
     assert p.encode_response(" Hello there.\n\n### End") == "Hello there."
+
+
+def test_text_pipeline_passes_prompt_through():
+    from handler.pipelines import TextGenerationPipeline
+
+    p = TextGenerationPipeline()
+    assert p.decode_request("Once upon") == "Once upon" and p.encode_response(" time") == " time"
+
+
+class _ChatTok:
+    chat_template = "x"
+    eos_token = "<|im_end|>"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + ("<assistant>" if add_generation_prompt else "")
+
+
+def test_chat_pipeline_uses_the_tokenizer_template_and_validates_messages():
+    from handler.errors import BadRequest
+    from handler.pipelines import ChatPipeline
+
+    p = ChatPipeline()
+    p.setup(_ChatTok(), {})
+    assert p.stop_sequences == ("<|im_end|>",)
+    assert p.decode_request([{"role": "user", "content": "hi"}]) == "<user>hi<assistant>"
+    with pytest.raises(BadRequest) as err:
+        p.decode_request([{"role": "robot", "content": "hi"}])
+    assert err.value.field == "messages[0]"
+    with pytest.raises(BadRequest):
+        p.decode_request("hi")
+
+
+def test_chat_pipeline_needs_a_chat_template():
+    from handler.pipelines import ChatPipeline
+
+    tok = _ChatTok()
+    tok.chat_template = None
+    with pytest.raises(ConfigError, match="chat template"):
+        ChatPipeline().setup(tok, {})

@@ -2,7 +2,10 @@
 
 from .base import Pipeline, cut_at_stop
 from .registry import get_pipeline, known_pipelines, register_pipeline
-from .instruction import InstructionTextGenerationPipeline  # noqa: F401  (registers "instruction")
+# Importing the built-ins registers them.
+from .instruction import InstructionTextGenerationPipeline
+from .text import TextGenerationPipeline
+from .chat import ChatPipeline
 
 __all__ = ["Pipeline", "cut_at_stop", "get_pipeline", "known_pipelines", "register_pipeline",
-           "InstructionTextGenerationPipeline"]
+           "InstructionTextGenerationPipeline", "TextGenerationPipeline", "ChatPipeline"]
