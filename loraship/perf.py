@@ -1,0 +1,169 @@
+"""``loraship perf``: the handler's performance figures, measured through DJL on this machine.
+
+1. batching gain: 8 concurrent requests with ``batch_size=8`` vs the same requests one at a time
+   with ``batch_size=1`` (output tokens/s);
+2. mixed-adapter cost: a batch mixing two adapters and the base vs the same batch on one adapter;
+3. server overhead: batch-1 latency through DJL vs ``model.generate`` in this process;
+4. dtype: float32 vs bfloat16 in-process at batch 1 and 8 (what ``option.dtype=auto`` picks on CPU).
+
+Every request generates exactly ``tokens`` tokens (``min_new_tokens`` = ``max_new_tokens``), so
+the runs compare. Figures are printed and written as JSON; nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+import torch
+
+from training.data import read_qa_csv
+
+from .build import build_model_dir
+from .models import resolve_model
+from .paths import faq_csv
+from .runtime import Server, free_port
+
+
+def _prompts(n: int) -> list[str]:
+    return [r["instruction"] for r in read_qa_csv(faq_csv())[:n]]
+
+
+def _post(url, prompt, tokens, adapter=""):
+    body = {"inputs": prompt, "adapters": adapter or "__base__",
+            "parameters": {"max_new_tokens": tokens, "min_new_tokens": tokens, "details": True}}
+    start = time.perf_counter()
+    r = requests.post(url + "/invocations", json=body, timeout=600)
+    r.raise_for_status()
+    return time.perf_counter() - start, r.json()["details"]
+
+
+def _concurrent(url, prompts, tokens, adapters):
+    """Send all at once; return (wall seconds, output tokens, largest batch DJL formed)."""
+    out = [None] * len(prompts)
+    barrier = threading.Barrier(len(prompts))
+
+    def send(i):
+        barrier.wait()
+        out[i] = _post(url, prompts[i], tokens, adapters[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(prompts))]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return wall, sum(d["generated_tokens"] for _, d in out), max(d["batch_size"] for _, d in out)
+
+
+def _random_adapters(base: str, folder: Path, n: int = 2) -> dict[str, Path]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapters = {}
+    for i in range(n):
+        torch.manual_seed(i)
+        model = AutoModelForCausalLM.from_pretrained(base)
+        targets = ["query_key_value"] if model.config.model_type == "gpt_neox" else ["q_proj", "k_proj", "v_proj", "o_proj"]
+        peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=targets, init_lora_weights=False))
+        path = folder / f"perf{i + 1}"
+        peft.save_pretrained(path)
+        adapters[path.name] = path
+    return adapters
+
+
+def _in_process(base: str, prompts: list[str], tokens: int, dtype: torch.dtype) -> dict:
+    from handler.generation import Generator, prepare_tokenizer
+    from handler.pipelines.instruction import format_prompt
+    from handler.requests import GenerationParams
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    prepare_tokenizer(tok)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).eval()
+    gen = Generator(model, tok, torch.device("cpu"))
+    params = GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens)
+    formatted = [format_prompt(p) for p in prompts]
+    gen.generate(formatted[:1], params)  # warm-up
+    singles = []
+    for p in formatted:
+        start = time.perf_counter()
+        gen.generate([p], params)
+        singles.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    gen.generate(formatted, params)
+    batch_wall = time.perf_counter() - start
+    n = len(prompts)
+    return {"batch1_latency_s": statistics.mean(singles), "batch1_tok_s": n * tokens / sum(singles),
+            f"batch{n}_wall_s": batch_wall, f"batch{n}_tok_s": n * tokens / batch_wall}
+
+
+def run_perf(model: str = "default", tokens: int = 64, concurrency: int = 8, out: str | None = None) -> dict:
+    base = resolve_model(model)
+    prompts = _prompts(concurrency)
+    fig: dict = {"model": model, "tokens_per_request": tokens, "concurrency": concurrency,
+                 "torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory(prefix="loraship-perf-") as tmp:
+        tmp = Path(tmp)
+        adapters = _random_adapters(base, tmp / "adapters")
+        names = list(adapters)
+
+        print("in-process model.generate (float32, bfloat16) ...", flush=True)
+        fig["in_process"] = {str(dt).removeprefix("torch."): _in_process(base, prompts, tokens, dt)
+                             for dt in (torch.float32, torch.bfloat16)}
+
+        print("DJL batch_size=1, requests one at a time ...", flush=True)
+        md1 = build_model_dir(model, tmp / "md-b1", batch_size=1, dtype="float32")
+        with Server(md1, port=free_port(), log_file=open(tmp / "b1.log", "w")) as srv:
+            srv.wait_ready()
+            _post(srv.url, prompts[0], tokens)  # warm-up
+            lat = [_post(srv.url, p, tokens)[0] for p in prompts]
+        fig["djl_batch1"] = {"latency_s": statistics.mean(lat), "tok_s": len(prompts) * tokens / sum(lat)}
+
+        print(f"DJL batch_size={concurrency}, {concurrency} concurrent requests ...", flush=True)
+        md8 = build_model_dir(model, tmp / "md-b8", adapters, batch_size=concurrency, max_batch_delay=200,
+                              dtype="float32")
+        with Server(md8, port=free_port(), log_file=open(tmp / "b8.log", "w")) as srv:
+            srv.wait_ready()
+            _concurrent(srv.url, prompts, tokens, [""] * concurrency)  # warm-up
+            wall, toks, biggest = _concurrent(srv.url, prompts, tokens, [""] * concurrency)
+            fig["djl_batched"] = {"wall_s": wall, "tok_s": toks / wall, "largest_batch": biggest}
+            one = _concurrent(srv.url, prompts, tokens, [names[0]] * concurrency)
+            mixed_names = [(names + [""])[i % 3] for i in range(concurrency)]
+            mixed = _concurrent(srv.url, prompts, tokens, mixed_names)
+            fig["djl_one_adapter"] = {"wall_s": one[0], "largest_batch": one[2]}
+            fig["djl_mixed_adapters"] = {"wall_s": mixed[0], "largest_batch": mixed[2], "mix": mixed_names}
+
+    direct = fig["in_process"]["float32"]
+    fig["figures"] = {
+        "batching_gain": fig["djl_batched"]["tok_s"] / fig["djl_batch1"]["tok_s"],
+        "mixed_vs_one_adapter_time": fig["djl_mixed_adapters"]["wall_s"] / fig["djl_one_adapter"]["wall_s"],
+        "djl_vs_direct_batch1_latency": fig["djl_batch1"]["latency_s"] / direct["batch1_latency_s"],
+        "bf16_vs_fp32_speed_batch1": fig["in_process"]["bfloat16"]["batch1_tok_s"] / direct["batch1_tok_s"],
+        f"bf16_vs_fp32_speed_batch{concurrency}": (fig["in_process"]["bfloat16"][f"batch{concurrency}_tok_s"]
+                                                   / direct[f"batch{concurrency}_tok_s"]),
+    }
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(fig, indent=2))
+    return fig
+
+
+def print_figures(fig: dict) -> None:
+    f, c = fig["figures"], fig["concurrency"]
+    print(f"\n{fig['tokens_per_request']} new tokens per request, torch threads {fig['torch_threads']}")
+    print(f"  DJL batch_size=1 sequential        {fig['djl_batch1']['tok_s']:8.1f} tok/s, "
+          f"latency {fig['djl_batch1']['latency_s']:.2f}s")
+    print(f"  DJL batch_size={c} x{c} concurrent    {fig['djl_batched']['tok_s']:8.1f} tok/s "
+          f"(largest batch {fig['djl_batched']['largest_batch']})")
+    print(f"  batching gain                      {f['batching_gain']:8.2f}x  (target >= 3.5x)")
+    print(f"  mixed 2 adapters + base vs 1 adapter {f['mixed_vs_one_adapter_time']:6.2f}x time (target <= 1.3x)")
+    print(f"  DJL vs in-process batch-1 latency  {f['djl_vs_direct_batch1_latency']:8.2f}x  (target <= 1.10x)")
+    print(f"  bf16 vs fp32 speed, batch 1        {f['bf16_vs_fp32_speed_batch1']:8.2f}x")
+    print(f"  bf16 vs fp32 speed, batch {c}        {f[f'bf16_vs_fp32_speed_batch{c}']:8.2f}x")
