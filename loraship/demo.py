@@ -12,7 +12,7 @@ from training.data import read_qa_csv
 
 from .build import build_model_dir
 from .models import prepare_default
-from .paths import faq_csv
+from .paths import REPO_ROOT, faq_csv
 from .runtime import Server, free_port
 
 
@@ -45,8 +45,12 @@ def run_demo(port: int = 0, questions: int = 3) -> int:
         print(model_dir)
 
         _step("serve it with DJL Serving")
-        server = Server(model_dir, port=port or free_port())
-        with server:
+        run_dir = REPO_ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(run_dir / "server.log", "w")
+        print(f"server log: {run_dir / 'server.log'}")
+        server = Server(model_dir, port=port or free_port(), log_file=log)
+        with server, log:
             took = server.wait_ready()
             print(f"ready at {server.url} in {took:.1f}s")
 
