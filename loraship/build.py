@@ -11,6 +11,7 @@ from pathlib import Path
 
 import handler
 
+from .hashing import copy_ignore
 from .models import resolve_model
 
 HANDLER_SRC = Path(handler.__file__).resolve().parent
@@ -104,8 +105,7 @@ def build_model_dir(model: str, out: str | Path, adapters: dict[str, Path] | Non
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "runtime"))
         (tmp / "requirements.txt").write_text(requirements_txt())
         for name, src in adapters.items():
-            shutil.copytree(src, tmp / "adapters" / name,
-                            ignore=shutil.ignore_patterns("checkpoint-*", "__pycache__", "optimizer.pt"))
+            shutil.copytree(src, tmp / "adapters" / name, ignore=copy_ignore)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
