@@ -90,3 +90,12 @@ def test_stop_leaves_no_worker_behind(djl_available, tiny_neox, tmp_path):
     time.sleep(0.5)
     left = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
     assert left == [], f"processes left in the server's group: {left}"
+
+
+def test_headers_named_like_djl_batch_keys_are_refused(server):
+    body = json.dumps({"inputs": "x", "parameters": {"max_new_tokens": 2}})
+    for headers in ({"batch_size": "3"}, {"X-Amzn-SageMaker-Custom-Attributes": "batch_000.data=1"}):
+        r = requests.post(server.url + "/invocations", data=body, timeout=30,
+                          headers={"content-type": "application/json", **headers})
+        assert r.status_code == 400 and "reserved" in r.json()["message"]
+    assert post(server, "/invocations", {"inputs": "ok?", "parameters": {"max_new_tokens": 2}}).ok

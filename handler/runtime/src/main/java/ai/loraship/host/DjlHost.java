@@ -33,6 +33,7 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 import java.util.UUID;
 import java.util.concurrent.ArrayBlockingQueue;
@@ -373,6 +374,15 @@ public final class DjlHost {
         if (!allowHandlerOverride && input.getProperty("handler", null) != null) {
             sendError(ex, 400, "BadRequestException", "The handler can't be overridden in a request");
             return;
+        }
+        // djl_python reads a batch_size property as "this Input is a batch" and batch_NNN.* keys as
+        // its items: a client header of that name would make the worker misparse the request.
+        for (String key : input.getProperties().keySet()) {
+            if (key.toLowerCase(Locale.ROOT).startsWith("batch_")) {
+                sendError(ex, 400, "BadRequestException",
+                        "Header or custom attribute '" + key + "' is reserved for DJL's batch encoding");
+                return;
+            }
         }
         byte[] body = readBody(ex);
         if (body == null) {
