@@ -1,0 +1,74 @@
+"""What is sent: prompts from a data set or the built-in FAQ questions, and which adapter each goes to."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+BASE = "__base__"
+MIXES = ("round-robin", "uniform", "skewed")
+
+
+class WorkloadError(Exception):
+    pass
+
+
+def load_prompts(dataset: str | Path | None = None) -> list[str]:
+    """Instructions from a JSONL (instruction/response) or FAQ-layout CSV file; default: the FAQ questions."""
+    from training.data import DataError, read_jsonl, read_qa_csv
+
+    from loraship.paths import faq_csv
+
+    path = Path(dataset) if dataset else faq_csv()
+    if not path.is_file():
+        raise WorkloadError(f"--dataset {path} does not exist")
+    try:
+        rows = read_jsonl(path) if path.suffix.lower() in (".jsonl", ".json") else read_qa_csv(path)
+    except DataError as exc:
+        raise WorkloadError(str(exc)) from None
+    prompts = [r["instruction"] for r in rows if r["instruction"].strip()]
+    if not prompts:
+        raise WorkloadError(f"{path} holds no non-empty instruction")
+    return prompts
+
+
+def mix_weights(adapters: list[str], mix: str) -> list[float]:
+    """Share of requests per adapter: equal, or Zipf-like (1, 1/2, 1/3, ...) for ``skewed``."""
+    if mix == "skewed":
+        raw = [1 / (k + 1) for k in range(len(adapters))]
+    else:
+        raw = [1.0] * len(adapters)
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+class Workload:
+    """A reproducible sequence of (prompt, adapter) pairs for one phase or level.
+
+    Prompts are shuffled once by ``seed`` and then cycled, so N requests over P prompts use each
+    prompt N // P or N // P + 1 times. ``round-robin`` cycles the adapters; ``uniform`` and
+    ``skewed`` draw them at random with the seed and the level's name.
+    """
+
+    def __init__(self, prompts: list[str], adapters: list[str], mix: str = "round-robin", seed: int = 0):
+        if mix not in MIXES:
+            raise WorkloadError(f"unknown --mix {mix!r}; known: {', '.join(MIXES)}")
+        if not prompts or not adapters:
+            raise WorkloadError("a workload needs at least one prompt and one adapter")
+        self.prompts = list(prompts)
+        random.Random(seed).shuffle(self.prompts)
+        self.adapters, self.mix, self.seed = list(adapters), mix, seed
+        self.weights = mix_weights(self.adapters, mix)
+
+    def items(self, salt: str = ""):
+        """An endless iterator of (prompt, adapter); the same ``salt`` gives the same sequence."""
+        rng = random.Random(f"{self.seed}:{salt}")
+        i = 0
+        while True:
+            prompt = self.prompts[i % len(self.prompts)]
+            if self.mix == "round-robin":
+                adapter = self.adapters[i % len(self.adapters)]
+            else:
+                adapter = rng.choices(self.adapters, weights=self.weights)[0]
+            yield prompt, adapter
+            i += 1
