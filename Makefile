@@ -10,11 +10,13 @@ DJL_STAMP := lib/djl/.fetched
 HOST_STAMP := lib/host/.compiled
 JAVA_SRC := $(wildcard handler/runtime/src/main/java/ai/loraship/host/*.java)
 
-.PHONY: setup venv runtime model test demo clean help
+.PHONY: setup venv runtime model test soak bench demo container-up clean help
 
 help:
 	@echo "make demo    set up everything, then run 'loraship demo' on the embedded default model"
 	@echo "make test    set up everything, then run the test suite"
+	@echo "make soak    the long reliability runs against the real server (not part of make test)"
+	@echo "make bench   microbenchmarks of the handler's hot paths (pytest-benchmark; not part of make test)"
 	@echo "make setup   only the set-up: venv ($(VENV)), DJL runtime (lib/), default model (~/.cache/loraship)"
 
 venv: $(STAMP)
@@ -45,8 +47,25 @@ setup: venv runtime model
 test: setup
 	$(VENV)/bin/pytest
 
+# The long reliability runs (fuzz, overload waves, repeated worker crashes, adapter churn); `make test`
+# deselects them (tests/reliability/conftest.py).
+soak: setup
+	$(VENV)/bin/pytest tests/reliability -m soak
+
+# setup.cfg's addopts has --benchmark-skip (so `make test` skips them); -o addopts drops it here.
+bench: venv
+	$(VENV)/bin/pytest tests/benchmarks -o addopts=-ra --benchmark-only --benchmark-autosave \
+		--benchmark-columns=min,median,mean,iqr,ops,rounds
+
 demo: setup
 	$(VENV)/bin/loraship demo
+
+# The handler in DJL's LMI container on this host's GPU (docker/compose.yaml); MODEL_DIR is a model dir
+# whose option.model_id is a hub id or lies inside it (e.g. an extracted `loraship package` archive).
+container-up:
+	@test -n "$(MODEL_DIR)" || { echo "usage: make container-up MODEL_DIR=path/to/model-dir" >&2; exit 2; }
+	@if [ -x $(VENV)/bin/loraship ]; then $(VENV)/bin/loraship package "$(MODEL_DIR)" --check >/dev/null; fi
+	MODEL_DIR="$(abspath $(MODEL_DIR))" docker compose -f docker/compose.yaml up --build
 
 clean:
 	rm -rf lib build *.egg-info .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def cmd_models_prepare(args) -> int:
@@ -29,8 +30,16 @@ def cmd_build(args) -> int:
 
 def cmd_serve(args) -> int:
     """Run DJL Serving on a model dir until it stops or Ctrl-C; print the URL once /ping answers."""
+    import signal
+
     from .runtime import Server
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # Also when started in the background, where SIGINT arrives ignored; SIGTERM stops it the same way.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     server = Server(args.model_dir, host=args.host, port=args.port)
     try:
         took = server.wait_ready(timeout=args.timeout)
@@ -40,6 +49,169 @@ def cmd_serve(args) -> int:
         return 0
     finally:
         server.stop()
+
+
+def cmd_train(args) -> int:
+    """Train a LoRA adapter from a YAML config (training/configs/); resumable, servable by build."""
+    from training.recipe import run_cli
+
+    return run_cli(args.config, args.output, args.set, resume=args.resume, overwrite=args.overwrite)
+
+
+def cmd_eval(args) -> int:
+    """Score the base model and adapters on the same documents with lm-eval; write eval.json and samples/."""
+    from evaluation.score import EvalConfig, EvalError, run_eval
+
+    from .build import parse_adapter_args
+
+    adapters = parse_adapter_args(args.adapter)
+    if not adapters and args.split_from and Path(args.split_from, "adapter_config.json").is_file():
+        adapters = parse_adapter_args([f"{_adapter_name(args.split_from)}={args.split_from}"])
+    if not adapters:
+        print("loraship eval: error: give --adapter NAME=DIR (or --split-from a training output that holds one)",
+              file=sys.stderr)
+        return 2
+    cfg = EvalConfig(out=Path(args.out), model=args.model, adapters=adapters,
+                     data=Path(args.data) if args.data else None,
+                     split_from=Path(args.split_from) if args.split_from else None, endpoint=args.endpoint,
+                     limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                     bootstrap_iterations=args.bootstrap, seed=args.seed, device=args.device)
+    try:
+        result = run_eval(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except EvalError as exc:
+        print(f"loraship eval: error: {exc}", file=sys.stderr)
+        return 2
+    for metric, entry in result["metrics"].items():
+        for name, s in entry["adapters"].items():
+            ci = ", ".join("n/a" if v is None else f"{v:+.4f}" for v in s["ci"])
+            base = "n/a" if entry["base"] is None else f"{entry['base']:.4f}"
+            value = "n/a" if s["value"] is None else f"{s['value']:.4f}"
+            print(f"{metric:16s} {name}: {base} -> {value}  delta CI [{ci}]  "
+                  f"better/worse/same {s['better']}/{s['worse']}/{s['same']} of {s['n']}")
+    print(f"loraship eval: wrote {Path(args.out) / 'eval.json'} and samples/")
+    return 0
+
+
+def _adapter_name(folder: str) -> str:
+    """An adapter name from a folder name: the characters ``--adapter NAME`` allows, at most 64."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", Path(folder).resolve().name).lstrip("._-")[:64]
+    return name or "adapter"
+
+
+def cmd_gate(args) -> int:
+    """Pass or fail adapters: eval scores (and bench budgets) against a policy; exit 0 pass, 1 fail, 2 bad input."""
+    from evaluation.gate import DEFAULT_POLICY, EXIT_INVALID, GateInputError, run_gate
+
+    try:
+        dirs = dict(_pair(a, "--adapter") for a in args.adapter)
+        result = run_gate(args.eval, args.policy or DEFAULT_POLICY, args.out, bench_path=args.bench,
+                          adapter_dirs=dirs)
+    except GateInputError as exc:
+        print(f"loraship gate: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    for c in result.checks:
+        if c.status != "pass":
+            print(f"  {c.status.upper():4s} {c.adapter} {c.metric or '-'} {c.check}: {c.reason}")
+    for name, info in result.adapters.items():
+        print(f"loraship gate: {name}: {info['verdict'].upper()}")
+    print(f"loraship gate: {result.verdict.upper()} (wrote {Path(args.out) / 'gate.json'}, gate.md, junit.xml)")
+    return result.exit_code
+
+
+def cmd_bench(args) -> int:
+    """Load-test a served endpoint: latency, throughput and goodput per level and per adapter, with plots."""
+    import signal
+
+    if args.bench_command == "compare":
+        from evaluation.bench.compare import CompareError, compare_text, load
+
+        try:
+            print(compare_text(load(args.a), load(args.b), args.a_level, args.b_level))
+        except CompareError as exc:
+            print(f"loraship bench compare: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    from evaluation.bench.run import BenchConfig, BenchError, exit_code, parse_slo, run_bench
+    from evaluation.bench.workload import WorkloadError
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)  # like Ctrl-C: stop, keep what was measured, write it
+    try:
+        if not args.url or not args.out:
+            raise BenchError("--url and --out are required (or use `loraship bench compare A B`)")
+        cfg = BenchConfig(url=args.url, out=Path(args.out), concurrency=args.concurrency or [],
+                          rate=args.rate or [], requests=args.requests, duration=args.duration, model=args.model,
+                          endpoint=args.endpoint, dataset=args.dataset, adapters=args.adapters, mix=args.mix,
+                          max_new_tokens=args.max_new_tokens, stream=args.stream, warmup=args.warmup,
+                          cold_probe=not args.no_cold_probe, slo_ms=parse_slo(args.slo), seed=args.seed,
+                          timeout=args.timeout, command=_bench_command_line(args))
+        result = run_bench(cfg)
+    except (BenchError, WorkloadError) as exc:
+        print(f"loraship bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"loraship bench: wrote {cfg.out}/bench.json, summary.md, requests.jsonl, "
+          f"{', '.join(result['files']['plots']) or 'no plots'}")
+    return exit_code(result)
+
+
+def cmd_package(args) -> int:
+    """Check a model dir and write the SageMaker model artifact (model.tar.gz) with a manifest of hashes."""
+    import json
+
+    from .package import PackageError, package_model_dir
+
+    try:
+        art = package_model_dir(args.model_dir, None if args.check else args.out, include_model=args.include_model,
+                                profile=args.profile, overwrite=args.overwrite)
+    except PackageError as exc:
+        print(f"loraship package: error: {exc}", file=sys.stderr)
+        return 2
+    summary = {"artifact": str(art.path) if art.path else None, "sha256": art.sha256 or None,
+               "model_id": art.manifest["model_id"], "model_source": art.manifest["model_source"],
+               "adapters": art.manifest["adapters"]}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_rollout(args) -> int:
+    """Roll a gated artifact out to a SageMaker endpoint (create or blue/green update), smoke-test it,
+    roll back on failure."""
+    import json
+    from pathlib import Path
+
+    from .rollout import RolloutError, RolloutOptions, RolloutRefused, parse_autoscale, rollout
+
+    try:
+        opts = RolloutOptions(
+            artifact=Path(args.artifact), gate_report=Path(args.gate_report), bucket=args.bucket,
+            endpoint_name=args.endpoint_name, instance_type=args.instance_type, role=args.role,
+            region=args.region, instance_count=args.instance_count,
+            autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
+            target_invocations=args.target_invocations, image_uri=args.image_uri, prefix=args.prefix,
+            endpoint_url=args.endpoint_url, timeout=args.timeout, poll=args.poll)
+        result = rollout(opts, dry_run=args.dry_run)
+    except RolloutError as exc:
+        print(f"loraship rollout: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, RolloutRefused) else 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_perf(args) -> int:
+    """Measure the handler's batching gain, mixed-adapter cost, DJL overhead and fp32 vs bf16."""
+    from .perf import print_figures, run_perf
+
+    print_figures(run_perf(args.model, tokens=args.tokens, concurrency=args.concurrency, out=args.out))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -54,6 +226,28 @@ def _pair(value: str, flag: str) -> tuple[str, str]:
     if not sep or not key:
         raise SystemExit(f"{flag} takes KEY=VALUE, got {value!r}")
     return key, val
+
+
+def _bench_command_line(args) -> list[str]:
+    """The bench options as a command line, for bench.json (also when main() is called with a list)."""
+    cmd = ["loraship", "bench"]
+    for key, value in vars(args).items():
+        if key in ("func", "command", "bench_command") or value is None or value is False:
+            continue
+        cmd.append("--" + key.replace("_", "-"))
+        if value is not True:
+            cmd.append(",".join(map(str, value)) if isinstance(value, list) else str(value))
+    return cmd
+
+
+def _csv(kind):
+    """An argparse type for comma-separated values: ``1,2,4,8``."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +284,120 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the model to load")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    p.add_argument("--config", help="YAML config (default: training/configs/sagemaker_faqs.yaml)")
+    p.add_argument("--output", help="output folder (default: runs/<config name>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. train.max_steps=10 (repeatable)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue an unfinished run from its last checkpoint")
+    mode.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --output")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__)
+    p.add_argument("--model", help="'default', a local HF folder, or a hub id (default: the training run's base "
+                                   "model with --split-from, else 'default')")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="a PEFT LoRA adapter to score against the base (repeatable); with --endpoint, NAME is the "
+                        "served name and DIR is hashed (default with --split-from: the training output itself)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="JSONL (instruction, response, optional context) or a question,answer CSV")
+    data.add_argument("--split-from", metavar="TRAINING_OUTPUT",
+                      help="score a training run's held-out split/test.jsonl")
+    p.add_argument("--out", required=True, help="folder for eval.json, docs.jsonl and samples/")
+    p.add_argument("--limit", type=int, help="score only the first N documents")
+    p.add_argument("--endpoint", metavar="URL", help="score a running server over HTTP (generation metrics only)")
+    p.add_argument("--max-new-tokens", type=int, help="generation limit per answer (default: the task's, 128)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass in process")
+    p.add_argument("--bootstrap", type=int, default=10_000, help="paired bootstrap resamples per delta")
+    p.add_argument("--seed", type=int, default=0, help="seed of lm-eval's RNGs and of the bootstrap")
+    p.add_argument("--device", help="torch device in process (default: cuda if present, else cpu)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("gate", help=cmd_gate.__doc__, description=cmd_gate.__doc__)
+    p.add_argument("--eval", required=True, help="eval.json written by `loraship eval`")
+    p.add_argument("--policy", help="policy YAML (default: evaluation/policies/default.yaml)")
+    p.add_argument("--bench", help="bench.json of a `loraship bench` run, for the policy's performance budgets")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="where an adapter's files are now, if not at the path eval.json recorded (repeatable)")
+    p.add_argument("--out", required=True, help="folder for gate.json, gate.md and junit.xml")
+    p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__ + " Writes bench.json, "
+                       "requests.jsonl, summary.md and PNG plots into --out; `loraship bench compare A B` prints "
+                       "B/A ratios of two runs.")
+    p.add_argument("--url", help="the server, e.g. http://127.0.0.1:8080")
+    p.add_argument("--out", help="folder for the results")
+    loop = p.add_mutually_exclusive_group()
+    loop.add_argument("--concurrency", type=_csv(int), metavar="C,C,...",
+                      help="closed loop: a sweep of fixed concurrencies, e.g. 1,2,4,8")
+    loop.add_argument("--rate", type=_csv(float), metavar="R,R,...",
+                      help="open loop: Poisson arrivals at R requests/s (seeded), one level per rate")
+    p.add_argument("--requests", type=int, help="requests per level")
+    p.add_argument("--duration", type=float, help="seconds per level (with --requests, whichever ends first)")
+    p.add_argument("--model", help="model name for GET /models/{m} (default: the first the server lists)")
+    p.add_argument("--endpoint", default="/invocations", help="path requests are POSTed to")
+    p.add_argument("--dataset", help="JSONL (instruction/response) or FAQ-layout CSV; default: the FAQ questions")
+    p.add_argument("--adapters", type=_csv(str), default=["__base__"], metavar="A,B,...",
+                   help="adapter names to spread requests over; __base__ is the base model")
+    p.add_argument("--mix", default="round-robin", choices=["round-robin", "uniform", "skewed"],
+                   help="how requests are spread over --adapters (skewed: shares 1, 1/2, 1/3, ...)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per request (min_new_tokens is the same)")
+    p.add_argument("--stream", action="store_true", help="stream replies: measures TTFT, TPOT and ITL")
+    p.add_argument("--warmup", type=int, default=2, help="requests sent first and not counted")
+    p.add_argument("--no-cold-probe", action="store_true",
+                   help="skip the cold/warm probe (3 lone requests per adapter before the load)")
+    p.add_argument("--slo", metavar="ttft=MS,tpot=MS,e2e=MS", help="SLOs in ms for goodput")
+    p.add_argument("--seed", type=int, default=0, help="seed for prompt order, adapter draws and arrivals")
+    p.add_argument("--timeout", type=float, default=300, help="seconds before a request counts as timed out")
+    p.set_defaults(func=cmd_bench)
+    bsub = p.add_subparsers(dest="bench_command", metavar="ACTION")
+    c = bsub.add_parser("compare", help="side-by-side B/A ratios of two runs' bench.json (or their folders)")
+    c.add_argument("a", help="run A: bench.json or its folder (the baseline)")
+    c.add_argument("b", help="run B: bench.json or its folder")
+    c.add_argument("--a-level", help="compare only this level of A, e.g. 1 or concurrency=1")
+    c.add_argument("--b-level", help="... against this level of B (default: the same as --a-level)")
+
+    p = sub.add_parser("package", help=cmd_package.__doc__, description=cmd_package.__doc__)
+    p.add_argument("model_dir", help="a model dir written by `loraship build`")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="archive to write, e.g. model.tar.gz")
+    out.add_argument("--check", action="store_true", help="only check that the model dir would load; write nothing")
+    p.add_argument("--include-model", action="store_true",
+                   help="copy a local base model (option.model_id outside the model dir) into the archive as model/")
+    p.add_argument("--profile", metavar="FILE",
+                   help="properties merged over serving.properties in the archive, e.g. docker/serving.gpu.properties")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_package)
+
+    p = sub.add_parser("rollout", help=cmd_rollout.__doc__, description=cmd_rollout.__doc__)
+    p.add_argument("--artifact", required=True, help="model.tar.gz written by `loraship package`")
+    p.add_argument("--gate-report", required=True, help="gate.json written by `loraship gate`; must pass")
+    p.add_argument("--bucket", required=True, help="S3 bucket for the artifact")
+    p.add_argument("--endpoint-name", required=True)
+    p.add_argument("--instance-type", default="ml.g5.2xlarge")
+    p.add_argument("--role", required=True, help="SageMaker execution role ARN")
+    p.add_argument("--region", help="AWS region (default: AWS_REGION / the AWS config)")
+    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--autoscale", metavar="MIN:MAX",
+                   help="target-tracking autoscaling on SageMakerVariantInvocationsPerInstance")
+    p.add_argument("--target-invocations", type=float, default=70.0,
+                   help="invocations per instance per minute that --autoscale aims at")
+    p.add_argument("--image-uri", help="container image (default: the pinned DJL LMI image for the region)")
+    p.add_argument("--prefix", default="loraship", help="S3 key prefix")
+    p.add_argument("--endpoint-url", help="send every AWS call here (default: AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the endpoint to settle")
+    p.add_argument("--poll", type=float, default=30, help="seconds between status checks")
+    p.add_argument("--dry-run", action="store_true", help="check and print the plan as JSON; touch nothing")
+    p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("perf", help=cmd_perf.__doc__, description=cmd_perf.__doc__)
+    p.add_argument("--model", default="default", help="'default', a local HF folder, or a hub id")
+    p.add_argument("--tokens", type=int, default=64, help="new tokens per request (fixed with min_new_tokens)")
+    p.add_argument("--concurrency", type=int, default=8, help="concurrent requests and batch_size")
+    p.add_argument("--out", help="also write the figures as JSON here")
+    p.set_defaults(func=cmd_perf)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     p.add_argument("--port", type=int, default=0, help="port for the demo server (default: a free one)")

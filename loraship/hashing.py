@@ -58,12 +58,17 @@ def combine_file_hashes(digests: Mapping[str, bytes]) -> str:
     return h.hexdigest()
 
 
-def adapter_sha256(folder: str | Path) -> str:
-    """The identity of an adapter folder, as ``eval.json`` / ``gate.json`` record it and rollout checks it."""
+def tree_sha256(folder: str | Path) -> str:
+    """sha256 over the sorted relative paths and contents of the files that count under ``folder``."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"adapter folder {folder} does not exist")
+        raise FileNotFoundError(f"folder {folder} does not exist")
     return combine_file_hashes({rel: file_digest(p) for rel, p in shipped_files(folder).items()})
+
+
+def adapter_sha256(folder: str | Path) -> str:
+    """The identity of an adapter folder, as ``eval.json`` / ``gate.json`` record it and rollout checks it."""
+    return tree_sha256(folder)
 
 
 def copy_ignore(src: str, names: list[str]) -> set[str]:
