@@ -102,23 +102,25 @@ class Demo:
         self.figures["eval"] = json.loads((eval_out / "eval.json").read_text())
 
         model_dir = self.run_dir / "model"
-        with self.step("4/9 build a DJL model dir with the adapter and serve it"):
-            self.run("build", ["build", "--model", "default", "--adapter", f"{ADAPTER}={train_out}",
-                               "--batch-size", "8", "--max-batch-delay", "50", "--out", str(model_dir)])
-            log = open(self.run_dir / "logs" / "server.log", "w")
-            server = Server(model_dir, port=self.port or free_port(), log_file=log)
-            self.commands.append(("serve", f"loraship serve {_rel(model_dir)} --port {server.port}"))
-            try:
+        log = open(self.run_dir / "logs" / "server.log", "w")
+        server = None
+        try:
+            with self.step("4/9 build a DJL model dir with the adapter and serve it"):
+                self.run("build", ["build", "--model", "default", "--adapter", f"{ADAPTER}={train_out}",
+                                   "--batch-size", "8", "--max-batch-delay", "50", "--out", str(model_dir)])
+                server = Server(model_dir, port=self.port or free_port(), log_file=log)
+                self.commands.append(("serve", f"loraship serve {_rel(model_dir)} --port {server.port}"))
                 print(f"DJL ready at {server.url} in {server.wait_ready():.1f}s (log: {log.name})")
-                with self.step("5/9 smoke: held-out questions, base vs adapter"):
-                    self.smoke(server.url, train_out)
-                with self.step("6/9 bench a short sweep (concurrency 1, 4, 8) on base and adapter"):
-                    self.run("bench", ["bench", "--url", server.url, "--concurrency", "1,4,8", "--requests", "8",
-                                       "--max-new-tokens", "32", "--adapters", f"__base__,{ADAPTER}",
-                                       "--mix", "round-robin", "--warmup", "2", "--out", str(self.run_dir / "bench")])
-            finally:
+            with self.step("5/9 smoke: held-out questions, base vs adapter"):
+                self.smoke(server.url, train_out)
+            with self.step("6/9 bench a short sweep (concurrency 1, 4, 8) on base and adapter"):
+                self.run("bench", ["bench", "--url", server.url, "--concurrency", "1,4,8", "--requests", "8",
+                                   "--max-new-tokens", "32", "--adapters", f"__base__,{ADAPTER}",
+                                   "--mix", "round-robin", "--warmup", "2", "--out", str(self.run_dir / "bench")])
+        finally:
+            if server is not None:
                 server.stop()
-                log.close()
+            log.close()
         self.figures["bench"] = json.loads((self.run_dir / "bench" / "bench.json").read_text())
 
         with self.step("7/9 gate on eval and bench with the default policy"):

@@ -14,6 +14,11 @@ def _ci(ci) -> str:
     return f"[{_f(ci[0])}, {_f(ci[1])}]" if ci else "n/a"
 
 
+def _line(text) -> str:
+    """Generated text on one markdown line (a model's own '### ' lines would become headings)."""
+    return " ".join(str(text or "").split())
+
+
 def _rel(path: Path, run_dir: Path) -> str:
     try:
         return str(Path(path).relative_to(run_dir))
@@ -62,8 +67,8 @@ def demo_report(demo, seconds: float, failed: str | None = None) -> str:
         for s in smoke:
             base, ad = s.get("__base__", {}), s.get("faq", {})
             lines += [f"**Q: {s['question']}**", "",
-                      f"- base ({_f(base.get('seconds'), '.1f')} s, {base.get('finish_reason')}): {base.get('text', '').strip()}",
-                      f"- adapter ({_f(ad.get('seconds'), '.1f')} s, {ad.get('finish_reason')}): {ad.get('text', '').strip()}",
+                      f"- base ({_f(base.get('seconds'), '.1f')} s, {base.get('finish_reason')}): {_line(base.get('text'))}",
+                      f"- adapter ({_f(ad.get('seconds'), '.1f')} s, {ad.get('finish_reason')}): {_line(ad.get('text'))}",
                       f"- reference: {s.get('reference')}", ""]
         differ = sum(s.get("__base__", {}).get("text") != s.get("faq", {}).get("text") for s in smoke)
         lines.append(f"The adapter's answer differs from the base model's on {differ} of {len(smoke)} questions.")
@@ -88,7 +93,7 @@ def demo_report(demo, seconds: float, failed: str | None = None) -> str:
         lines += ["", f"## Gate: {gate.get('verdict', 'n/a')}", "", "| adapter | check | value | threshold | result | reason |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for c in gate.get("checks", []):
-            lines.append(f"| {c.get('adapter')} | {c.get('metric') or ''} {c.get('check')} | {c.get('value')} | "
+            lines.append(f"| {c.get('adapter')} | {' '.join(filter(None, (c.get('metric'), c.get('check'))))} | {c.get('value')} | "
                          f"{c.get('threshold')} | {c.get('status')} | {c.get('reason')} |")
         lines.append(f"\nFull report: `{_rel(run_dir / 'gate' / 'gate.md', run_dir)}`")
     if "rollout_refused" in fig:
