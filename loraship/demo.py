@@ -75,8 +75,9 @@ class Demo:
             self.commands.append(("prepare", "loraship models prepare"))
 
         cache = REPO_ROOT / "runs" / "cache"
-        train_key = _key(file_sha256(TRAIN_CONFIG), tree_sha256(REPO_ROOT / "training" / "data"),
-                         tree_sha256(base), tree_sha256(REPO_ROOT / "training"), tree_sha256(REPO_ROOT / "handler"))
+        # Training depends on the handler only through the prompt template.
+        train_key = _key(file_sha256(TRAIN_CONFIG), tree_sha256(base), tree_sha256(REPO_ROOT / "training"),
+                         file_sha256(REPO_ROOT / "handler" / "pipelines" / "instruction.py"))
         train_out = cache / f"train-{train_key}"
         with self.step("2/9 train a LoRA adapter on the SageMaker FAQs") as t:
             if (train_out / "training_manifest.json").is_file():
@@ -88,7 +89,7 @@ class Demo:
         manifest = json.loads((train_out / "training_manifest.json").read_text())
         self.figures["train"] = manifest
 
-        eval_key = _key(train_key, tree_sha256(REPO_ROOT / "evaluation"))
+        eval_key = _key(train_key, tree_sha256(REPO_ROOT / "evaluation"), tree_sha256(REPO_ROOT / "handler"))
         eval_out = cache / f"eval-{eval_key}"
         with self.step("3/9 evaluate base vs adapter on the held-out split") as t:
             if (eval_out / "eval.json").is_file():
@@ -172,6 +173,9 @@ class _Timer:
     def __exit__(self, exc_type, exc, tb):
         self.demo.timings.append((self.name, time.perf_counter() - self.start,
                                   self.note or ("failed" if exc_type else "ran")))
+        if exc_type is not None and not issubclass(exc_type, (StepFailed, KeyboardInterrupt)):
+            # Any error inside a step stops the run under that step's name.
+            raise StepFailed(self.name, f"{exc_type.__name__}: {exc}") from exc
 
 
 def post_json(url: str, body: dict, timeout: float = 600) -> tuple[int, dict, float]:
@@ -205,7 +209,7 @@ def _clip(text: str, n: int = 200) -> str:
 
 def run_demo(port: int = 0, questions: int = 3) -> int:
     run_dir = REPO_ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     demo = Demo(run_dir, port, questions)
     start = time.perf_counter()
     try:

@@ -38,3 +38,10 @@ def test_report_renders_eval_smoke_and_gate(tmp_path):
     assert "differs from the base model's on 1 of 1" in report
     assert "| faq | reference_loss min_gain | 0.01 | 0.02 | fail | too small |" in report
     assert "Refused, as it must be" in report
+
+
+def test_any_error_inside_a_step_stops_the_run_under_its_name(tmp_path):
+    demo = Demo(tmp_path, 0, 3)
+    with pytest.raises(StepFailed, match="step '5/9 smoke' failed: KeyError: 'generated_text'"):
+        with demo.step("5/9 smoke"):
+            {}["generated_text"]
