@@ -11,6 +11,11 @@ from .errors import BadRequest
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
 BASE_ADAPTER = "__base__"
+#: Temperatures below this are greedy (as in vLLM): dividing logits by less overflows to inf and
+#: sampling then fails on NaN probabilities.
+GREEDY_TEMPERATURE = 1e-5
+#: A repetition penalty divides (or multiplies) logits; a smaller one overflows them the same way.
+MIN_REPETITION_PENALTY = 0.01
 
 
 @dataclass(frozen=True)
@@ -94,11 +99,11 @@ def parse_params(raw: Any, max_cap: int, default_max: int) -> tuple[GenerationPa
     temperature = float(_number(raw, "temperature", 1.0, lo=0.0, hi=100.0))
     if "temperature" in raw and raw["temperature"] not in (None, 0) and "do_sample" not in raw:
         do_sample = True  # TGI/LMI convention: a temperature asks for sampling
-    if temperature == 0:
+    if temperature < GREEDY_TEMPERATURE:
         do_sample, temperature = False, 1.0
     top_p = float(_number(raw, "top_p", 1.0, lo=0.0, hi=1.0, lo_open=True))
     top_k = _number(raw, "top_k", 0, lo=0, integer=True)
-    rep = float(_number(raw, "repetition_penalty", 1.0, lo=0.0, hi=100.0, lo_open=True))
+    rep = float(_number(raw, "repetition_penalty", 1.0, lo=MIN_REPETITION_PENALTY, hi=100.0))
     seed = _number(raw, "seed", None, lo=0, hi=2**63 - 1, integer=True)
     stop = raw.get("stop") or ()
     if isinstance(stop, str):
@@ -132,6 +137,12 @@ def parse_body(data: bytes | None, *, input_field: str = "inputs", max_cap: int 
         raise BadRequest(f"request body is not valid JSON: {exc}", field="body") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, got {_type_name(body)}", field="body")
+    try:
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"): valid JSON, but no tokenizer takes it.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("request body has a lone surrogate escape (such as \\ud800): strings must be valid "
+                         "Unicode", field="body") from None
     unknown = sorted(set(body) - KNOWN_FIELDS)
     if unknown:
         raise BadRequest(f"unknown fields: {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_FIELDS))}",

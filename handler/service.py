@@ -127,7 +127,10 @@ class HandlerService:
     def _parse(self, item: Input) -> tuple[ParsedRequest, list[str]]:
         opts = self.options
         query = item.get_content().get("adapter")
-        req = parse_body(item.get_content().get("data"), input_field=self.pipeline.input_field,
+        content = item.get_content()
+        # The body is the last "data" item: a "?data=" query parameter comes before it.
+        body = next((content.value_at(i) for i in reversed(range(content.size())) if content.key_at(i) == "data"), None)
+        req = parse_body(body, input_field=self.pipeline.input_field,
                          max_cap=opts.max_new_tokens, default_max=opts.default_max_new_tokens,
                          query_adapter=bytes(query).decode("utf-8", "replace") if query is not None else None,
                          header_adapter=item.get_property(ADAPTER_HEADER))

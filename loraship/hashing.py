@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 CHUNK = 1 << 20
-SKIP_DIRS = {"__pycache__", ".cache", ".git", ".ipynb_checkpoints", ".pytest_cache"}
+SKIP_DIRS = {"__pycache__", ".cache", ".git", ".ipynb_checkpoints", ".pytest_cache", ".loraship"}
 SKIP_FILES = {"optimizer.pt", ".DS_Store"}
 SKIP_SUFFIXES = (".pyc", ".pyo")
 

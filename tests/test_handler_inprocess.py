@@ -108,3 +108,9 @@ def test_chat_pipeline_end_to_end_with_the_default_tokenizer(tmp_path):
     assert code == 200 and body["details"]["generated_tokens"] <= 5
     code, body = read_output(svc.handle(request_input({"inputs": "Hello"})))
     assert code == 400 and body["field"] == "messages"
+
+
+def test_a_data_query_parameter_does_not_replace_the_body(service):
+    code, body = read_output(service.handle(request_input(
+        {"inputs": "What is SageMaker?", "parameters": {"max_new_tokens": 3}}, query={"data": "{broken"})))
+    assert code == 200 and "generated_text" in body

@@ -35,6 +35,8 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Set;
+import java.util.TreeSet;
 import java.util.UUID;
 import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.BlockingQueue;
@@ -43,6 +45,7 @@ import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Supplier;
 import java.util.stream.Stream;
@@ -129,7 +132,8 @@ public final class DjlHost {
                 new NoopServingTranslatorFactory().newInstance(Input.class, Output.class, model, Map.of());
         List<CompletableFuture<Void>> starts = new ArrayList<>();
         for (int i = 0; i < config.workers; i++) {
-            Worker worker = new Worker(i, model, translator, jobs, config, adapters::replayInputs);
+            Worker worker = new Worker(i, model, translator, jobs, config, adapters::list,
+                    () -> workers.stream().anyMatch(Worker::isHealthy));
             workers.add(worker);
             starts.add(CompletableFuture.runAsync(worker::start));
         }
@@ -141,27 +145,78 @@ public final class DjlHost {
         logger.info("Model {} loaded in {} ms", config.modelName, System.currentTimeMillis() - begin);
     }
 
-    /** With enable_lora, registers each sub-folder of adapters/ (DJL Serving does the same). */
+    /**
+     * With enable_lora, registers each sub-folder of adapters/ (DJL Serving does the same), then the
+     * adapters recorded in the registry file by earlier runs: a restart loses no adapter registered,
+     * updated or removed at runtime. A recorded adapter that no longer loads is logged and skipped.
+     */
     private void registerStartupAdapters() throws Exception {
-        Path dir = config.modelDir.resolve("adapters");
-        if (!config.loraEnabled() || !Files.isDirectory(dir)) {
+        if (!config.loraEnabled()) {
             return;
         }
-        List<Path> dirs;
-        try (Stream<Path> list = Files.list(dir)) {
-            dirs = list.filter(Files::isDirectory).sorted().toList();
+        Adapters.Saved saved;
+        try {
+            saved = Adapters.load(config.adapterRegistry);
+        } catch (IOException e) {
+            logger.error("Adapter registry {} is unreadable, ignoring it: {}", config.adapterRegistry, e.getMessage());
+            saved = new Adapters.Saved(List.of(), Set.of());
         }
-        for (Path path : dirs) {
-            String name = path.getFileName().toString();
-            Adapters.Adapter adapter =
-                    new Adapters.Adapter(name, name, path.toAbsolutePath().toString(), Map.of());
-            Output failure = onAllWorkers(adapter::registerInput);
+        Path dir = config.modelDir.resolve("adapters");
+        Set<String> folders = new TreeSet<>();
+        if (Files.isDirectory(dir)) {
+            List<Path> dirs;
+            try (Stream<Path> list = Files.list(dir)) {
+                dirs = list.filter(Files::isDirectory).sorted().toList();
+            }
+            for (Path path : dirs) {
+                String name = path.getFileName().toString();
+                folders.add(name);
+                if (saved.removed().contains(name)) {
+                    logger.info("Adapter {} in adapters/ was unregistered at runtime: not registered", name);
+                    continue;
+                }
+                Adapters.Adapter adapter =
+                        new Adapters.Adapter(name, name, path.toAbsolutePath().toString(), Map.of());
+                Output failure = onAllWorkers(adapter::registerInput);
+                if (failure != null) {
+                    throw new IllegalStateException("Adapter " + name + " failed to register: "
+                            + failure.getCode() + " " + failure.getMessage());
+                }
+                adapters.put(adapter);
+                logger.info("Adapter {} registered from {}", name, adapter.src());
+            }
+        }
+        Set<String> removed = new TreeSet<>(saved.removed());
+        removed.retainAll(folders);
+        adapters.setRemoved(removed);
+        for (Adapters.Adapter adapter : saved.adapters()) {
+            Adapters.Adapter current = adapters.get(adapter.name());
+            if (adapter.equals(current)) {
+                continue;
+            }
+            Output failure;
+            try {
+                failure = onAllWorkers(current == null ? adapter::registerInput : adapter::updateInput);
+            } catch (ExecutionException e) {
+                failure = new Output(503, String.valueOf(e.getCause()));
+            }
             if (failure != null) {
-                throw new IllegalStateException(
-                        "Adapter " + name + " failed to register: " + failure.getCode() + " " + failure.getMessage());
+                logger.error("Adapter {} from the registry could not be restored from {}, skipped: {} {}",
+                        adapter.name(), adapter.src(), failure.getCode(), failure.getMessage());
+                continue;
             }
             adapters.put(adapter);
-            logger.info("Adapter {} registered from {}", name, adapter.src());
+            logger.info("Adapter {} restored from {}", adapter.name(), adapter.src());
+        }
+    }
+
+    /** Records the adapters after a change; a failure to write is logged, the change stands. */
+    private void persistAdapters() {
+        try {
+            adapters.save(config.adapterRegistry);
+        } catch (IOException | RuntimeException e) {
+            logger.warn("Could not write the adapter registry {}: {}; a restart will not restore this change",
+                    config.adapterRegistry, e.toString());
         }
     }
 
@@ -535,6 +590,7 @@ public final class DjlHost {
             Adapters.Adapter adapter = new Adapters.Adapter(name, alias(ex, params, name), src, params);
             if (runAdapterOp(ex, adapter::registerInput)) {
                 adapters.put(adapter);
+                persistAdapters();
                 sendJson(ex, 200, Map.of("status", "Adapter " + name + " registered"));
             }
         }
@@ -555,6 +611,7 @@ public final class DjlHost {
             Adapters.Adapter adapter = new Adapters.Adapter(name, alias, src, options);
             if (runAdapterOp(ex, adapter::updateInput)) {
                 adapters.put(adapter);
+                persistAdapters();
                 sendJson(ex, 200, Map.of("status", "Adapter " + name + " updated"));
             }
         }
@@ -568,7 +625,8 @@ public final class DjlHost {
                 return;
             }
             if (runAdapterOp(ex, adapter::unregisterInput)) {
-                adapters.remove(name);
+                adapters.remove(name, Files.isDirectory(config.modelDir.resolve("adapters").resolve(name)));
+                persistAdapters();
                 sendJson(ex, 200, Map.of("status", "Adapter " + name + " unregistered"));
             }
         }
@@ -676,10 +734,29 @@ public final class DjlHost {
     }
 
     /** EngineException (worker died, timed out, restarting) is 503, TranslateException 400 as in DJL, else 500. */
-    private static void sendException(HttpExchange ex, Throwable t) throws IOException {
+    private void sendException(HttpExchange ex, Throwable t) throws IOException {
         int code = t instanceof EngineException ? 503 : t instanceof TranslateException ? 400 : 500;
         logger.warn("Request failed with {}: {}", code, t.toString());
-        sendError(ex, code, t.getClass().getSimpleName(), String.valueOf(t.getMessage()));
+        String type = t.getClass().getSimpleName();
+        String message = String.valueOf(t.getMessage());
+        if (hasCause(t, TimeoutException.class)) {
+            type = "PredictTimeoutException";
+            message = "The request ran longer than predict_timeout (" + config.predictTimeoutSeconds
+                    + " s); its Python worker was stopped and is being restarted";
+        } else if (t instanceof EngineException && message.contains("Python worker disconnected")) {
+            type = "WorkerDiedException";
+            message = "The Python worker exited while serving this request; it is being restarted";
+        }
+        sendError(ex, code, type, message);
+    }
+
+    private static boolean hasCause(Throwable t, Class<? extends Throwable> type) {
+        for (Throwable c = t; c != null; c = c.getCause() == c ? null : c.getCause()) {
+            if (type.isInstance(c)) {
+                return true;
+            }
+        }
+        return false;
     }
 
     private static void sendError(HttpExchange ex, int code, String type, String message) throws IOException {

@@ -29,6 +29,10 @@ final class HostConfig {
     final int jobQueueSize;
     final long maxRequestSize;
     final int chunkedReadTimeoutSeconds;
+    /** Seconds a request may run in the worker (DJL's option.predict_timeout); used in error messages. */
+    final int predictTimeoutSeconds;
+    /** Where adapters registered at runtime are recorded, so that a restart registers them again. */
+    final Path adapterRegistry;
 
     private HostConfig(String[] args) throws IOException {
         String dir = null;
@@ -102,6 +106,13 @@ final class HostConfig {
         jobQueueSize = Math.max(1, intSetting(prop, "job_queue_size", 1000));
         maxRequestSize = Long.parseLong(setting(prop, "max_request_size", "67108864"));
         chunkedReadTimeoutSeconds = intSetting(prop, "chunked_read_timeout", 120);
+        predictTimeoutSeconds = parseInt("option.predict_timeout", options.getOrDefault("predict_timeout", "120"));
+        // SERVING_ADAPTER_REGISTRY or adapter_registry=PATH (relative to the model dir) moves it, e.g. off a
+        // read-only model dir.
+        String registry = setting(prop, "adapter_registry", "");
+        adapterRegistry = registry.isEmpty()
+                ? modelDir.resolve(".loraship").resolve("adapters.json")
+                : modelDir.resolve(registry).toAbsolutePath().normalize();
     }
 
     static HostConfig parse(String[] args) throws IOException {
@@ -123,7 +134,10 @@ final class HostConfig {
     }
 
     private static int intSetting(Properties prop, String key, int def) {
-        String value = setting(prop, key, String.valueOf(def));
+        return parseInt(key, setting(prop, key, String.valueOf(def)));
+    }
+
+    private static int parseInt(String key, String value) {
         try {
             return Integer.parseInt(value);
         } catch (NumberFormatException e) {

@@ -5,8 +5,12 @@ import ai.djl.inference.Predictor;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
+import io.netty.channel.Channel;
+import io.netty.channel.ChannelPipeline;
+
 import java.lang.reflect.Field;
 import java.lang.reflect.Method;
+import java.util.List;
 import java.util.concurrent.Future;
 
 /**
@@ -45,6 +49,24 @@ final class PyProbe {
     static String pid(Predictor<?, ?> predictor) {
         Object pid = field(process(predictor), "pid");
         return pid == null ? null : pid.toString();
+    }
+
+    /**
+     * Puts {@link StreamSafeDecoder} in place of DJL's decoder on the process's connections. Called
+     * on the worker thread before it sends anything to a new Python process (nothing is in flight).
+     */
+    static void useStreamSafeDecoder(Predictor<?, ?> predictor) {
+        if (!(field(process(predictor), "connections") instanceof List<?> connections)) {
+            return;
+        }
+        for (Object connection : connections) {
+            if (field(connection, "channel") instanceof Channel channel) {
+                ChannelPipeline pipeline = channel.pipeline();
+                if (pipeline.get("decoder") != null && !(pipeline.get("decoder") instanceof StreamSafeDecoder)) {
+                    pipeline.replace("decoder", "decoder", new StreamSafeDecoder());
+                }
+            }
+        }
     }
 
     private static Object process(Predictor<?, ?> predictor) {

@@ -16,6 +16,7 @@ import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
+import java.util.function.BooleanSupplier;
 import java.util.function.Supplier;
 
 /**
@@ -48,11 +49,13 @@ final class Worker implements Runnable {
     private final BlockingQueue<Job> control = new LinkedBlockingQueue<>();
     private final int batchSize;
     private final long maxBatchDelayMillis;
-    private final Supplier<List<Input>> adapterReplay;
+    private final Supplier<List<Adapters.Adapter>> adapterReplay;
+    private final BooleanSupplier anyWorkerHealthy;
     private final Thread thread;
     private volatile Predictor<Input, Output> predictor;
     private volatile boolean running = true;
-    private String syncedPid;
+    /** The Python process whose adapters match the host's record (replayed after every restart). */
+    private volatile String syncedPid;
     private long nextRecovery;
 
     Worker(
@@ -61,7 +64,8 @@ final class Worker implements Runnable {
             Translator<Input, Output> translator,
             BlockingQueue<Job> jobs,
             HostConfig config,
-            Supplier<List<Input>> adapterReplay) {
+            Supplier<List<Adapters.Adapter>> adapterReplay,
+            BooleanSupplier anyWorkerHealthy) {
         this.id = id;
         this.model = model;
         this.translator = translator;
@@ -69,12 +73,14 @@ final class Worker implements Runnable {
         this.batchSize = config.batchSize;
         this.maxBatchDelayMillis = config.maxBatchDelayMillis;
         this.adapterReplay = adapterReplay;
+        this.anyWorkerHealthy = anyWorkerHealthy;
         this.thread = new Thread(this, "worker-" + id);
     }
 
     /** Starts the Python process (blocking until its model is loaded), then the worker thread. */
     void start() {
         predictor = model.newPredictor(translator);
+        PyProbe.useStreamSafeDecoder(predictor);
         syncedPid = PyProbe.pid(predictor);
         thread.start();
     }
@@ -86,29 +92,33 @@ final class Worker implements Runnable {
         return job.result;
     }
 
+    /** Ready, and (after a restart) its adapters registered again: /ping says 200 only then. */
     boolean isHealthy() {
         Predictor<Input, Output> p = predictor;
-        return running && thread.isAlive() && p != null && PyProbe.isReady(p);
+        if (!running || !thread.isAlive() || p == null || !PyProbe.isReady(p)) {
+            return false;
+        }
+        String pid = PyProbe.pid(p);
+        return pid == null || pid.equals(syncedPid);
     }
 
     @Override
     public void run() {
         while (running) {
             try {
+                // Checked while idle too, so /ping recovers without waiting for traffic. While the
+                // process restarts, requests stay queued for a healthy worker (this one once it is back,
+                // or another) and adapter operations wait: only a failed restart fails them.
+                if (!ensureHealthy()) {
+                    Thread.sleep(POLL_MILLIS);
+                    continue;
+                }
                 for (Job c; (c = control.poll()) != null; ) {
                     execute(List.of(c));
                 }
                 Job first = jobs.poll(POLL_MILLIS, TimeUnit.MILLISECONDS);
-                // Checked while idle too, so /ping recovers without waiting for traffic.
-                boolean healthy = ensureHealthy();
-                if (first == null) {
-                    continue;
-                }
-                List<Job> batch = collectBatch(first);
-                if (healthy) {
-                    execute(batch);
-                } else {
-                    fail(batch, new EngineException("Python worker " + id + " is not ready (restarting)"));
+                if (first != null) {
+                    execute(collectBatch(first));
                 }
             } catch (InterruptedException e) {
                 break;
@@ -163,8 +173,7 @@ final class Worker implements Runnable {
         if (PyProbe.isReady(p)) {
             String pid = PyProbe.pid(p);
             if (pid != null && !pid.equals(syncedPid)) {
-                syncedPid = pid;
-                replayAdapters();
+                replayAdapters(pid);
             }
             return true;
         }
@@ -179,29 +188,49 @@ final class Worker implements Runnable {
         }
         try {
             predictor = model.newPredictor(translator);
-            syncedPid = PyProbe.pid(predictor);
-            replayAdapters();
+            replayAdapters(PyProbe.pid(predictor));
             return true;
         } catch (RuntimeException e) {
             logger.error("Worker {}: restart failed, retrying in {} ms", id, RECOVERY_BACKOFF_MILLIS, e);
             nextRecovery = System.currentTimeMillis() + RECOVERY_BACKOFF_MILLIS;
+            // Nothing waits for a restart that may never succeed: what is pending now fails.
+            EngineException failure = new EngineException("Python worker " + id + " could not be restarted: " + e);
+            List<Job> pending = new ArrayList<>();
+            control.drainTo(pending);
+            if (!anyWorkerHealthy.getAsBoolean()) {
+                jobs.drainTo(pending);
+            }
+            fail(pending, failure);
             return false;
         }
     }
 
-    private void replayAdapters() {
-        for (Input input : adapterReplay.get()) {
+    /** Registers the host's adapters on a new Python process, then marks that process as in sync. */
+    private void replayAdapters(String pid) {
+        PyProbe.useStreamSafeDecoder(predictor); // a new process has a new connection
+        List<Adapters.Adapter> adapters = adapterReplay.get();
+        int ok = 0;
+        for (Adapters.Adapter adapter : adapters) {
             try {
-                Output out = predictor.batchPredict(List.of(input)).get(0);
+                Output out = predictor.batchPredict(List.of(adapter.registerInput())).get(0);
+                if (out.getCode() >= 300) {
+                    // The new process may have it already from another source: the seed adapter it
+                    // loads by itself (option.adapter_checkpoint), updated since. Bring it up to date.
+                    out = predictor.batchPredict(List.of(adapter.updateInput())).get(0);
+                }
                 if (out.getCode() >= 300) {
                     logger.error("Worker {}: re-registering adapter {} failed: {}",
-                            id, input.getProperty("name", null), out.getMessage());
+                            id, adapter.name(), out.getMessage());
+                } else {
+                    ok++;
                 }
             } catch (Exception e) {
-                logger.error("Worker {}: re-registering adapter {} failed",
-                        id, input.getProperty("name", null), e);
+                logger.error("Worker {}: re-registering adapter {} failed", id, adapter.name(), e);
             }
         }
+        syncedPid = pid;
+        logger.info("Worker {}: Python process {} is ready; {} of {} adapter(s) registered again",
+                id, pid, ok, adapters.size());
     }
 
     private static void fail(List<Job> batch, Throwable t) {

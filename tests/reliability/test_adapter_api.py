@@ -1,0 +1,155 @@
+"""Adapter registration over HTTP (POST /models/{m}/adapters?name=&src=): bad sources are refused with
+a clear reason while registered adapters keep serving, and churn under load fails no request."""
+
+import random
+import shutil
+import threading
+
+import pytest
+import requests
+
+from rel_support import FIGURES, HANG_SECONDS, generate
+
+pytestmark = pytest.mark.server
+
+PROMPTS = ["What is Amazon SageMaker?", "How do I start?", "Which regions?"]
+
+
+def register(live, name, src, timeout=HANG_SECONDS):
+    return requests.post(live.adapters_url, params={"name": name, "src": str(src)}, timeout=timeout)
+
+
+def listed(live) -> set[str]:
+    return {a["name"] for a in requests.get(live.adapters_url, timeout=30).json()["adapters"]}
+
+
+def baseline(live, adapters=("alpha", "beta", "")) -> dict:
+    return {(a, p): generate(live.url, p, a) for a in adapters for p in PROMPTS}
+
+
+def bad_source(case, root, tmp_path):
+    if case == "absolute_elsewhere":
+        return shutil.copytree(root / "gamma", tmp_path / "elsewhere")
+    if case == "dotdot":
+        shutil.copytree(root / "gamma", tmp_path / "outside")
+        return f"{root}/../{tmp_path.name}/outside"
+    if case == "relative_dotdot":
+        return "../../../../../../../../etc"
+    if case == "symlink_escape":
+        target = shutil.copytree(root / "gamma", tmp_path / "real")
+        link = root / f"link-{tmp_path.name}"
+        link.symlink_to(target)
+        return link
+    if case == "system_dir":
+        return "/etc"
+    return {"pickle_only": root / "pickle-only", "other_base": root / "for-llama", "corrupt": root / "corrupt",
+            "missing": root / "not-there", "not_an_adapter": root.parent}[case]
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("absolute_elsewhere", "outside the allowed roots"),
+    ("dotdot", "outside the allowed roots"),
+    ("relative_dotdot", "outside the allowed roots"),
+    ("symlink_escape", "outside the allowed roots"),
+    ("system_dir", "outside the allowed roots"),
+    ("pickle_only", "allow_pickle_adapters"),
+    ("other_base", "trained on another base model"),
+    ("corrupt", "unreadable"),
+    ("missing", "not a folder"),
+])
+def test_bad_sources_are_refused_and_registered_adapters_keep_serving(healthy, adapter_root, tmp_path, case,
+                                                                      reason):
+    before_names, before = listed(healthy), baseline(healthy, ("alpha", "beta"))
+    r = register(healthy, f"bad-{case}", bad_source(case, adapter_root, tmp_path))
+    assert r.status_code == 400, r.text
+    assert reason in r.json()["error"], r.json()
+    FIGURES.add("bad adapter registrations refused")
+    assert listed(healthy) == before_names
+    assert baseline(healthy, ("alpha", "beta")) == before
+    r = requests.post(healthy.url + "/invocations", json={"inputs": "x", "adapters": f"bad-{case}"}, timeout=30)
+    assert r.status_code == 404
+    registry = healthy.model_dir / ".loraship" / "adapters.json"
+    assert not registry.exists() or f"bad-{case}" not in registry.read_text()
+    if case == "pickle_only":
+        assert not (adapter_root.parent / "pickle-was-loaded").exists(), "the pickle was unpickled"
+
+
+@pytest.mark.parametrize("name", ["../evil", "lora", "__base__", "a" * 65, "x y", "é"])
+def test_bad_names_are_refused(healthy, adapter_root, name):
+    r = register(healthy, name, adapter_root / "gamma")
+    assert r.status_code == 400, r.text
+    assert "invalid adapter name" in r.json()["error"]
+    assert name not in listed(healthy)
+
+
+def test_existing_name_is_refused_without_touching_it(healthy, adapter_root):
+    before = baseline(healthy, ("alpha",))
+    r = register(healthy, "alpha", adapter_root / "gamma")
+    assert r.status_code == 400 and "already exists" in r.json()["message"]
+    assert baseline(healthy, ("alpha",)) == before
+
+
+def churn_under_load(live, root, cycles: int, load_threads: int = 3) -> dict:
+    """Register, update and remove adapters while other threads send requests on alpha, beta and the base."""
+    expected = baseline(live)
+    stop = threading.Event()
+    failures, served = [], [0] * load_threads
+
+    def load(i):
+        rng = random.Random(i)
+        while not stop.is_set():
+            adapter, prompt = rng.choice(list(expected))
+            try:
+                r = requests.post(live.url + "/invocations", timeout=HANG_SECONDS,
+                                  json={"inputs": prompt, "adapters": adapter or "__base__",
+                                        "parameters": {"max_new_tokens": 4}})
+                if r.status_code != 200 or r.json()["generated_text"] != expected[(adapter, prompt)]:
+                    failures.append((adapter, prompt, r.status_code, r.text[:200]))
+            except requests.RequestException as exc:
+                failures.append((adapter, prompt, "no reply", repr(exc)))
+            served[i] += 1
+
+    threads = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(load_threads)]
+    for t in threads:
+        t.start()
+    events, churn_errors = 0, []
+    try:
+        for c in range(cycles):
+            name = f"churn-{c % 3}"
+            steps = [("register", lambda: register(live, name, root / "gamma")),
+                     ("update", lambda: requests.post(f"{live.adapters_url}/{name}/update",
+                                                      params={"src": str(root / "delta")}, timeout=HANG_SECONDS)),
+                     ("serve", lambda: requests.post(live.url + "/invocations", timeout=HANG_SECONDS,
+                                                     json={"inputs": "q", "adapters": name})),
+                     ("unregister", lambda: requests.delete(f"{live.adapters_url}/{name}", timeout=HANG_SECONDS))]
+            for step, call in steps:
+                r = call()
+                if r.status_code != 200:
+                    churn_errors.append((c, step, r.status_code, r.text[:200]))
+                events += step != "serve"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(HANG_SECONDS)
+    return {"failures": failures, "churn_errors": churn_errors, "events": events, "served": sum(served)}
+
+
+def test_adapter_churn_under_load_fails_no_request(healthy, adapter_root):
+    before = listed(healthy)
+    result = churn_under_load(healthy, adapter_root, cycles=6)
+    FIGURES.add("adapter churn events under load", result["events"])
+    FIGURES.add("requests served during churn", result["served"])
+    FIGURES.add("requests failed during churn", len(result["failures"]))
+    assert result["churn_errors"] == []
+    assert result["failures"] == [], result["failures"][:5]
+    assert result["served"] > 0
+    assert listed(healthy) == before
+
+
+@pytest.mark.soak
+def test_soak_adapter_churn(healthy, adapter_root):
+    result = churn_under_load(healthy, adapter_root, cycles=150, load_threads=4)
+    FIGURES.add("adapter churn events under load", result["events"])
+    FIGURES.add("requests served during churn", result["served"])
+    FIGURES.add("requests failed during churn", len(result["failures"]))
+    assert result["churn_errors"] == [] and result["failures"] == []
