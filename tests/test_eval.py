@@ -306,19 +306,11 @@ def test_eval_refuses_bad_input(tiny_neox, good_run, tmp_path, capsys):
 def served(djl_available, tiny_neox, good_run, tmp_path_factory):
     """The tiny model and the trained adapter (as "faqs") behind a real DJL server, one request at a time."""
     from loraship.build import build_model_dir
-    from loraship.runtime import Server, free_port
+    from servers import start_server
 
     model_dir = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny", {"faqs": good_run},
                                 max_new_tokens=64)
-    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w+")
-    srv = Server(model_dir, port=free_port(), log_file=log)
-    try:
-        srv.wait_ready(timeout=240)
-    except Exception:
-        log.seek(0)
-        print(log.read()[-5000:])
-        srv.stop()
-        raise
+    srv = start_server(model_dir, tmp_path_factory)
     yield srv
     srv.stop()
 

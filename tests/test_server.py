@@ -1,7 +1,6 @@
 """The handler served by the real DJL runtime over HTTP (DJL's Python engine + loraship's host)."""
 
 import json
-import os
 import subprocess
 import time
 
@@ -10,6 +9,7 @@ import requests
 
 from loraship.build import build_model_dir
 from loraship.runtime import Server, free_port
+from servers import start_server
 
 pytestmark = pytest.mark.server
 
@@ -17,15 +17,7 @@ pytestmark = pytest.mark.server
 @pytest.fixture(scope="module")
 def server(djl_available, tiny_neox, tmp_path_factory):
     model_dir = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny", max_new_tokens=64)
-    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w+")
-    srv = Server(model_dir, port=free_port(), log_file=log)
-    try:
-        srv.wait_ready(timeout=240)
-    except Exception:
-        log.seek(0)
-        print(log.read()[-5000:])
-        srv.stop()
-        raise
+    srv = start_server(model_dir, tmp_path_factory)
     yield srv
     srv.stop()
 

@@ -1,7 +1,6 @@
 """Adapters, batching, streaming, errors and custom pipelines through the real DJL runtime."""
 
 import json
-import shutil
 import threading
 
 import pytest
@@ -10,22 +9,10 @@ import requests
 from loraship.build import build_model_dir
 from loraship.runtime import Server, free_port
 from test_adapters import PROMPT, peft_reference
+from servers import start_server
 from tiny_models import save_random_adapter
 
 pytestmark = pytest.mark.server
-
-
-def start(model_dir, tmp_path_factory):
-    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w+")
-    srv = Server(model_dir, port=free_port(), log_file=log)
-    try:
-        srv.wait_ready(timeout=240)
-    except Exception:
-        log.seek(0)
-        print(log.read()[-5000:])
-        srv.stop()
-        raise
-    return srv
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +28,7 @@ def server(djl_available, tiny_neox, adapter_root, tmp_path_factory):
     md = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny",
                          {"alpha": adapter_root / "alpha", "beta": adapter_root / "beta"},
                          batch_size=4, max_batch_delay=400, options={"adapter_roots": str(adapter_root)})
-    srv = start(md, tmp_path_factory)
+    srv = start_server(md, tmp_path_factory)
     yield srv
     srv.stop()
 
@@ -167,7 +154,7 @@ class Shout(Pipeline):
 def test_custom_pipeline_from_model_dir(djl_available, tiny_neox, tmp_path_factory):
     md = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "shout", options={"pipeline": "shout_pipeline:Shout"})
     (md / "shout_pipeline.py").write_text(SHOUT)
-    srv = start(md, tmp_path_factory)
+    srv = start_server(md, tmp_path_factory)
     try:
         r = gen(srv, {"inputs": "hello", "parameters": {"max_new_tokens": 6}})
         assert r.status_code == 200 and r.json()["generated_text"].startswith("SHOUT:")
