@@ -158,15 +158,20 @@ def load_policy(path: str | Path) -> Policy:
 
 # ---- inputs ------------------------------------------------------------------------------------
 
-def load_eval(path: str | Path) -> dict:
-    path = Path(path)
+def _read_json_object(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise GateInputError(f"cannot read eval file {path}: {exc}") from None
-    problems = []
+        raise GateInputError(f"cannot read {what} file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise GateInputError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def load_eval(path: str | Path) -> dict:
+    path = Path(path)
+    data = _read_json_object(path, "eval")
+    problems = []
     if not str(data.get("schema", "")).startswith("loraship.eval/"):
         problems.append(f"schema is {data.get('schema')!r}, expected loraship.eval/1 (a `loraship eval` output)")
     for key in ("metrics", "adapters"):
@@ -178,14 +183,7 @@ def load_eval(path: str | Path) -> dict:
 
 
 def load_bench(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise GateInputError(f"cannot read bench file {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise GateInputError(f"{path}: expected a JSON object")
-    return data
+    return _read_json_object(Path(path), "bench")
 
 
 def bench_figures(bench: dict) -> dict[str, dict[str, dict[str, float | None]]]:
