@@ -54,3 +54,15 @@ def tiny_llama(tmp_path_factory) -> Path:
     from tiny_models import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def gpu_base() -> str:
+    """The base model for GPU checks: ``$LORASHIP_GPU_MODEL`` if set, else the embedded default.
+
+    A machine without the default model's GGUF can point the variable at any HF folder (e.g.
+    random weights in SmolLM2's shape, built from its config.json) so the kernels see real sizes.
+    """
+    from loraship.models import resolve_model
+
+    return os.environ.get("LORASHIP_GPU_MODEL") or resolve_model("default")

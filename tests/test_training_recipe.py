@@ -91,6 +91,13 @@ def test_gradient_checkpointing_trains_the_same_weights(tiny_llama, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
 
 
+def test_second_run_in_one_process_may_change_precision(tiny_llama, tmp_path):
+    """accelerate keeps per-process state; a later train() asking for another precision still runs."""
+    train(tiny_config(tiny_llama, "train.max_steps=1"), tmp_path / "fp32")
+    manifest = train(tiny_config(tiny_llama, "train.max_steps=1", "model.precision=bf16-mixed"), tmp_path / "bf16")
+    assert manifest["run"]["steps"] == 1 and manifest["config"]["model"]["precision"] == "bf16-mixed"
+
+
 def test_tiny_run_writes_a_servable_adapter_and_its_record(tiny_neox, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -87,11 +87,17 @@ class CompletionLoss(torch.nn.Module):
 def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict:
     """Run the recipe into ``output``; return the manifest it wrote there."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
 
     started = time.perf_counter()
     out = Path(output).resolve()
     _check_hardware(cfg.model)
+    # accelerate keeps one state per process and refuses a second Accelerator with another
+    # precision; a second train() in one process (tests, notebooks) must be able to ask for one.
+    # The process group (PartialState), if `accelerate launch` made one, is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}
                               [cfg.model.precision])
     main = accelerator.is_main_process
