@@ -52,10 +52,54 @@ def cmd_serve(args) -> int:
 
 
 def cmd_train(args) -> int:
-    """Train a LoRA adapter from a YAML config (training/configs/); resumable, servable by build."""
-    from training.recipe import run_cli
+    """Train a LoRA adapter from a YAML config (training/configs/); resumable, servable by build.
+    With --sagemaker, run the same config as a SageMaker training job."""
+    sagemaker_only = [flag for flag, value in _sagemaker_flags(args) if value not in (None, False)]
+    if not args.sagemaker:
+        if sagemaker_only:
+            return _usage("train", f"{', '.join(sagemaker_only)}: only with --sagemaker")
+        from training.recipe import run_cli
 
-    return run_cli(args.config, args.output, args.set, resume=args.resume, overwrite=args.overwrite)
+        return run_cli(args.config, args.output, args.set, resume=args.resume, overwrite=args.overwrite)
+    if args.resume or args.overwrite:
+        return _usage("train", "--resume and --overwrite are for local runs: a SageMaker job resumes from its own "
+                               "checkpoints")
+    if args.output and not args.wait:
+        return _usage("train", "--output with --sagemaker is where --wait puts the adapter: add --wait")
+
+    import json
+
+    from training.recipe import DEFAULT_CONFIG
+    from training.sagemaker import (DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN, JobOptions, SageMakerError,
+                                    SubmitRefused, run_job)
+
+    opts = JobOptions(
+        config=Path(args.config) if args.config else DEFAULT_CONFIG, overrides=args.set, role=args.role,
+        bucket=args.bucket, instance_type=args.instance_type or DEFAULT_INSTANCE_TYPE, region=args.region,
+        endpoint_url=args.endpoint_url, job_name=args.job_name, image_uri=args.image_uri, spot=args.spot,
+        max_run=DEFAULT_MAX_RUN if args.max_run is None else args.max_run, wait=args.wait,
+        output=Path(args.output) if args.output else None)
+    try:
+        result = run_job(opts, dry_run=args.dry_run)
+    except SageMakerError as exc:
+        print(f"loraship train: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, SubmitRefused) else 1
+    except KeyboardInterrupt:  # run_job said what was left behind
+        return 130
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _sagemaker_flags(args) -> list[tuple[str, object]]:
+    return [("--instance-type", args.instance_type), ("--role", args.role), ("--bucket", args.bucket),
+            ("--region", args.region), ("--endpoint-url", args.endpoint_url), ("--job-name", args.job_name),
+            ("--image-uri", args.image_uri), ("--spot", args.spot), ("--max-run", args.max_run),
+            ("--wait", args.wait), ("--dry-run", args.dry_run)]
+
+
+def _usage(command: str, message: str) -> int:
+    print(f"loraship {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def cmd_eval(args) -> int:
@@ -287,12 +331,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
     p.add_argument("--config", help="YAML config (default: training/configs/sagemaker_faqs.yaml)")
-    p.add_argument("--output", help="output folder (default: runs/<config name>)")
+    p.add_argument("--output", help="output folder (default: runs/<config name>; with --sagemaker --wait, where "
+                                    "the job's adapter is extracted, default runs/sagemaker/<job name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. train.max_steps=10 (repeatable)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an unfinished run from its last checkpoint")
     mode.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --output")
+    sm = p.add_argument_group("SageMaker", "with --sagemaker, the config (after --set) runs as a SageMaker "
+                                           "training job; its inputs go to s3://BUCKET/loraship/train/JOB/")
+    sm.add_argument("--sagemaker", action="store_true",
+                    help="submit a SageMaker training job instead of training here")
+    sm.add_argument("--instance-type", help="training instance (default: ml.g5.2xlarge)")
+    sm.add_argument("--role", help="SageMaker execution role ARN (required with --sagemaker)")
+    sm.add_argument("--bucket", help="S3 bucket for the job's inputs, checkpoints and model artifact "
+                                     "(required with --sagemaker)")
+    sm.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION / the AWS config)")
+    sm.add_argument("--endpoint-url", help="send every AWS call here (default: AWS_ENDPOINT_URL, else AWS)")
+    sm.add_argument("--job-name", help="training job name (default: loraship-<config name>-<UTC time>-<random>)")
+    sm.add_argument("--image-uri", help="training image (default: the SDK's PyTorch training DLC, GPU or CPU "
+                                        "by instance type)")
+    sm.add_argument("--spot", action="store_true",
+                    help="managed spot training; an interrupted job resumes from its checkpoints")
+    sm.add_argument("--max-run", type=int, metavar="SECONDS",
+                    help="stop the job after this long (default: 86400; with --spot it may wait as long again)")
+    sm.add_argument("--wait", action="store_true",
+                    help="wait for the job to end, then download and check the adapter into --output")
+    sm.add_argument("--dry-run", action="store_true",
+                    help="check and print the uploads and the CreateTrainingJob request as JSON; touch nothing")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__)

@@ -16,13 +16,14 @@ import boto3
 import pytest
 import requests
 
+from moto_aws import REGION, fake_aws, moto_server
+
 from loraship.build import build_model_dir
 from loraship.cli import main
 from loraship.package import adapter_sha256, package_model_dir
 from loraship.rollout import (LMI_ACCOUNT, LMI_TAG, RolloutFailed, RolloutOptions, RolloutRefused, lmi_image_uri,
                               rollout)
 
-REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
 BUCKET = "loraship-artifacts"
 GPU = "ml.g4dn.xlarge"
@@ -47,16 +48,12 @@ def moto_update_endpoint(self):
 @pytest.fixture(scope="module")
 def moto_url():
     from moto.sagemaker.responses import SageMakerResponse
-    from moto.server import ThreadedMotoServer
 
     patched = not hasattr(SageMakerResponse, "update_endpoint")
     if patched:
         SageMakerResponse.update_endpoint = moto_update_endpoint
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
     if patched:
         del SageMakerResponse.update_endpoint
 
@@ -64,14 +61,7 @@ def moto_url():
 @pytest.fixture
 def aws(moto_url, monkeypatch, tmp_path):
     """Dummy credentials, a fresh moto state with the bucket, and boto3 clients pointed at moto."""
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    requests.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
+    fake_aws(monkeypatch, tmp_path, moto_url)
 
     class Clients:
         url = moto_url
