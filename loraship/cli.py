@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint-name", required=True)
     p.add_argument("--instance-type", default="ml.g5.2xlarge")
     p.add_argument("--role", required=True, help="SageMaker execution role ARN")
-    p.add_argument("--region", help="AWS region (default: AWS_REGION / the AWS config)")
+    p.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION / the AWS config)")
     p.add_argument("--instance-count", type=int, default=1)
     p.add_argument("--autoscale", metavar="MIN:MAX",
                    help="target-tracking autoscaling on SageMakerVariantInvocationsPerInstance")

@@ -205,7 +205,7 @@ def make_plan(opts: RolloutOptions) -> tuple[Plan, ArchiveContents]:
                         f"{opts.autoscale[0]}:{opts.autoscale[1]}")
     region = opts.region or _default_region()
     if not region:
-        problems.append("no region: pass --region or set AWS_REGION")
+        problems.append("no region: pass --region or set AWS_DEFAULT_REGION")
     if problems:
         raise RolloutRefused("; ".join(problems))
     try:
