@@ -44,7 +44,7 @@ VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 SMOKE_PROMPT = "What is Amazon SageMaker?"
 _ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$")
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$")
 _BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed", "Deleting")
 
 
@@ -194,7 +194,7 @@ def make_plan(opts: RolloutOptions) -> tuple[Plan, ArchiveContents]:
         problems.append(f"--endpoint-name {opts.endpoint_name!r}: 1-63 letters, digits and '-'")
     if not opts.bucket or "/" in opts.bucket:
         problems.append(f"--bucket {opts.bucket!r} must be a bucket name (no s3:// or key)")
-    if not _ROLE_ARN.match(opts.role or ""):
+    if not ROLE_ARN.match(opts.role or ""):
         problems.append(f"--role {opts.role!r} must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME)")
     if not opts.instance_type.startswith("ml."):
         problems.append(f"--instance-type {opts.instance_type!r} must be a SageMaker type such as ml.g5.2xlarge")

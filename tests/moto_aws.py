@@ -35,3 +35,22 @@ def fake_aws(monkeypatch, tmp_path, url: str, region: str = REGION) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+
+
+class AwsClients:
+    """boto3 clients pointed at a moto server, and the tests' bucket created in its fresh state.
+    Make it after ``fake_aws``: the clients take its credentials."""
+
+    def __init__(self, url: str, bucket: str):
+        self.url, self.bucket = url, bucket
+        self.s3 = self.client("s3")
+        self.sm = self.client("sagemaker")
+        self.s3.create_bucket(Bucket=bucket)
+
+    def client(self, service: str):
+        import boto3
+
+        return boto3.client(service, region_name=REGION, endpoint_url=self.url)
+
+    def keys(self) -> list[str]:
+        return sorted(o["Key"] for o in self.s3.list_objects_v2(Bucket=self.bucket).get("Contents", []))

@@ -7,7 +7,6 @@ Marked ``gpu``: skipped where torch sees no CUDA device (CI). The base model is 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

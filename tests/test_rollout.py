@@ -12,11 +12,10 @@ import json
 import os
 import tarfile
 
-import boto3
 import pytest
 import requests
 
-from moto_aws import REGION, fake_aws, moto_server
+from moto_aws import REGION, AwsClients, fake_aws, moto_server
 
 from loraship.build import build_model_dir
 from loraship.cli import main
@@ -63,11 +62,10 @@ def aws(moto_url, monkeypatch, tmp_path):
     """Dummy credentials, a fresh moto state with the bucket, and boto3 clients pointed at moto."""
     fake_aws(monkeypatch, tmp_path, moto_url)
 
-    class Clients:
-        url = moto_url
-        s3 = boto3.client("s3", region_name=REGION, endpoint_url=moto_url)
-        sm = boto3.client("sagemaker", region_name=REGION, endpoint_url=moto_url)
-        scaling = boto3.client("application-autoscaling", region_name=REGION, endpoint_url=moto_url)
+    class Clients(AwsClients):
+        def __init__(self):
+            super().__init__(moto_url, BUCKET)
+            self.scaling = self.client("application-autoscaling")
 
         def smoke_replies(self, *bodies):
             """Queue what moto's InvokeEndpoint answers next, one reply per smoke request."""
@@ -86,12 +84,7 @@ def aws(moto_url, monkeypatch, tmp_path):
         def config_names(self):
             return sorted(c["EndpointConfigName"] for c in self.sm.list_endpoint_configs()["EndpointConfigs"])
 
-        def keys(self):
-            return sorted(o["Key"] for o in self.s3.list_objects_v2(Bucket=BUCKET).get("Contents", []))
-
-    clients = Clients()
-    clients.s3.create_bucket(Bucket=BUCKET)
-    return clients
+    return Clients()
 
 
 OK = {"generated_text": "Amazon SageMaker is a managed ML service."}

@@ -16,6 +16,9 @@ from pathlib import Path
 MANIFEST = "training_manifest.json"
 CONFIG = "training_config.yaml"
 CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "state.pt")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+# Imported by sagemaker_entry.py before the job installs anything: keep this module's top level stdlib-only.
 
 
 class TrainingError(Exception):
@@ -92,9 +95,10 @@ def save_checkpoint(out: Path, step: int, trainable: dict, optimizer_state: dict
     tmp = out / f"{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(state, tmp / "state.pt")
+    weights_file, optimizer_file, state_file = CHECKPOINT_FILES
+    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / weights_file)
+    torch.save(optimizer_state, tmp / optimizer_file)
+    torch.save(state, tmp / state_file)
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -111,10 +115,11 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     import torch
     from safetensors.torch import load_file
 
-    trainable = load_file(path / "trainable.safetensors")
+    weights_file, optimizer_file, state_file = CHECKPOINT_FILES
+    trainable = load_file(path / weights_file)
     # Our own files, holding RNG states and plain Python values: not untrusted input.
-    optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    optimizer_state = torch.load(path / optimizer_file, map_location="cpu", weights_only=False)
+    state = torch.load(path / state_file, map_location="cpu", weights_only=False)
     return trainable, optimizer_state, state
 
 

@@ -38,11 +38,10 @@ import yaml
 
 from loraship.models import DEFAULT, ModelError, resolve_model
 from loraship.paths import REPO_ROOT
-from loraship.rollout import _ROLE_ARN
+from loraship.rollout import ROLE_ARN
 
 from .config import ConfigError, load_config
-from .outputs import CONFIG, MANIFEST
-from .sagemaker_entry import ADAPTER_FILES
+from .outputs import ADAPTER_FILES, CONFIG, MANIFEST
 
 PREFIX = "loraship/train"
 DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
@@ -60,7 +59,7 @@ SOURCE_TARBALL = "source.tar.gz"
 #: The container's entrypoint: unpack the code channel and run the entry script with the image's Python.
 ENTRYPOINT = ["/bin/bash", "-c",
               f"mkdir -p /opt/ml/code && tar -xzf {CHANNELS}/code/{SOURCE_TARBALL} -C /opt/ml/code "
-              "&& exec python3 /opt/ml/code/training/sagemaker_entry.py"]
+              "&& cd /opt/ml/code && exec python3 -m training.sagemaker_entry"]
 TERMINAL = ("Completed", "Failed", "Stopped")
 _INSTANCE_TYPE = re.compile(r"^ml\.([a-z][a-z0-9-]*)\.([a-z0-9]+)$")
 _JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -195,7 +194,7 @@ def make_plan(opts: JobOptions) -> Plan:
         cuda = has_cuda(opts.instance_type)
     if not opts.role:
         problems.append("--role is required: the SageMaker execution role ARN")
-    elif not _ROLE_ARN.match(opts.role):
+    elif not ROLE_ARN.match(opts.role):
         problems.append(f"--role {opts.role!r} must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME)")
     problems += bucket_problems(opts.bucket)
     if opts.job_name is not None and not _JOB_NAME.match(opts.job_name):

@@ -1,7 +1,8 @@
 """What a ``loraship train --sagemaker`` job runs inside the training container.
 
 The job's entrypoint unpacks the uploaded source (channel ``code``) into /opt/ml/code and runs
-this file with the container's Python, so it uses the standard library only. It then:
+this module there (``python3 -m training.sagemaker_entry``) with the container's Python, before
+anything is installed: it uses the standard library and ``training.outputs``'s names only. It then:
 
 1. pip-installs /opt/ml/code (loraship with its training code and dependencies, and the
    ``gpu`` extra, bitsandbytes, when the config quantizes);
@@ -25,13 +26,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from training.outputs import ADAPTER_FILES, CHECKPOINT_FILES, CHECKPOINT_PREFIX, CONFIG, MANIFEST
+
 OPT_ML = Path("/opt/ml")
 RUN = "run"
 """The training output's folder under the checkpoint dir."""
-MANIFEST = "training_manifest.json"  # training/outputs.py: written last, so it marks a finished run
-CONFIG = "training_config.yaml"  # training/outputs.py: written first, so it marks a started run
-CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "state.pt")  # training/outputs.py save_checkpoint
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
 class StepFailed(Exception):
@@ -48,9 +47,9 @@ def run(cmd: list[str]) -> None:
 def resume_flags(out: Path) -> list[str] | None:
     """The flags ``loraship train`` needs for what ``out`` holds: ``[]`` for a fresh run,
     ``["--resume"]`` for one an earlier attempt started, None when it already finished."""
-    if (out / MANIFEST).is_file():
+    if (out / MANIFEST).is_file():  # written last: the run finished
         return None
-    if (out / CONFIG).is_file():
+    if (out / CONFIG).is_file():  # written first: the run started
         return ["--resume"]
     return []
 
@@ -62,7 +61,7 @@ def drop_incomplete_checkpoints(out: Path) -> list[Path]:
     file, so a restored one can miss files; resuming would then fail to load it.
     """
     dropped = []
-    for folder in sorted(out.glob("checkpoint-*")):
+    for folder in sorted(out.glob(f"{CHECKPOINT_PREFIX}*")):
         if folder.is_dir() and not all((folder / name).is_file() for name in CHECKPOINT_FILES):
             shutil.rmtree(folder)
             dropped.append(folder)
@@ -77,7 +76,7 @@ def export_model(out: Path, model_dir: Path) -> None:
         raise StepFailed(f"training finished without {', '.join(missing)} in {out}")
     model_dir.mkdir(parents=True, exist_ok=True)
     for item in sorted(out.iterdir()):
-        if item.name.startswith((".", "checkpoint-")):
+        if item.name.startswith((".", CHECKPOINT_PREFIX)):
             continue
         if item.is_dir():
             shutil.copytree(item, model_dir / item.name, dirs_exist_ok=True)
