@@ -44,8 +44,11 @@ model: venv
 
 setup: venv runtime model
 
+# The conformance suite runs on real DJL Serving too: $$DJL_SERVING_HOME, else ../shared/djl-serving if present.
+SHARED_DJL := $(wildcard $(abspath ../shared/djl-serving))
+
 test: setup
-	$(VENV)/bin/pytest
+	DJL_SERVING_HOME="$${DJL_SERVING_HOME:-$(SHARED_DJL)}" $(VENV)/bin/pytest
 
 # The long reliability runs (fuzz, overload waves, repeated worker crashes, adapter churn); `make test`
 # deselects them (tests/reliability/conftest.py).

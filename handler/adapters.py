@@ -15,7 +15,7 @@ import re
 import threading
 from collections import OrderedDict
 
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
 RESERVED = {"", "__base__"}
@@ -134,7 +134,8 @@ class AdapterSet:
             if name in self.sources:
                 if self.sources[name] == path:
                     return  # the same adapter again (seed keys and adapters/ both name it)
-                raise BadRequest(f"adapter {name!r} is already registered from {self.sources[name]!r}", field="name")
+                raise Conflict(f"adapter {name!r} is already registered from {self.sources[name]!r}; "
+                               "unregister it first to replace it", field="name")
             self._prepare(name, path)
             self.sources[name] = path
             if pin:

@@ -30,6 +30,12 @@ class NotFound(HandlerError):
     status = 404
 
 
+class Conflict(HandlerError):
+    """The request clashes with the current state (an adapter name that is already registered)."""
+
+    status = 409
+
+
 class PayloadTooLarge(HandlerError):
     status = 413
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections import defaultdict
 
@@ -23,6 +24,8 @@ from .requests import ParsedRequest, parse_body
 log = logging.getLogger(__name__)
 ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
 JSON = "application/json"
+# Content keys of a real batch: DJL's server writes "batch_NNN.", djl_python.test_model's batch helper "batch_NNN_".
+BATCH_KEY = re.compile(r"batch_\d{3}[._]")
 
 
 class HandlerService:
@@ -49,8 +52,9 @@ class HandlerService:
 
     def handle(self, inputs: Input) -> Output | None:
         if self.options is None:
+            # DJL Serving initialises with a call of its own (no content); djl_python.test_model sends
+            # the properties and the first request in one call, which is served once loaded.
             self.initialize(inputs.get_properties())
-            return None
         if inputs.is_empty():
             return None
         return self.inference(inputs)
@@ -74,13 +78,19 @@ class HandlerService:
                 self.adapters.remove(name)
             self.generator.model = self.adapters.model
         except Exception as exc:  # every failure is reported; the served adapters stay as they were
-            return _json_output(*error_json(exc))
+            code, body = error_json(exc)
+            # Real DJL Serving answers adapter calls with Output.message alone: it must carry the explanation.
+            return _json_output(code, body, message=body["error"])
         done = {"register": "registered", "update": "updated", "unregister": "unregistered"}[action]
-        return _json_output(200, {"status": f"adapter {name} {done}"})
+        status = f"Adapter {name} {done}"
+        return _json_output(200, {"status": status}, message=status)
 
     # -- inference -----------------------------------------------------------------------------
     def inference(self, inputs: Input) -> Output:
-        batch = inputs.get_batches()
+        # is_batch() alone is not enough: djl_python.test_model copies serving.properties (batch_size
+        # included) into every request, and get_batches() then fails on keys without a batch prefix.
+        is_batch = inputs.is_batch() and any(BATCH_KEY.match(k or "") for k in inputs.get_content().get_keys())
+        batch = inputs.get_batches() if is_batch else [inputs]
         replies: list[tuple[int, object]] = [(500, None)] * len(batch)
         parsed: dict[int, tuple[ParsedRequest, list[str]]] = {}
         for i, item in enumerate(batch):
@@ -122,14 +132,16 @@ class HandlerService:
                                                    "set batch_size=1", field="stream"))
             else:
                 replies[i] = (200, self._encode(req, results[i], len(batch)))
-        return _batch_output(replies, inputs.is_batch())
+        return _batch_output(replies, is_batch)
 
     def _parse(self, item: Input) -> tuple[ParsedRequest, list[str]]:
         opts = self.options
         query = item.get_content().get("adapter")
         content = item.get_content()
-        # The body is the last "data" item: a "?data=" query parameter comes before it.
-        body = next((content.value_at(i) for i in reversed(range(content.size())) if content.key_at(i) == "data"), None)
+        # The body is the last "data" item: a "?data=" query parameter comes before it. djl_python.test_model
+        # adds the body with no key.
+        body = next((content.value_at(i) for i in reversed(range(content.size()))
+                     if content.key_at(i) in ("data", None)), None)
         req = parse_body(body, input_field=self.pipeline.input_field,
                          max_cap=opts.max_new_tokens, default_max=opts.default_max_new_tokens,
                          query_adapter=bytes(query).decode("utf-8", "replace") if query is not None else None,
@@ -161,8 +173,25 @@ class HandlerService:
         return out
 
 
-def _json_output(code: int, body) -> Output:
-    out = Output(code=code, message="OK" if code < 300 else body.get("type", "Error"))
+class _ReadableOutput(Output):
+    """An Output whose ``str()`` shows its bodies, not just their types: djl_python.test_model prints it."""
+
+    def __str__(self) -> str:
+        shown = json.loads(super().__str__())
+        shown["content"] = {self.content.key_at(i): _readable(self.content.value_at(i))
+                            for i in range(self.content.size())}
+        return json.dumps(shown, indent=2, ensure_ascii=False)
+
+
+def _readable(value):
+    try:
+        return json.loads(bytes(value))
+    except ValueError:  # not JSON (UnicodeDecodeError is a ValueError too)
+        return bytes(value).decode("utf-8", "replace")
+
+
+def _json_output(code: int, body, message: str | None = None) -> Output:
+    out = _ReadableOutput(code=code, message=message or ("OK" if code < 300 else body.get("type", "Error")))
     out.add_property("content-type", JSON)
     out.add_as_json(body)
     return out
@@ -172,7 +201,7 @@ def _batch_output(replies: list[tuple[int, object]], is_batch: bool) -> Output:
     """One Output for the batch: per-index bodies; the status is real only for a lone request."""
     if not is_batch:
         return _json_output(*replies[0])
-    out = Output()
+    out = _ReadableOutput()
     out.add_property("content-type", JSON)
     for i, (_, body) in enumerate(replies):
         out.add_as_json(body, batch_index=i)

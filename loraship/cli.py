@@ -23,6 +23,7 @@ def cmd_build(args) -> int:
     out = build_model_dir(args.model, args.out, parse_adapter_args(args.adapter), pipeline=args.pipeline,
                           batch_size=args.batch_size, max_batch_delay=args.max_batch_delay, dtype=args.dtype,
                           max_new_tokens=args.max_new_tokens, predict_timeout=args.predict_timeout,
+                          retry_threshold=args.retry_threshold,
                           options=options, overwrite=args.overwrite)
     print(out)
     return 0
@@ -40,10 +41,11 @@ def cmd_serve(args) -> int:
     # Also when started in the background, where SIGINT arrives ignored; SIGTERM stops it the same way.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    server = Server(args.model_dir, host=args.host, port=args.port)
+    server = Server(args.model_dir, host=args.host, port=args.port, **_server_opts(args))
     try:
         took = server.wait_ready(timeout=args.timeout)
-        print(f"loraship: serving {args.model_dir} at {server.url} (ready in {took:.1f}s)", flush=True)
+        print(f"loraship: {server.name} serving {args.model_dir} as model {server.model_name} at {server.url} "
+              f"(ready in {took:.1f}s)", flush=True)
         return server.proc.wait()
     except KeyboardInterrupt:
         return 0
@@ -252,9 +254,15 @@ def cmd_rollout(args) -> int:
 
 def cmd_perf(args) -> int:
     """Measure the handler's batching gain, mixed-adapter cost, DJL overhead and fp32 vs bf16."""
-    from .perf import print_figures, run_perf
+    from .perf import print_figures, run_perf, run_threads
 
-    print_figures(run_perf(args.model, tokens=args.tokens, concurrency=args.concurrency, out=args.out))
+    if args.thread_sweep:
+        policies = [int(n) for n in args.thread_sweep.split(",")]
+        run_threads(args.model, tokens=args.tokens, concurrency=args.concurrency, policies=policies,
+                    server=_server_opts(args), out=args.out)
+        return 0
+    print_figures(run_perf(args.model, tokens=args.tokens, concurrency=args.concurrency, out=args.out,
+                           server=_server_opts(args)))
     return 0
 
 
@@ -262,7 +270,26 @@ def cmd_demo(args) -> int:
     """Run the whole workflow on the embedded default model and print what each step proved."""
     from .demo import run_demo
 
-    return run_demo(port=args.port, questions=args.questions)
+    return run_demo(port=args.port, questions=args.questions, server=_server_opts(args))
+
+
+def _server_opts(args) -> dict:
+    """The server choice of serve, perf and demo, checked before anything starts."""
+    from .runtime import resolve_server
+
+    kind, home = resolve_server(args.server, args.djl_home)
+    return {"kind": kind, "djl_home": home, "threads": args.threads}
+
+
+def _add_server_args(p) -> None:
+    p.add_argument("--server", choices=("auto", "djl", "host"), default="auto",
+                   help="djl: the real DJL Serving ModelServer from --djl-home; host: loraship's host over DJL's "
+                        "Python engine (make runtime); auto (default): djl when a DJL home is configured")
+    p.add_argument("--djl-home", metavar="DIR", help="a DJL Serving distribution folder (lib/, conf/); "
+                                                      "default $DJL_SERVING_HOME")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="OMP_NUM_THREADS of the Python worker (default 1, DJL's policy; an OMP_NUM_THREADS "
+                        "already set wins)")
 
 
 def _pair(value: str, flag: str) -> tuple[str, str]:
@@ -317,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--max-new-tokens", type=int, default=512, help="cap on a request's max_new_tokens")
     p.add_argument("--predict-timeout", type=int, default=120, help="seconds before DJL restarts a stuck worker")
+    p.add_argument("--retry-threshold", type=int, default=10,
+                   help="worker crashes DJL Serving recovers from before it marks the model FAILED (DJL's own "
+                        "default, 0, fails the model on the first crash)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra option.KEY=VALUE line for serving.properties (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -327,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the model to load")
+    _add_server_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
@@ -463,11 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=64, help="new tokens per request (fixed with min_new_tokens)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent requests and batch_size")
     p.add_argument("--out", help="also write the figures as JSON here")
+    p.add_argument("--thread-sweep", metavar="N,N", help="instead: batch-1 and batch-CONCURRENCY seconds for each "
+                                                         "worker OMP_NUM_THREADS, quiet and with one busy process")
+    _add_server_args(p)
     p.set_defaults(func=cmd_perf)
 
     p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     p.add_argument("--port", type=int, default=0, help="port for the demo server (default: a free one)")
     p.add_argument("--questions", type=int, default=3, help="how many FAQ questions to ask")
+    _add_server_args(p)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -41,6 +41,7 @@ class Demo:
     run_dir: Path
     port: int
     questions: int
+    server: dict = field(default_factory=dict)
     commands: list[tuple[str, str]] = field(default_factory=list)
     figures: dict = field(default_factory=dict)
     timings: list[tuple[str, float, str]] = field(default_factory=list)
@@ -109,9 +110,10 @@ class Demo:
             with self.step("4/9 build a DJL model dir with the adapter and serve it"):
                 self.run("build", ["build", "--model", "default", "--adapter", f"{ADAPTER}={train_out}",
                                    "--batch-size", "8", "--max-batch-delay", "50", "--out", str(model_dir)])
-                server = Server(model_dir, port=self.port or free_port(), log_file=log)
-                self.commands.append(("serve", f"loraship serve {_rel(model_dir)} --port {server.port}"))
-                print(f"DJL ready at {server.url} in {server.wait_ready():.1f}s (log: {log.name})")
+                server = Server(model_dir, port=self.port or free_port(), log_file=log, **self.server)
+                self.commands.append(("serve", f"loraship serve {_rel(model_dir)} --port {server.port} "
+                                               f"--server {server.kind}"))
+                print(f"{server.name} ready at {server.url} in {server.wait_ready():.1f}s (log: {log.name})")
             with self.step("5/9 smoke: held-out questions, base vs adapter"):
                 self.smoke(server.url, train_out)
             with self.step("6/9 bench a short sweep (concurrency 1, 4, 8) on base and adapter"):
@@ -207,10 +209,10 @@ def _clip(text: str, n: int = 200) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
-def run_demo(port: int = 0, questions: int = 3) -> int:
+def run_demo(port: int = 0, questions: int = 3, server: dict | None = None) -> int:
     run_dir = REPO_ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    demo = Demo(run_dir, port, questions)
+    demo = Demo(run_dir, port, questions, server or {})
     start = time.perf_counter()
     try:
         demo.main()

@@ -104,7 +104,8 @@ def _in_process(base: str, prompts: list[str], tokens: int, dtype: torch.dtype) 
             f"batch{n}_wall_s": batch_wall, f"batch{n}_tok_s": n * tokens / batch_wall}
 
 
-def run_perf(model: str = "default", tokens: int = 64, concurrency: int = 8, out: str | None = None) -> dict:
+def run_perf(model: str = "default", tokens: int = 64, concurrency: int = 8, out: str | None = None,
+             server: dict | None = None) -> dict:
     base = resolve_model(model)
     prompts = _prompts(concurrency)
     fig: dict = {"model": model, "tokens_per_request": tokens, "concurrency": concurrency,
@@ -120,7 +121,7 @@ def run_perf(model: str = "default", tokens: int = 64, concurrency: int = 8, out
 
         print("DJL batch_size=1, requests one at a time ...", flush=True)
         md1 = build_model_dir(model, tmp / "md-b1", batch_size=1, dtype="float32")
-        with Server(md1, port=free_port(), log_file=open(tmp / "b1.log", "w")) as srv:
+        with Server(md1, port=free_port(), log_file=open(tmp / "b1.log", "w"), **(server or {})) as srv:
             srv.wait_ready()
             _post(srv.url, prompts[0], tokens)  # warm-up
             lat = [_post(srv.url, p, tokens)[0] for p in prompts]
@@ -129,7 +130,7 @@ def run_perf(model: str = "default", tokens: int = 64, concurrency: int = 8, out
         print(f"DJL batch_size={concurrency}, {concurrency} concurrent requests ...", flush=True)
         md8 = build_model_dir(model, tmp / "md-b8", adapters, batch_size=concurrency, max_batch_delay=200,
                               dtype="float32")
-        with Server(md8, port=free_port(), log_file=open(tmp / "b8.log", "w")) as srv:
+        with Server(md8, port=free_port(), log_file=open(tmp / "b8.log", "w"), **(server or {})) as srv:
             srv.wait_ready()
             _concurrent(srv.url, prompts, tokens, [""] * concurrency)  # warm-up
             wall, toks, biggest = _concurrent(srv.url, prompts, tokens, [""] * concurrency)
@@ -167,3 +168,44 @@ def print_figures(fig: dict) -> None:
     print(f"  DJL vs in-process batch-1 latency  {f['djl_vs_direct_batch1_latency']:8.2f}x  (target <= 1.10x)")
     print(f"  bf16 vs fp32 speed, batch 1        {f['bf16_vs_fp32_speed_batch1']:8.2f}x")
     print(f"  bf16 vs fp32 speed, batch {c}        {f[f'bf16_vs_fp32_speed_batch{c}']:8.2f}x")
+
+
+def _busy_core():
+    """One competing process that keeps a core busy (as another job on a shared host would)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def run_threads(model: str = "default", tokens: int = 32, concurrency: int = 8, policies=(1, 2),
+                server: dict | None = None, out: str | None = None) -> dict:
+    """Batch-1 latency and a batch of ``concurrency`` through the server, for each worker thread count
+    (OMP_NUM_THREADS), on a quiet machine and with one competing busy process."""
+    prompts = _prompts(concurrency)
+    fig: dict = {"model": model, "tokens_per_request": tokens, "concurrency": concurrency, "runs": []}
+    server = {k: v for k, v in (server or {}).items() if k != "threads"}
+    with tempfile.TemporaryDirectory(prefix="loraship-threads-") as tmp:
+        md = build_model_dir(model, Path(tmp) / "md", batch_size=concurrency, max_batch_delay=200, dtype="float32")
+        for threads in policies:
+            with Server(md, port=free_port(), log_file=open(Path(tmp) / f"t{threads}.log", "w"), threads=threads,
+                        env={"OMP_NUM_THREADS": str(threads)}, **server) as srv:
+                srv.wait_ready()
+                _post(srv.url, prompts[0], tokens)  # warm-up
+                for busy in (False, True):
+                    competitor = _busy_core() if busy else None
+                    try:
+                        b1 = _post(srv.url, prompts[0], tokens)[0]
+                        bn = _concurrent(srv.url, prompts, tokens, [""] * concurrency)[0]
+                    finally:
+                        if competitor:
+                            competitor.kill()
+                            competitor.wait()
+                    fig["runs"].append({"server": srv.kind, "omp_num_threads": threads, "busy_competitor": busy,
+                                        "batch1_s": b1, f"batch{concurrency}_s": bn})
+                    print(f"  {srv.kind} OMP_NUM_THREADS={threads} {'busy ' if busy else 'quiet'}: batch 1 "
+                          f"{b1:6.2f}s, batch {concurrency} {bn:6.2f}s", flush=True)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(fig, indent=2))
+    return fig

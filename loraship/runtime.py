@@ -1,8 +1,21 @@
-"""Start and stop the DJL Serving process on a model dir (``loraship serve`` and the tests)."""
+"""Start and stop a DJL Serving process on a model dir (``loraship serve``, the demo, perf and the tests).
+
+Two servers run a model dir:
+
+- ``djl``: the real ``ai.djl.serving.ModelServer`` from a DJL Serving distribution folder (``lib/`` with
+  the serving, wlm and python jars; ``conf/`` with log4j2.xml), started the way the LMI container starts
+  it: its JVM options, DJL's thread policy, a ``config.properties`` with ``model_store`` = the model
+  dir, and private home, cache and temp folders.
+- ``host``: loraship's own HTTP host over DJL's real Python engine (``make runtime`` builds it into
+  ``lib/``), for machines without a DJL Serving install.
+
+``auto`` picks ``djl`` when a DJL home is configured (``--djl-home`` or ``$DJL_SERVING_HOME``).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,18 +29,53 @@ from pathlib import Path
 
 from .paths import runtime_dir
 
-MAIN_CLASS = "ai.loraship.host.DjlHost"
+HOST_MAIN = "ai.loraship.host.DjlHost"
+DJL_MAIN = "ai.djl.serving.ModelServer"
+SERVERS = ("auto", "djl", "host")
+#: The LMI container's JVM options (lmi.Dockerfile's JAVA_OPTS).
+LMI_JAVA_OPTS = ("-Xmx1g", "-Xms1g", "-XX:+ExitOnOutOfMemoryError", "-Dai.djl.util.cuda.fork=true")
+#: What lmi.Dockerfile exports, unless the caller set them.
+LMI_ENV = {"MODEL_LOADING_TIMEOUT": "1200", "PREDICT_TIMEOUT": "240"}
 
 
 class RuntimeMissing(Exception):
     pass
 
 
-def java_command(model_dir: Path, host: str, port: int, tmpdir: str | None = None) -> list[str]:
-    """The java command line; raise RuntimeMissing naming what to install when something is absent."""
+def model_name(model_dir: str | Path) -> str:
+    """The name DJL Serving gives a model dir in URLs: the folder name, each non-word character ``_``."""
+    return re.sub(r"(\W|^_)", "_", Path(model_dir).resolve().name)
+
+
+def resolve_server(kind: str = "auto", djl_home: str | Path | None = None) -> tuple[str, Path | None]:
+    """``(server, djl_home)`` for a ``--server`` choice; raise RuntimeMissing when it cannot run."""
+    if kind not in SERVERS:
+        raise RuntimeMissing(f"--server must be one of {', '.join(SERVERS)}, got {kind!r}")
+    home = djl_home or os.environ.get("DJL_SERVING_HOME") or None
+    if kind == "auto":
+        kind = "djl" if home else "host"
+    if kind == "host":
+        return "host", None
+    if home is None:
+        raise RuntimeMissing("--server djl needs a DJL Serving distribution folder: pass --djl-home DIR or set "
+                             "DJL_SERVING_HOME (in this repository: ../shared/djl-serving)")
+    home = Path(home).expanduser().resolve()
+    if not any((home / "lib").glob("serving-*.jar")):
+        raise RuntimeMissing(f"{home} is not a DJL Serving distribution folder: no lib/serving-*.jar in it")
+    return "djl", home
+
+
+def _java() -> str:
     java = shutil.which("java")
     if java is None:
-        raise RuntimeMissing("java was not found on PATH: install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)")
+        raise RuntimeMissing("java was not found on PATH: install a Java 17+ runtime (e.g. apt-get install "
+                             "openjdk-17-jre-headless)")
+    return java
+
+
+def java_command(model_dir: Path, host: str, port: int, tmpdir: str | None = None) -> list[str]:
+    """The host's java command line; raise RuntimeMissing naming what to install when something is absent."""
+    java = _java()
     lib = runtime_dir()
     jars = sorted((lib / "djl").glob("*.jar"))
     if not any(j.name.startswith("python-") for j in jars):
@@ -39,11 +87,40 @@ def java_command(model_dir: Path, host: str, port: int, tmpdir: str | None = Non
     # those names at start-up, so two servers on one host would kill each other's workers: each
     # server gets its own java.io.tmpdir.
     jvm = [f"-Djava.io.tmpdir={tmpdir}"] if tmpdir else []
-    return [java, *jvm, "-cp", classpath, MAIN_CLASS, "--model-dir", str(Path(model_dir).resolve()),
+    return [java, *jvm, "-cp", classpath, HOST_MAIN, "--model-dir", str(Path(model_dir).resolve()),
             "--host", host, "--port", str(port)]
 
 
-def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def has_nvidia_gpu() -> bool:
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def djl_command(djl_home: Path, state: Path, model_dir: Path, host: str, port: int) -> list[str]:
+    """Write the server's config.properties under ``state`` and return its java command line."""
+    home = state / "home"
+    for sub in (home / "conf", home / "logs", state / "cache", state / "tmp"):
+        sub.mkdir(parents=True, exist_ok=True)
+    # LMI's config.properties (serving/docker/config.properties) on this host:port and model dir.
+    (home / "conf" / "config.properties").write_text(
+        f"inference_address=http://{host}:{port}\nmanagement_address=http://{host}:{port}\n"
+        f"model_store={Path(model_dir).resolve()}\nload_models=ALL\n")
+    jvm = [*LMI_JAVA_OPTS, f"-Djava.io.tmpdir={state / 'tmp'}"]
+    log4j = djl_home / "conf" / "log4j2.xml"
+    if log4j.is_file():
+        jvm.insert(0, f"-Dlog4j.configurationFile={log4j}")
+    if not has_nvidia_gpu():
+        # option.enable_lora makes DJL place the model on gpu(0); without a GPU its memory check refuses
+        # to load. The worker then falls back to the CPU (generation.load_model).
+        jvm.append("-Dskip_oom_check=true")
+    # Later flags win, as in DJL's own start script.
+    for var in ("JAVA_OPTS", "SERVING_OPTS", "SAGEMAKER_MODEL_SERVER_VMARGS"):
+        jvm += os.environ.get(var, "").split()
+    return [_java(), *jvm, "-cp", str(djl_home / "lib" / "*"), DJL_MAIN, "-f", str(home / "conf" / "config.properties")]
+
+
+def server_env(extra: dict[str, str] | None = None, threads: int | None = None) -> dict[str, str]:
+    """The server's environment; ``threads`` sets OMP_NUM_THREADS for the worker unless the caller did."""
     env = dict(os.environ)
     env.update({
         # The worker must run the interpreter that has this project's packages.
@@ -54,8 +131,15 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     })
+    if threads and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(threads)
     env.update(extra or {})
     return env
+
+
+def default_threads() -> int:
+    """The worker's torch thread count: DJL's start script pins 1; see the README's thread figures."""
+    return 1
 
 
 def free_port() -> int:
@@ -65,26 +149,46 @@ def free_port() -> int:
 
 
 class Server:
-    """A running DJL Serving process; use as a context manager or call ``stop()``."""
+    """A running DJL Serving process (real DJL or the host); use as a context manager or call ``stop()``.
+
+    ``kind`` is ``auto``, ``djl`` or ``host`` (see the module docstring); ``threads`` is the worker's
+    OMP_NUM_THREADS (default: ``default_threads()``; an OMP_NUM_THREADS already set wins).
+    """
 
     def __init__(self, model_dir: Path, host: str = "127.0.0.1", port: int = 8080,
-                 env: dict[str, str] | None = None, log_file=None):
+                 env: dict[str, str] | None = None, log_file=None, *, kind: str = "auto",
+                 djl_home: str | Path | None = None, threads: int | None = None):
+        self.kind, home = resolve_server(kind, djl_home)
         self.model_dir = Path(model_dir)
+        self.model_name = model_name(model_dir)
         self.host, self.port = host, port
         self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
         self.tmpdir = tempfile.mkdtemp(prefix="djl-")  # short: unix socket paths max out at 107 bytes
-        cmd = java_command(self.model_dir, host, port, self.tmpdir)
+        environment = server_env(env, threads or default_threads())
+        if self.kind == "djl":
+            cmd = djl_command(home, Path(self.tmpdir), self.model_dir, host, port)
+            for key, value in LMI_ENV.items():
+                environment.setdefault(key, value)
+            environment.update({"MODEL_SERVER_HOME": f"{self.tmpdir}/home", "DJL_CACHE_DIR": f"{self.tmpdir}/cache"})
+            cwd = f"{self.tmpdir}/home"
+        else:
+            cmd, cwd = java_command(self.model_dir, host, port, self.tmpdir), None
         # A new session: stop() can signal the JVM and the Python workers it started as one group.
-        self.proc = subprocess.Popen(cmd, env=server_env(env), stdout=log_file, stderr=subprocess.STDOUT
-                                     if log_file is not None else None, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, env=environment, cwd=cwd, stdout=log_file,
+                                     stderr=subprocess.STDOUT if log_file is not None else None,
+                                     start_new_session=True)
         self.started = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        return "DJL Serving" if self.kind == "djl" else "the loraship host"
 
     def wait_ready(self, timeout: float = 300) -> float:
         """Block until ``GET /ping`` answers 200; return the seconds it took."""
         deadline = self.started + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"DJL Serving exited with code {self.proc.returncode} before it was ready")
+                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} before it was ready")
             try:
                 with urllib.request.urlopen(self.url + "/ping", timeout=2) as resp:
                     if resp.status == 200:
@@ -93,7 +197,7 @@ class Server:
                 pass
             time.sleep(0.25)
         self.stop()
-        raise TimeoutError(f"DJL Serving did not answer /ping within {timeout:.0f}s")
+        raise TimeoutError(f"{self.name} did not answer /ping within {timeout:.0f}s")
 
     def stop(self, timeout: float = 30) -> int | None:
         if self.proc.poll() is None:

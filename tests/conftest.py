@@ -6,6 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "reliability"))  # rel_support: shared by the server suites
 
 from loraship.paths import runtime_dir  # noqa: E402
 
@@ -26,6 +27,16 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Figures the server suites measured (recovery times, counts), printed whatever the outcome."""
+    from rel_support import FIGURES
+
+    if FIGURES.values:
+        terminalreporter.section("reliability figures")
+        for key in sorted(k for k in FIGURES.values if not k.startswith("_")):
+            terminalreporter.write_line(f"{key}: {FIGURES.values[key]}")
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,44 @@
-"""Start a real DJL server for a test, printing its log's tail when it fails to come up."""
+"""Start a real server for a test (real DJL Serving or loraship's host), printing its log's tail when it
+fails to come up."""
 
-from loraship.runtime import Server, free_port
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from loraship.runtime import RuntimeMissing, Server, free_port, java_command, resolve_server
+
+#: The servers a both-server test runs on: loraship's host and the real DJL Serving ($DJL_SERVING_HOME).
+KINDS = ("host", "djl")
 
 
-def start_server(model_dir, tmp_path_factory, timeout: float = 240) -> Server:
-    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w+")
-    srv = Server(model_dir, port=free_port(), log_file=log)
+def server_args(kind: str) -> dict:
+    """``Server`` arguments for ``kind``; a missing server fails under CI=true and skips elsewhere."""
+    try:
+        resolved, home = resolve_server(kind)
+        if resolved == "host":
+            java_command(Path("."), "127.0.0.1", 0)
+    except RuntimeMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the {kind} server is missing in CI: {exc}")
+        pytest.skip(f"the {kind} server is not available here: {exc}")
+    return {"kind": resolved, "djl_home": home}
+
+
+def start_server(model_dir, tmp_path_factory, kind: str = "host", timeout: float = 240,
+                 env: dict | None = None) -> Server:
+    """A ready server on a free port; ``srv.log_path`` is its log."""
+    args = server_args(kind)
+    log_path = tmp_path_factory.mktemp("logs") / f"{kind}-{Path(model_dir).name}.log"
+    with open(log_path, "w") as log:  # the child keeps its own descriptor
+        srv = Server(model_dir, port=free_port(), log_file=log, env=env, **args)
+    srv.log_path = log_path
     try:
         srv.wait_ready(timeout=timeout)
     except Exception:
-        log.seek(0)
-        print(log.read()[-5000:])
+        print(log_path.read_text(errors="replace")[-5000:])
         srv.stop()
         raise
     return srv

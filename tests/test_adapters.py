@@ -119,7 +119,7 @@ def test_selection_by_query_and_sagemaker_header(tiny_neox, adapters):
     ("missing", 400, "not a folder"),
     ("bad_name", 400, "invalid adapter name"),
     ("peft_prefix", 400, "prefix 'lora_'"),
-    ("duplicate", 400, "already registered"),
+    ("duplicate", 409, "already registered"),
 ])
 def test_bad_registrations_are_refused_and_others_keep_serving(tiny_neox, adapters, tmp_path, case, status, message):
     svc = make_service(tiny_neox, adapters)

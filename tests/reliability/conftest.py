@@ -1,5 +1,8 @@
 """Fixtures of the reliability suite: one shared real server, adapters good and bad, the soak switch.
 
+The suite is about loraship's host (its limits, restarts and registry). The worker-crash cases that
+users meet on real DJL Serving run on both servers in tests/conformance/test_worker_crash.py.
+
 ``make test`` runs the short suite. Tests marked ``soak`` (longer fuzz, overload, crash and churn runs)
 are deselected unless the ``-m`` expression names ``soak`` (``make soak``) or ``LORASHIP_SOAK=1``.
 """
@@ -18,7 +21,7 @@ import pytest
 import loraship.runtime
 from loraship.build import build_model_dir
 from loraship.runtime import Server, free_port
-from rel_support import FIGURES, JOB_QUEUE_SIZE, MAX_REQUEST_SIZE, PREDICT_TIMEOUT, SLOW_PIPELINE, ping
+from rel_support import JOB_QUEUE_SIZE, MAX_REQUEST_SIZE, PREDICT_TIMEOUT, SLOW_PIPELINE, ping
 from tiny_models import save_random_adapter
 
 
@@ -50,13 +53,6 @@ def pytest_runtest_teardown(item, nextitem):
     if nextitem is None or Path(nextitem.path).parent != Path(__file__).parent:
         for live in _RUNNING:
             live.stop()
-
-
-def pytest_terminal_summary(terminalreporter):
-    if FIGURES.values:
-        terminalreporter.section("reliability figures")
-        for key in sorted(k for k in FIGURES.values if not k.startswith("_")):
-            terminalreporter.write_line(f"{key}: {FIGURES.values[key]}")
 
 
 # ---- adapters --------------------------------------------------------------------------------------
@@ -105,8 +101,13 @@ class Live:
         return self.server.proc.pid
 
     @property
+    def model_name(self) -> str:
+        """The model's name in URLs: DJL's, the folder name with each non-word character ``_``."""
+        return self.server.model_name
+
+    @property
     def adapters_url(self) -> str:
-        return f"{self.url}/models/{self.model_dir.name}/adapters"
+        return f"{self.url}/models/{self.model_name}/adapters"
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -122,7 +123,7 @@ class Live:
             return cmd[:i] + cmd[i + 2:]
 
         with mock.patch.object(loraship.runtime, "java_command", without_host if default_host else real):
-            self.server = Server(self.model_dir, port=free_port(), log_file=log, env=self.env)
+            self.server = Server(self.model_dir, port=free_port(), log_file=log, env=self.env, kind="host")
         log.close()  # the child holds its own descriptor
         try:
             took = self.server.wait_ready(timeout=240)

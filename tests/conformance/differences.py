@@ -1,0 +1,31 @@
+"""Where real DJL Serving 0.36.0 and loraship's host differ on purpose, and why.
+
+A test that meets one of these calls ``expect(case, kind)`` to pick the behaviour it asserts for that
+server, so the suite fails if a difference disappears or changes unnoticed. ``README.md`` (DJL Serving
+here) lists the same cases.
+"""
+
+from __future__ import annotations
+
+DIFFERENCES: dict[str, dict[str, str]] = {
+    "idle_worker_crash": {
+        "djl": "a worker that dies while idle is never replaced: /ping stays 200 and every request gets "
+               "400 TranslateException 'Backend Python process is stopped.' (PyPredictor restarts only a "
+               "worker flagged as exited abruptly, which outside MPI mode only an interrupted restart sets)",
+        "host": "the worker is replaced at once; requests and adapter calls sent meanwhile wait for it",
+        "why": "a limitation of DJL Serving 0.36.0, not a choice: the host recovers because it can",
+    },
+    "mid_request_crash": {
+        "djl": "the request in flight gets 503 WlmException 'Python worker disconnected.'; later requests get "
+               "503 WlmCapacityException until a new worker starts, about 60 s later (the dead worker thread "
+               "stays in the pool for one minute, WorkerThread.isStale, and enable_lora forces maxWorkers=1)",
+        "host": "the request in flight gets 503 WorkerDiedException; requests sent meanwhile queue and are served "
+                "by the replacement worker a few seconds later",
+        "why": "DJL's recovery needs retry_threshold (the model dir sets it); its delay is DJL's",
+    },
+}
+
+
+def expect(case: str, kind: str) -> str:
+    """The documented behaviour of ``kind`` in ``case`` (a KeyError names an undocumented case)."""
+    return DIFFERENCES[case][kind]
