@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 from collections import defaultdict
 
 from djl_python import Input, Output
 
 from .adapters import AdapterSet
-from .errors import BadRequest, HandlerError, error_json
-from .generation import Generator, GenerationResult, load_model
+from .errors import BadRequest, error_json
+from .generation import GenerationResult, Generator, load_model
 from .pipelines import get_pipeline
 from .properties import ServingOptions
 from .requests import ParsedRequest, parse_body

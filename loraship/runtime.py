@@ -44,7 +44,7 @@ class RuntimeMissing(Exception):
 
 def model_name(model_dir: str | Path) -> str:
     """The name DJL Serving gives a model dir in URLs: the folder name, each non-word character ``_``."""
-    return re.sub(r"(\W|^_)", "_", Path(model_dir).resolve().name)
+    return re.sub(r"(\W|^_)", "_", Path(model_dir).resolve().name, flags=re.ASCII)  # Java's \W is ASCII-only
 
 
 def resolve_server(kind: str = "auto", djl_home: str | Path | None = None) -> tuple[str, Path | None]:

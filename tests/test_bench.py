@@ -85,13 +85,22 @@ class FakeLMI:
                 self.wfile.write(data)
 
             def do_GET(self):
+                # DJL Serving's shapes (ListModelsResponse, DescribeWorkflowResponse, ListAdaptersResponse).
                 if self.path == "/ping":
-                    self._json(200, {"status": "Healthy"})
+                    self._json(200, {"fake": {"status": "Healthy"}})
                 elif self.path == "/models":
-                    self._json(200, {"models": [{"modelName": "fake", "status": "READY"}]})
+                    self._json(200, {"models": [{"modelName": "fake", "modelUrl": "file:/nowhere/fake/",
+                                                 "status": "READY"}]})
                 elif self.path == "/models/fake":
-                    self._json(200, {"modelName": "fake", "batchSize": 1, "maxBatchDelayMillis": 100,
-                                     "workerCount": 1, "adapters": sorted(fake.adapter_delay)})
+                    self._json(200, [{"workflowName": "fake", "models": [{
+                        "modelName": "fake", "modelUrl": "file:/nowhere/fake/", "batchSize": 1,
+                        "maxBatchDelayMillis": 100, "maxIdleSeconds": 60, "queueSize": 1000, "requestInQueue": 0,
+                        "status": "Healthy", "loadedAtStartup": True, "workerGroups": [{
+                            "device": {"deviceType": "cpu", "deviceId": -1}, "minWorkers": 1, "maxWorkers": 1,
+                            "workers": [{"id": 1, "startTime": "2026-01-01T00:00:00.000Z", "status": "READY"}]}]}]}])
+                elif self.path == "/models/fake/adapters":
+                    self._json(200, {"adapters": [{"name": n, "src": f"/nowhere/{n}", "preload": True, "pin": False}
+                                                  for n in sorted(fake.adapter_delay)]})
                 else:
                     self._json(404, {"code": 404, "type": "ResourceNotFoundException", "error": "not found"})
 
@@ -194,11 +203,16 @@ def test_closed_loop_percentiles_and_throughput_match_known_delays(tmp_path):
     assert result["files"]["plots"] == ["throughput.png", "latency.png", "e2e_cdf.png"]
     assert result["server"]["metrics"] == {"available": False, "status": 404, "body": {
         "code": 404, "type": "ResourceNotFoundException", "error": "not found"}}
-    assert result["server"]["model"]["body"]["modelName"] == "fake"
+    assert result["server"]["model"]["body"][0]["models"][0]["modelName"] == "fake"
+    assert result["server"]["model_summary"] == {
+        "modelName": "fake", "status": "Healthy", "batchSize": 1, "maxBatchDelayMillis": 100, "workers": 1,
+        "adapters": [], "modelDir": "/nowhere/fake/"}
+    assert result["server"]["serving_properties"] is None  # /nowhere/fake/ has none
     assert result["command"][:2] == ["loraship", "bench"] and "--concurrency" in result["command"]
     assert result["versions"]["loraship"] and result["machine"]["cpu_count"]
     summary = (out / "summary.md").read_text()
     assert "concurrency=4" in summary and "/server/metrics unavailable (HTTP 404)" in summary
+    assert "model `fake` (batch_size 1, max_batch_delay 100 ms, 1 worker(s), adapters none)" in summary
 
 
 def test_streaming_measures_ttft_tpot_and_itl_from_chunk_arrivals(tmp_path):

@@ -31,7 +31,7 @@ def test_bench_against_the_real_server(djl_available, tiny_neox, tmp_path):
     adapter = tiny_adapter(tiny_neox, tmp_path / "adapter")
     model_dir = build_model_dir(str(tiny_neox), tmp_path / "md", {"tiny": adapter}, batch_size=2,
                                 max_batch_delay=20, max_new_tokens=16)
-    with open(tmp_path / "server.log", "w+") as log, Server(model_dir, port=free_port(), log_file=log) as srv:
+    with open(tmp_path / "server.log", "w+") as log, Server(model_dir, port=free_port(), log_file=log, kind="host") as srv:
         try:
             srv.wait_ready(timeout=240)
         except Exception:
@@ -56,7 +56,9 @@ def test_bench_against_the_real_server(djl_available, tiny_neox, tmp_path):
     measured = [r for r in records if r["phase"] == "measure"]
     assert all(r["output_tokens"] == 4 and r["input_tokens"] > 0 for r in measured)  # min_new_tokens = max
     server = result["server"]
-    assert server["model"]["body"]["batchSize"] == 2 and server["model"]["body"]["adapters"] == ["tiny"]
+    summary = server["model_summary"]
+    assert summary["modelName"] == srv.model_name and summary["batchSize"] == 2 and summary["adapters"] == ["tiny"]
+    assert summary["workers"] == 1 and summary["modelDir"].rstrip("/") == str(model_dir.resolve())
     assert server["metrics"]["available"] is False and server["metrics"]["status"] == 404
     assert "batch_size=2" in server["serving_properties"]
     assert set(result["cold_warm"]) == {"tiny", "__base__"}

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.server
 
 @pytest.fixture(scope="module")
 def server(djl_available, tiny_neox, tmp_path_factory):
-    model_dir = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny", max_new_tokens=64)
+    # A dash in the folder name: DJL serves it as tiny_md.
+    model_dir = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny-md", max_new_tokens=64)
     srv = start_server(model_dir, tmp_path_factory)
     yield srv
     srv.stop()
@@ -31,6 +32,41 @@ def post(srv, path, body, **kw):
 def test_ping(server):
     r = requests.get(server.url + "/ping", timeout=10)
     assert r.status_code == 200
+    assert server.model_name == "tiny_md"
+    assert r.json() == {"tiny_md": {"status": "Healthy"}}
+
+
+def test_models_list_and_describe_have_djl_shapes(server):
+    url = server.model_dir.resolve().as_uri().replace("file:///", "file:/") + "/"
+    r = requests.get(server.url + "/models", timeout=10)
+    assert r.status_code == 200
+    assert r.json() == {"models": [{"modelName": "tiny_md", "modelUrl": url, "status": "READY"}]}
+    assert requests.get(server.url + "/models?limit=0", timeout=10).json() == {"nextPageToken": "0", "models": []}
+    r = requests.get(server.url + "/models/tiny_md", timeout=10)
+    assert r.status_code == 200
+    [workflow] = r.json()
+    assert workflow["workflowName"] == "tiny_md"
+    [model] = workflow["models"]
+    assert set(model) == {"modelName", "modelUrl", "batchSize", "maxBatchDelayMillis", "maxIdleSeconds", "queueSize",
+                          "requestInQueue", "status", "loadedAtStartup", "workerGroups"}
+    assert (model["modelName"], model["modelUrl"], model["status"], model["batchSize"]) == ("tiny_md", url, "Healthy", 1)
+    [group] = model["workerGroups"]
+    assert set(group) == {"device", "minWorkers", "maxWorkers", "workers"}
+    assert [set(w) for w in group["workers"]] == [{"id", "startTime", "status"}]
+    assert group["workers"][0]["status"] == "READY"
+
+
+def test_the_folder_name_is_not_the_model_name(server):
+    """DJL's answers for a model it does not have: the folder's own name (tiny-md) is one."""
+    r = post(server, "/predictions/tiny-md", {"inputs": "x"})
+    assert (r.status_code, r.json()) == (404, {"code": 404, "type": "ModelNotFoundException",
+                                               "message": "Model or workflow not found: tiny-md"})
+    r = requests.get(server.url + "/models/tiny-md", timeout=10)
+    assert (r.status_code, r.json()) == (404, {"code": 404, "type": "ModelNotFoundException",
+                                               "message": "Workflow not found: tiny-md"})
+    r = requests.get(server.url + "/models/tiny-md/adapters", timeout=10)
+    assert (r.status_code, r.json()) == (404, {"code": 404, "type": "BadRequestException",
+                                               "message": "The model tiny-md was not found"})
 
 
 def test_invocations_returns_generated_text_without_template(server):
@@ -46,7 +82,7 @@ def test_invocations_returns_generated_text_without_template(server):
 
 
 def test_predictions_route_and_list_input(server):
-    name = server.model_dir.name
+    name = server.model_name
     r = post(server, f"/predictions/{name}", {"inputs": ["a?", "b?"], "parameters": {"max_new_tokens": 4}})
     assert r.status_code == 200, r.text
     assert [set(x) for x in r.json()] == [{"generated_text"}, {"generated_text"}]

@@ -113,7 +113,7 @@ def test_errors_alone_get_real_statuses(server):
 
 
 def test_runtime_register_list_remove(server, adapter_root, tiny_neox):
-    base = f"{server.url}/models/{server.model_dir.name}/adapters"
+    base = f"{server.url}/models/{server.model_name}/adapters"
     r = requests.post(base, params={"name": "gamma", "src": str(adapter_root / "gamma")}, timeout=60)
     assert r.status_code == 200, r.text
     names = {a["name"] for a in requests.get(base, timeout=10).json()["adapters"]}

@@ -71,7 +71,9 @@ def _fmt(v) -> str:
 
 
 def _describe(run: dict) -> str:
-    model = run["server"]["model"].get("body") if run["server"]["model"].get("available") else None
+    model = run["server"].get("model_summary")
+    if model is None and run["server"]["model"].get("available"):
+        model = run["server"]["model"].get("body")  # a run recorded before model_summary: the old host's dict
     batch = f"batch_size {model.get('batchSize')}" if isinstance(model, dict) else "batch_size ?"
     commit = (run["versions"].get("git_commit") or "?")[:10]
     adapters = ",".join(run["config"]["adapters"])

@@ -50,10 +50,10 @@ def server_line(result: dict) -> str:
     url = result["config"]["url"]
     if not srv["reachable"]:
         return f"Server: {url} did not answer /ping ({srv['ping'].get('error')})."
-    model = srv["model"].get("body") if srv["model"].get("available") else None
+    model = srv.get("model_summary")
     if isinstance(model, dict):
         desc = (f"model `{model.get('modelName')}` (batch_size {model.get('batchSize')}, max_batch_delay "
-                f"{model.get('maxBatchDelayMillis')} ms, {model.get('workerCount')} worker(s), adapters "
+                f"{model.get('maxBatchDelayMillis')} ms, {model.get('workers')} worker(s), adapters "
                 f"{', '.join(model.get('adapters') or []) or 'none'})")
     else:
         desc = f"model `{srv.get('model_name')}` (GET /models/{{m}}: HTTP {srv['model'].get('status')})"

@@ -14,6 +14,7 @@ import platform
 import subprocess
 import threading
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -123,7 +124,8 @@ def _get_json(url: str, timeout: float = 10.0) -> dict:
 
 
 def server_snapshot(url: str, model: str | None) -> dict:
-    """/ping, /models, /models/{m} and /server/metrics as the server answered them (404s included)."""
+    """/ping, /models, /models/{m}, /models/{m}/adapters and /server/metrics as the server answered them
+    (404s included), and ``model_summary``: what the report shows of them."""
     base = url.rstrip("/")
     snap = {"ping": _get_json(base + "/ping"), "models": _get_json(base + "/models")}
     snap["reachable"] = snap["ping"]["status"] is not None
@@ -131,17 +133,42 @@ def server_snapshot(url: str, model: str | None) -> dict:
     if model is None and isinstance(listed, dict) and listed.get("models"):
         model = listed["models"][0].get("modelName")
     snap["model_name"] = model
-    snap["model"] = _get_json(f"{base}/models/{model}") if model else {"available": False, "error": "no model name"}
+    none = {"available": False, "error": "no model name"}
+    snap["model"] = _get_json(f"{base}/models/{model}") if model else none
+    snap["adapters"] = _get_json(f"{base}/models/{model}/adapters") if model else none
     snap["metrics"] = _get_json(base + "/server/metrics")
-    snap["serving_properties"] = _read_serving_properties(snap["model"].get("body"))
+    snap["model_summary"] = model_summary(snap["model"].get("body") if snap["model"]["available"] else None,
+                                          snap["adapters"].get("body") if snap["adapters"]["available"] else None)
+    snap["serving_properties"] = _read_serving_properties(snap["model_summary"])
     return snap
 
 
-def _read_serving_properties(model_body) -> str | None:
-    """The model dir's serving.properties when the server runs on this machine (it names its dir)."""
-    if not isinstance(model_body, dict) or not model_body.get("modelDir"):
+def model_summary(describe, adapters) -> dict | None:
+    """The model as DJL Serving describes it: ``describe`` is GET /models/{m} (a list of workflows, each
+    with its models: DJL's DescribeWorkflowResponse), ``adapters`` GET /models/{m}/adapters (its first
+    page: DJL lists 100 at most). None when ``describe`` has not that shape."""
+    if not isinstance(describe, list) or not describe or not isinstance(describe[0], dict):
         return None
-    path = Path(model_body["modelDir"]) / "serving.properties"
+    models = describe[0].get("models")
+    if not isinstance(models, list) or not models or not isinstance(models[0], dict):
+        return None
+    m = models[0]
+    workers = [w for g in m.get("workerGroups") or [] if isinstance(g, dict) for w in g.get("workers") or []]
+    listed = adapters.get("adapters") if isinstance(adapters, dict) else None
+    names = sorted(str(a.get("name")) for a in listed if isinstance(a, dict)) if isinstance(listed, list) else None
+    url = m.get("modelUrl")
+    parsed = urllib.parse.urlparse(url) if isinstance(url, str) else None
+    model_dir = urllib.parse.unquote(parsed.path) if parsed and parsed.scheme == "file" else None
+    return {"modelName": m.get("modelName"), "status": m.get("status"), "batchSize": m.get("batchSize"),
+            "maxBatchDelayMillis": m.get("maxBatchDelayMillis"), "workers": len(workers), "adapters": names,
+            "modelDir": model_dir}
+
+
+def _read_serving_properties(summary) -> str | None:
+    """The model dir's serving.properties when the server runs on this machine (its modelUrl names the dir)."""
+    if not isinstance(summary, dict) or not summary.get("modelDir"):
+        return None
+    path = Path(summary["modelDir"]) / "serving.properties"
     try:
         return path.read_text()
     except OSError:

@@ -62,7 +62,9 @@ def test_bad_sources_are_refused_and_registered_adapters_keep_serving(healthy, a
     before_names, before = listed(healthy), baseline(healthy, ("alpha", "beta"))
     r = register(healthy, f"bad-{case}", bad_source(case, adapter_root, tmp_path))
     assert r.status_code == 400, r.text
-    assert reason in r.json()["error"], r.json()
+    # DJL's error body for a refusal by the handler: its Output's code and message.
+    assert r.json()["code"] == 400 and r.json()["type"] == "BadRequestException", r.json()
+    assert reason in r.json()["message"], r.json()
     FIGURES.add("bad adapter registrations refused")
     assert listed(healthy) == before_names
     assert baseline(healthy, ("alpha", "beta")) == before
@@ -78,15 +80,71 @@ def test_bad_sources_are_refused_and_registered_adapters_keep_serving(healthy, a
 def test_bad_names_are_refused(healthy, adapter_root, name):
     r = register(healthy, name, adapter_root / "gamma")
     assert r.status_code == 400, r.text
-    assert "invalid adapter name" in r.json()["error"]
+    assert "invalid adapter name" in r.json()["message"]
     assert name not in listed(healthy)
 
 
 def test_existing_name_is_refused_without_touching_it(healthy, adapter_root):
+    """As in DJL: the handler is asked first and refuses another source under a taken name (409 with its
+    message); the same source again passes the handler and DJL's own check answers 409."""
     before = baseline(healthy, ("alpha",))
     r = register(healthy, "alpha", adapter_root / "gamma")
-    assert r.status_code == 400 and "already exists" in r.json()["message"]
+    assert r.status_code == 409, r.text
+    assert r.json()["type"] == "BadRequestException" and "already registered" in r.json()["message"], r.json()
     assert baseline(healthy, ("alpha",)) == before
+    assert register(healthy, "dup", adapter_root / "gamma").status_code == 200
+    try:
+        r = register(healthy, "dup", adapter_root / "gamma")
+        assert r.status_code == 409, r.text
+        assert r.json() == {"code": 409, "type": "IllegalArgumentException", "message": (
+            "The adapter dup already exists. If you want to replace it, please unregistering before registering "
+            "a new adapter with the same name.")}
+    finally:
+        assert requests.delete(f"{healthy.adapters_url}/dup", timeout=HANG_SECONDS).status_code == 200
+    assert "dup" not in listed(healthy)
+
+
+def test_management_answers_have_djl_shapes(healthy, adapter_root):
+    """The adapter API's bodies and statuses as DJL Serving 0.36.0 answers them (measured on it)."""
+    url, m = healthy.url, healthy.model_name
+    r = requests.post(healthy.adapters_url, params={"name": "shape", "src": str(adapter_root / "gamma"),
+                                                    "pin": "true"}, timeout=HANG_SECONDS)
+    assert (r.status_code, r.json()) == (200, {"status": "Adapter shape registered"})
+    try:
+        assert requests.get(f"{healthy.adapters_url}/shape", timeout=30).json() == {
+            "name": "shape", "src": str(adapter_root / "gamma"), "preload": True, "pin": True}
+        listing = requests.get(healthy.adapters_url, timeout=30).json()
+        assert set(listing) == {"adapters"}
+        assert {"name": "shape", "src": str(adapter_root / "gamma"), "preload": True, "pin": True} in listing["adapters"]
+        assert requests.get(url + "/adapters", timeout=30).json() == listing  # the single-model short form
+        page = requests.get(healthy.adapters_url, params={"limit": 1}, timeout=30).json()
+        assert page == {"nextPageToken": "1", "adapters": listing["adapters"][:1]}
+        rest = requests.get(healthy.adapters_url, params={"limit": 100, "next_page_token": 1}, timeout=30).json()
+        assert rest == {"adapters": listing["adapters"][1:]}
+        r = requests.post(f"{healthy.adapters_url}/shape/update", params={"src": str(adapter_root / "delta")},
+                          timeout=HANG_SECONDS)
+        assert (r.status_code, r.json()) == (200, {"status": "Adapter shape updated"})
+        assert requests.get(f"{url}/adapters/shape", timeout=30).json()["src"] == str(adapter_root / "delta")
+    finally:
+        r = requests.delete(f"{healthy.adapters_url}/shape", timeout=HANG_SECONDS)
+    assert (r.status_code, r.json()) == (200, {"status": "Adapter shape unregistered"})
+
+    def error(method, path, code, type_, message, **kw):
+        r = requests.request(method, url + path, timeout=30, **kw)
+        assert (r.status_code, r.json()) == (code, {"code": code, "type": type_, "message": message}), (path, r.text)
+
+    error("GET", f"/models/{m}/adapters/shape", 404, "BadRequestException", "The adapter shape was not found")
+    error("DELETE", f"/models/{m}/adapters/nope", 404, "BadRequestException", "The adapter nope was not found")
+    error("POST", f"/models/{m}/adapters/nope/update", 404, "BadRequestException", "The adapter nope was not found")
+    error("GET", f"/models/{m}/adapters/nope", 404, "BadRequestException", "The adapter nick was not found",
+          headers={"X-Amzn-SageMaker-Adapter-Alias": "nick"})
+    error("POST", f"/models/{m}/adapters", 400, "BadRequestException", "The parameter name is required",
+          params={"src": str(adapter_root / "gamma")})
+    error("POST", f"/models/{m}/adapters", 400, "BadRequestException", "The parameter src is required",
+          params={"name": "x"})
+    error("GET", f"/models/{m}-not/adapters", 404, "BadRequestException", f"The model {m}-not was not found")
+    error("PUT", f"/models/{m}/adapters", 405, "MethodNotAllowedException",
+          "Requested method is not allowed, please refer to API document.")
 
 
 def churn_under_load(live, root, cycles: int, load_threads: int = 3) -> dict:

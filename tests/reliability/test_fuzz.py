@@ -94,7 +94,7 @@ def test_bodies_over_the_limit_are_refused_before_the_model(healthy):
             "chunked": raw_request(url, "POST /invocations HTTP/1.1\nHost: x\nTransfer-Encoding: chunked",
                                    [b" " * 8192] * (MAX_REQUEST_SIZE // 8192 + 1)),
             "sent": invoke(url, b"{" + b" " * MAX_REQUEST_SIZE + b"}"),
-            "predictions": raw_request(url, f"POST /predictions/{healthy.model_dir.name} HTTP/1.1\nHost: x\n"
+            "predictions": raw_request(url, f"POST /predictions/{healthy.model_name} HTTP/1.1\nHost: x\n"
                                             f"Content-Length: {MAX_REQUEST_SIZE + 1}"),
         }
         busy = slow.thread.is_alive()

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.server
 
 
 def queue_length(live) -> int:
-    return send(live.url, "GET", f"/models/{live.model_dir.name}").json()["queueLength"]
+    """requestInQueue of GET /models/{m} (DJL's DescribeWorkflowResponse: a list of workflows)."""
+    return send(live.url, "GET", f"/models/{live.model_name}").json()[0]["models"][0]["requestInQueue"]
 
 
 def wave(live, n: int, hold_seconds: float = 4) -> dict:

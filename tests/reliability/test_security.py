@@ -111,7 +111,7 @@ def test_no_request_text_in_the_logs(healthy):
         invoke(url, ok, headers={"handler": marker}),                         # 400: reserved header
         invoke(url, ok, headers={"X-Amzn-SageMaker-Custom-Attributes": f"batch_1={marker}"}),
         send(url, "GET", f"/predictions/{marker}"),
-        send(url, "POST", f"/models/{healthy.model_dir.name}/adapters?name=x&src=/{marker}"),
+        send(url, "POST", f"/models/{healthy.model_name}/adapters?name=x&src=/{marker}"),
         raw_request(url, f"POST /invocations?{marker}=%zz HTTP/1.1\nHost: x\nContent-Length: 2", b"{}"),
     ]
     assert sent[0].status == 200 and sent[1].status == 200

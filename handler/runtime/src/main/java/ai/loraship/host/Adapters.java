@@ -37,6 +37,16 @@ final class Adapters {
     /** One registered adapter. */
     record Adapter(String name, String alias, String src, Map<String, String> options) {
 
+        /** DJL's Adapter.isPreload: option {@code preload}, true unless set otherwise. */
+        boolean preload() {
+            return Boolean.parseBoolean(options.getOrDefault("preload", "true"));
+        }
+
+        /** DJL's Adapter.isPin: option {@code pin}, false unless set otherwise. */
+        boolean pin() {
+            return Boolean.parseBoolean(options.getOrDefault("pin", "false"));
+        }
+
         Input registerInput() {
             return input("register_adapter", true);
         }

@@ -11,9 +11,8 @@ import ai.djl.ndarray.BytesSupplier;
 import ai.djl.translate.NoopServingTranslatorFactory;
 import ai.djl.translate.TranslateException;
 import ai.djl.translate.Translator;
+import ai.djl.util.JsonUtils;
 
-import com.google.gson.Gson;
-import com.google.gson.GsonBuilder;
 import com.sun.net.httpserver.Headers;
 import com.sun.net.httpserver.HttpExchange;
 import com.sun.net.httpserver.HttpServer;
@@ -25,12 +24,15 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
 import java.net.InetSocketAddress;
+import java.net.URI;
+import java.net.URISyntaxException;
 import java.net.URLDecoder;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.Date;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -72,7 +74,6 @@ public final class DjlHost {
 
     private static final Logger logger = LoggerFactory.getLogger(DjlHost.class);
     private static final int SHUTDOWN_GRACE_SECONDS = 5;
-    private static final Gson GSON = new GsonBuilder().disableHtmlEscaping().create();
 
     private final HostConfig config;
     private final BlockingQueue<Worker.Job> jobs;
@@ -126,7 +127,8 @@ public final class DjlHost {
         logger.info("Loading model {} from {} ({} worker(s), batch_size={}, max_batch_delay={} ms, options={})",
                 config.modelName, config.modelDir, config.workers, config.batchSize,
                 config.maxBatchDelayMillis, config.options);
-        model = Engine.getEngine("Python").newModel(config.modelName, Device.cpu());
+        // DJL names the engine's model after the folder (its workers log as W-<pid>-<folder>); URLs use modelName.
+        model = Engine.getEngine("Python").newModel(config.modelDir.getFileName().toString(), Device.cpu());
         model.load(config.modelDir, null, config.options);
         Translator<Input, Output> translator =
                 new NoopServingTranslatorFactory().newInstance(Input.class, Output.class, model, Map.of());
@@ -178,7 +180,7 @@ public final class DjlHost {
                 Adapters.Adapter adapter =
                         new Adapters.Adapter(name, name, path.toAbsolutePath().toString(), Map.of());
                 Output failure = onAllWorkers(adapter::registerInput);
-                if (failure != null) {
+                if (failure.getCode() >= 300) {
                     throw new IllegalStateException("Adapter " + name + " failed to register: "
                             + failure.getCode() + " " + failure.getMessage());
                 }
@@ -200,7 +202,7 @@ public final class DjlHost {
             } catch (ExecutionException e) {
                 failure = new Output(503, String.valueOf(e.getCause()));
             }
-            if (failure != null) {
+            if (failure.getCode() >= 300) {
                 logger.error("Adapter {} from the registry could not be restored from {}, skipped: {} {}",
                         adapter.name(), adapter.src(), failure.getCode(), failure.getMessage());
                 continue;
@@ -298,13 +300,7 @@ public final class DjlHost {
         String method = ex.getRequestMethod();
         String root = seg.length > 0 ? seg[0] : "";
         switch (root) {
-            case "ping" -> {
-                if (seg.length > 1) {
-                    notFound(ex);
-                } else if (requireMethod(ex, method, "GET")) {
-                    ping(ex);
-                }
-            }
+            case "ping" -> ping(ex); // DJL answers /ping and /ping/... whatever the method
             case "invocations" -> {
                 if (seg.length > 1) {
                     notFound(ex);
@@ -316,80 +312,136 @@ public final class DjlHost {
                 if (seg.length < 2) {
                     notFound(ex);
                 } else if (!config.modelName.equals(seg[1])) {
-                    sendError(ex, 404, "ModelNotFoundException", "Model not found: " + seg[1]);
+                    modelNotFound(ex, seg[1]);
                 } else if (requireMethod(ex, method, "POST")) {
                     predict(ex);
                 }
             }
             case "models" -> routeModels(ex, method, seg);
-            case "adapters" -> routeAdapters(ex, method, Arrays.copyOfRange(seg, 1, seg.length));
+            // The short form: DJL allows it when the server has a single start-up model, as here.
+            case "adapters" -> routeAdapters(ex, method, config.modelName, Arrays.copyOfRange(seg, 1, seg.length));
             default -> notFound(ex);
         }
     }
 
+    /**
+     * {@code /models...} as DJL Serving routes it: {@code /models/{m}/adapters...} is the adapter API,
+     * {@code /models/{m}/invoke} an inference request, the rest the management API (list, describe).
+     */
     private void routeModels(HttpExchange ex, String method, String[] seg) throws Exception {
-        if (seg.length >= 2 && !config.modelName.equals(seg[1])) {
-            sendError(ex, 404, "ModelNotFoundException", "The model " + seg[1] + " was not found");
-        } else if (seg.length >= 3 && "adapters".equals(seg[2])) {
-            routeAdapters(ex, method, Arrays.copyOfRange(seg, 3, seg.length));
-        } else if (seg.length > 2) {
-            notFound(ex);
-        } else if (requireMethod(ex, method, "GET")) {
-            String status = healthy() ? "READY" : "UNHEALTHY";
-            if (seg.length == 1) {
-                sendJson(ex, 200, obj("models", List.of(obj("modelName", config.modelName, "status", status))));
+        if (seg.length >= 3 && "adapters".equals(seg[2])) {
+            routeAdapters(ex, method, seg[1], Arrays.copyOfRange(seg, 3, seg.length));
+        } else if (seg.length >= 3 && "invoke".equals(seg[seg.length - 1]) && ex.getRequestURI().getRawQuery() == null) {
+            // DJL's inference pattern /models/.+/invoke is matched on the whole URI: any method, no query string.
+            if (config.modelName.equals(seg[1])) {
+                predict(ex);
             } else {
-                sendJson(ex, 200, describeModel(status));
+                modelNotFound(ex, seg[1]);
             }
+        } else if (seg.length >= 2 && ("PUT".equals(method) || "DELETE".equals(method))
+                && !config.modelName.equals(seg[1])) {
+            modelNotFound(ex, seg[1]);
+        } else if (!"GET".equals(method)) {
+            // DJL's POST /models registers a model, PUT /models/{m} scales it and DELETE unregisters it:
+            // the host serves one fixed model, so these are not allowed here.
+            methodNotAllowed(ex);
+        } else if (seg.length == 1) {
+            listModels(ex);
+        } else if (!config.modelName.equals(seg[1])) {
+            sendError(ex, 404, "ModelNotFoundException", "Workflow not found: " + seg[1]);
+        } else if (seg.length > 2) {
+            // A version: the model has none, so DJL finds no workflow (and doubles its message's prefix).
+            sendError(ex, 404, "ModelNotFoundException",
+                    "Workflow not found: Workflow not found: " + seg[1] + "/" + seg[2]);
+        } else {
+            sendJson(ex, 200, List.of(describeWorkflow()));
         }
     }
 
-    private Map<String, Object> describeModel(String status) {
-        List<Map<String, Object>> workerList = new ArrayList<>();
-        for (int i = 0; i < workers.size(); i++) {
-            workerList.add(obj("id", i, "status", workers.get(i).isHealthy() ? "READY" : "UNHEALTHY"));
-        }
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("modelName", config.modelName);
-        m.put("modelDir", config.modelDir.toString());
-        m.put("engine", "Python");
-        m.put("status", status);
-        m.put("workerCount", workers.size());
-        m.put("batchSize", config.batchSize);
-        m.put("maxBatchDelayMillis", config.maxBatchDelayMillis);
-        m.put("queueSize", config.jobQueueSize);
-        m.put("queueLength", jobs.size());
-        m.put("workers", workerList);
-        m.put("adapters", adapters.list().stream().map(Adapters.Adapter::name).toList());
-        return m;
-    }
-
-    /** The {@code /adapters...} API, with or without the {@code /models/{m}} prefix. */
-    private void routeAdapters(HttpExchange ex, String method, String[] rest) throws Exception {
-        if (!config.loraEnabled()) {
-            sendError(ex, 400, "BadRequestException",
-                    "LoRA is not enabled: set option.enable_lora=true in serving.properties");
+    /** GET /models: DJL's ListModelsResponse, paginated with {@code limit} and {@code next_page_token}. */
+    private void listModels(HttpExchange ex) throws IOException {
+        Page page = Page.of(ex, 1);
+        if (page == null) {
             return;
         }
+        List<Map<String, Object>> models = new ArrayList<>();
+        for (int i = page.first; i < page.last; i++) {
+            // version is null, so left out, as DJL's Gson leaves it out. The model stays READY while a worker
+            // restarts, as in DJL below its retry_threshold (the host never gives up on a worker).
+            models.add(obj("modelName", config.modelName, "modelUrl", config.modelUrl, "status", "READY"));
+        }
+        Map<String, Object> body = new LinkedHashMap<>();
+        if (page.nextPageToken != null) {
+            body.put("nextPageToken", page.nextPageToken);
+        }
+        body.put("models", models);
+        sendJson(ex, 200, body);
+    }
+
+    /**
+     * GET /models/{m}: one element of DJL's DescribeWorkflowResponse array. While a worker is not ready
+     * (its Python process restarting, or its adapters not yet registered again) the model is Unhealthy,
+     * DJL's word for a pool short of running workers, and that worker UNLOADING, DJL's word for a worker
+     * thread that is not running. The host runs CPU workers only.
+     */
+    private Map<String, Object> describeWorkflow() {
+        boolean healthy = healthy();
+        List<Map<String, Object>> workerList = new ArrayList<>();
+        for (Worker w : workers) {
+            workerList.add(obj("id", w.id() + 1, "startTime", new Date(w.startTime()),
+                    "status", w.isHealthy() ? "READY" : "UNLOADING"));
+        }
+        Device device = Device.cpu();
+        Map<String, Object> group = obj(
+                "device", obj("deviceType", device.getDeviceType(), "deviceId", device.getDeviceId()),
+                "minWorkers", workers.size(),
+                "maxWorkers", workers.size(),
+                "workers", workerList);
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("modelName", config.modelName);
+        m.put("modelUrl", config.modelUrl);
+        m.put("batchSize", config.batchSize);
+        m.put("maxBatchDelayMillis", config.maxBatchDelayMillis);
+        m.put("maxIdleSeconds", config.maxIdleSeconds);
+        m.put("queueSize", config.jobQueueSize);
+        m.put("requestInQueue", jobs.size());
+        m.put("status", healthy ? "Healthy" : "Unhealthy");
+        m.put("loadedAtStartup", true);
+        m.put("workerGroups", List.of(group));
+        return obj("workflowName", config.modelName, "models", List.of(m));
+    }
+
+    /** The adapter API, {@code rest} being what follows {@code /adapters}; dispatched on the method first, as DJL does. */
+    private void routeAdapters(HttpExchange ex, String method, String model, String[] rest) throws Exception {
+        String alias = ex.getRequestHeaders().getFirst("X-Amzn-SageMaker-Adapter-Alias");
         if (rest.length == 0) {
             switch (method) {
-                case "GET" -> listAdapters(ex);
-                case "POST" -> registerAdapter(ex);
-                default -> sendError(ex, 405, "MethodNotAllowedException", "Method not allowed: " + method);
+                case "GET" -> listAdapters(ex, model);
+                case "POST" -> registerAdapter(ex, model, alias);
+                default -> methodNotAllowed(ex);
             }
-        } else if (rest.length == 1) {
-            switch (method) {
-                case "GET" -> describeAdapter(ex, rest[0]);
-                case "DELETE" -> unregisterAdapter(ex, rest[0]);
-                default -> sendError(ex, 405, "MethodNotAllowedException", "Method not allowed: " + method);
-            }
-        } else if (rest.length == 2 && "update".equals(rest[1])) {
-            if (requireMethod(ex, method, "POST")) {
-                updateAdapter(ex, rest[0]);
-            }
+        } else if ("GET".equals(method)) {
+            describeAdapter(ex, model, rest[0], alias);
+        } else if (rest.length == 2 && "POST".equals(method) && "update".equalsIgnoreCase(rest[1])) {
+            updateAdapter(ex, model, rest[0], alias);
+        } else if ("DELETE".equals(method)) {
+            unregisterAdapter(ex, model, rest[0], alias);
         } else {
-            notFound(ex);
+            methodNotAllowed(ex);
         }
+    }
+
+    /** DJL's checks before any adapter operation: the model exists, then it has LoRA enabled. */
+    private boolean adapterApiOpen(HttpExchange ex, String model) throws IOException {
+        if (!config.modelName.equals(model)) {
+            sendError(ex, 404, "BadRequestException", "The model " + model + " was not found");
+            return false;
+        }
+        if (!config.loraEnabled()) {
+            sendError(ex, 400, "BadRequestException", "LoRA is not enabled.");
+            return false;
+        }
+        return true;
     }
 
     // ---- health --------------------------------------------------------------------------------
@@ -398,9 +450,16 @@ public final class DjlHost {
         return !workers.isEmpty() && workers.stream().allMatch(Worker::isHealthy);
     }
 
+    /**
+     * DJL's body, {@code {"<model>": {"status": ...}}}: 200 and Healthy when every worker is ready (and,
+     * after a restart, has its adapters back). Otherwise 500 and Unhealthy: DJL's word for a pool short
+     * of running workers, with the code DJL sends for it under SAGEMAKER_HEALTH_CHECK_OVERRIDE (and for
+     * a FAILED model). Without that setting DJL answers such a pool with 200; the host keeps 200 for
+     * "ready to serve", which its callers wait for after a restart.
+     */
     private void ping(HttpExchange ex) throws IOException {
         boolean ok = healthy();
-        sendJson(ex, ok ? 200 : 503, Map.of("status", ok ? "Healthy" : "Unhealthy"));
+        sendJson(ex, ok ? 200 : 500, Map.of(config.modelName, obj("status", ok ? "Healthy" : "Unhealthy")));
     }
 
     // ---- inference -----------------------------------------------------------------------------
@@ -555,130 +614,221 @@ public final class DjlHost {
     }
 
     // ---- adapters ------------------------------------------------------------------------------
+    // DJL Serving's AdapterManagementRequestHandler behaviour: the same checks in the same order, its
+    // bodies (ListAdaptersResponse, DescribeAdapterResponse, StatusResponse, ErrorResponse) and codes.
 
-    private void listAdapters(HttpExchange ex) throws IOException {
-        List<Map<String, Object>> list = new ArrayList<>();
-        for (Adapters.Adapter a : adapters.list()) {
-            list.add(obj("name", a.name(), "src", a.src()));
-        }
-        sendJson(ex, 200, Map.of("adapters", list));
+    private static final String ALREADY_EXISTS = " already exists. If you want to replace it, please unregistering"
+            + " before registering a new adapter with the same name.";
+
+    private static Map<String, Object> adapterJson(Adapters.Adapter a) {
+        return obj("name", a.name(), "src", a.src(), "preload", a.preload(), "pin", a.pin());
     }
 
-    private void describeAdapter(HttpExchange ex, String name) throws IOException {
+    private void listAdapters(HttpExchange ex, String model) throws IOException {
+        if (!adapterApiOpen(ex, model)) {
+            return;
+        }
+        List<Adapters.Adapter> all = adapters.list();
+        Page page = Page.of(ex, all.size());
+        if (page == null) {
+            return;
+        }
+        List<Map<String, Object>> list = new ArrayList<>();
+        for (int i = page.first; i < page.last; i++) {
+            list.add(adapterJson(all.get(i)));
+        }
+        Map<String, Object> body = new LinkedHashMap<>();
+        if (page.nextPageToken != null) {
+            body.put("nextPageToken", page.nextPageToken);
+        }
+        body.put("adapters", list);
+        sendJson(ex, 200, body);
+    }
+
+    private void describeAdapter(HttpExchange ex, String model, String name, String alias) throws IOException {
+        if (!adapterApiOpen(ex, model)) {
+            return;
+        }
         Adapters.Adapter a = adapters.get(name);
         if (a == null) {
-            sendError(ex, 404, "BadRequestException", "The adapter " + name + " was not found");
+            adapterNotFound(ex, name, alias);
             return;
         }
-        sendJson(ex, 200, obj("name", a.name(), "alias", a.alias(), "src", a.src(), "options", a.options()));
+        sendJson(ex, 200, adapterJson(a));
     }
 
-    private void registerAdapter(HttpExchange ex) throws Exception {
-        Map<String, String> params = singleParams(ex);
-        String name = params.get("name");
-        String src = params.get("src");
-        if (name == null || name.isEmpty() || src == null || src.isEmpty()) {
-            sendError(ex, 400, "BadRequestException", "Parameters name and src are required");
+    /**
+     * As DJL: name and src are required, every single-valued query parameter is an option, the Python
+     * handler is asked first, and only an adapter it accepted can then clash with a registered name (409).
+     */
+    private void registerAdapter(HttpExchange ex, String model, String alias) throws Exception {
+        if (!adapterApiOpen(ex, model)) {
             return;
         }
-        synchronized (adapterLock) {
-            if (adapters.get(name) != null) {
-                sendError(ex, 400, "BadRequestException", "The adapter " + name + " already exists");
+        List<String[]> query = query(ex);
+        String name = requiredParam(ex, query, "name");
+        String src = name == null ? null : requiredParam(ex, query, "src");
+        if (src == null) {
+            return;
+        }
+        try {
+            String scheme = new URI(src).getScheme();
+            if (scheme != null && !"file".equals(scheme)) {
+                sendError(ex, 409, "IllegalArgumentException", "URL adapters are not currently supported");
                 return;
             }
-            // Like DJL's register handler, every single-valued query parameter is an option.
-            Adapters.Adapter adapter = new Adapters.Adapter(name, alias(ex, params, name), src, params);
-            if (runAdapterOp(ex, adapter::registerInput)) {
-                adapters.put(adapter);
-                persistAdapters();
-                sendJson(ex, 200, Map.of("status", "Adapter " + name + " registered"));
+        } catch (URISyntaxException ignored) {
+            // not a URI: a path
+        }
+        synchronized (adapterLock) {
+            Adapters.Adapter adapter =
+                    new Adapters.Adapter(name, alias == null ? name : alias, src, singleParams(query));
+            Output out = runAdapterOp(ex, adapter::registerInput);
+            if (out == null) {
+                return;
             }
+            if (adapters.get(name) != null) {
+                sendError(ex, 409, "IllegalArgumentException", "The adapter " + adapter.alias() + ALREADY_EXISTS);
+                return;
+            }
+            adapters.put(adapter);
+            persistAdapters();
+            sendStatus(ex, out);
         }
     }
 
-    private void updateAdapter(HttpExchange ex, String name) throws Exception {
-        Map<String, String> params = singleParams(ex);
+    private void updateAdapter(HttpExchange ex, String model, String name, String alias) throws Exception {
+        if (!adapterApiOpen(ex, model)) {
+            return;
+        }
+        Map<String, String> params = singleParams(query(ex));
         synchronized (adapterLock) {
             Adapters.Adapter old = adapters.get(name);
             if (old == null) {
-                sendError(ex, 404, "BadRequestException", "The adapter " + name + " was not found");
+                adapterNotFound(ex, name, alias);
                 return;
             }
             Map<String, String> options = new LinkedHashMap<>(old.options());
             options.putAll(params);
-            String src = params.getOrDefault("src", old.src());
-            String alias = params.containsKey("alias") ? params.get("alias") : old.alias();
-            Adapters.Adapter adapter = new Adapters.Adapter(name, alias, src, options);
-            if (runAdapterOp(ex, adapter::updateInput)) {
-                adapters.put(adapter);
-                persistAdapters();
-                sendJson(ex, 200, Map.of("status", "Adapter " + name + " updated"));
+            String src = options.getOrDefault("src", old.src());
+            Adapters.Adapter adapter = new Adapters.Adapter(name, alias == null ? old.alias() : alias, src, options);
+            Output out = runAdapterOp(ex, adapter::updateInput);
+            if (out == null) {
+                return;
             }
+            adapters.put(adapter);
+            persistAdapters();
+            sendStatus(ex, out);
         }
     }
 
-    private void unregisterAdapter(HttpExchange ex, String name) throws Exception {
+    private void unregisterAdapter(HttpExchange ex, String model, String name, String alias) throws Exception {
+        if (!adapterApiOpen(ex, model)) {
+            return;
+        }
         synchronized (adapterLock) {
             Adapters.Adapter adapter = adapters.get(name);
             if (adapter == null) {
-                sendError(ex, 404, "BadRequestException", "The adapter " + name + " was not found");
+                adapterNotFound(ex, name, alias);
                 return;
             }
-            if (runAdapterOp(ex, adapter::unregisterInput)) {
-                adapters.remove(name, Files.isDirectory(config.modelDir.resolve("adapters").resolve(name)));
-                persistAdapters();
-                sendJson(ex, 200, Map.of("status", "Adapter " + name + " unregistered"));
+            Adapters.Adapter target = alias == null ? adapter
+                    : new Adapters.Adapter(name, alias, adapter.src(), adapter.options());
+            Output out = runAdapterOp(ex, target::unregisterInput);
+            if (out == null) {
+                return;
             }
+            adapters.remove(name, Files.isDirectory(config.modelDir.resolve("adapters").resolve(name)));
+            persistAdapters();
+            sendStatus(ex, out);
         }
     }
 
-    /** Runs an adapter operation on every worker; on failure answers the request and returns false. */
-    private boolean runAdapterOp(HttpExchange ex, Supplier<Input> input) throws IOException {
-        Output failure;
+    private static void adapterNotFound(HttpExchange ex, String name, String alias) throws IOException {
+        sendError(ex, 404, "BadRequestException", "The adapter " + (alias == null ? name : alias) + " was not found");
+    }
+
+    /** DJL's answer to an adapter operation the handler accepted: its Output's message and code. */
+    private static void sendStatus(HttpExchange ex, Output out) throws IOException {
+        sendJson(ex, validCode(out.getCode()), obj("status", out.getMessage()));
+    }
+
+    /**
+     * Runs an adapter operation on every worker. Returns the first worker's Output when every worker
+     * accepted it; otherwise answers the request and returns null: a handler refusal (code >= 300) is
+     * DJL's {@code BadRequestException} with the Output's code and message.
+     */
+    private Output runAdapterOp(HttpExchange ex, Supplier<Input> input) throws IOException {
+        Output out;
         try {
-            failure = onAllWorkers(input);
+            out = onAllWorkers(input);
         } catch (ExecutionException e) {
             sendException(ex, e.getCause());
-            return false;
+            return null;
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             sendException(ex, e);
-            return false;
+            return null;
         }
-        if (failure == null) {
-            return true;
+        if (out.getCode() >= 300) {
+            sendError(ex, validCode(out.getCode()), "BadRequestException", out.getMessage());
+            return null;
         }
-        BytesSupplier data = failure.getData();
-        if (data != null && !(data instanceof ChunkedBytesSupplier) && data.getAsBytes().length > 0) {
-            sendFull(ex, failure, data.getAsBytes());
-        } else {
-            sendError(ex, failure.getCode(), "AdapterException", String.valueOf(failure.getMessage()));
-        }
-        return false;
+        return out;
     }
 
-    /** Sends an input (a fresh one each) to every worker; returns the first Output with code >= 300. */
+    /**
+     * Sends an input (a fresh one each) to every worker; returns the first Output with code >= 300,
+     * or, when all accepted it, the first worker's.
+     */
     private Output onAllWorkers(Supplier<Input> input) throws ExecutionException, InterruptedException {
         List<CompletableFuture<Output>> results = new ArrayList<>();
         for (Worker worker : workers) {
             results.add(worker.submitControl(input.get()));
         }
+        Output first = null;
         Output failure = null;
         for (CompletableFuture<Output> result : results) {
             Output out = result.get();
+            if (first == null) {
+                first = out;
+            }
             if (failure == null && out.getCode() >= 300) {
                 failure = out;
             }
         }
-        return failure;
+        return failure != null ? failure : first;
     }
 
-    private static String alias(HttpExchange ex, Map<String, String> params, String name) {
-        String alias = params.get("alias");
-        if (alias == null) {
-            alias = ex.getRequestHeaders().getFirst("X-Amzn-SageMaker-Adapter-Alias");
+    /** A status the HTTP layer can send: a handler's code outside 100-599 is answered as 500. */
+    private static int validCode(int code) {
+        return code >= 100 && code <= 599 ? code : 500;
+    }
+
+    /**
+     * DJL's pagination of list answers: {@code limit} (default and most 100) items from
+     * {@code next_page_token} (default 0); nextPageToken is set while items are left. A parameter that
+     * is not an integer is answered as DJL answers its NumberFormatException (409), and null returned.
+     */
+    private record Page(int first, int last, String nextPageToken) {
+        static Page of(HttpExchange ex, int size) throws IOException {
+            List<String[]> query = query(ex);
+            int limit;
+            int token;
+            try {
+                limit = intParam(query, "limit", 100);
+                token = intParam(query, "next_page_token", 0);
+            } catch (NumberFormatException e) {
+                sendError(ex, 409, "NumberFormatException", e.getMessage());
+                return null;
+            }
+            if (limit > 100 || limit < 0) {
+                limit = 100;
+            }
+            token = Math.max(0, token);
+            int last = (int) Math.min((long) token + limit, size);
+            return new Page(token, last, last < size ? String.valueOf(last) : null);
         }
-        return alias == null || alias.isEmpty() ? name : alias;
     }
 
     // ---- HTTP helpers --------------------------------------------------------------------------
@@ -705,10 +855,10 @@ public final class DjlHost {
     }
 
     /** Parameters given exactly once (DJL ignores repeated ones for adapter options). */
-    private static Map<String, String> singleParams(HttpExchange ex) {
+    private static Map<String, String> singleParams(List<String[]> query) {
         Map<String, String> single = new LinkedHashMap<>();
         Map<String, Integer> counts = new LinkedHashMap<>();
-        for (String[] kv : query(ex)) {
+        for (String[] kv : query) {
             single.put(kv[0], kv[1]);
             counts.merge(kv[0], 1, Integer::sum);
         }
@@ -720,17 +870,51 @@ public final class DjlHost {
         return single;
     }
 
+    /** The first value of a parameter, as DJL's getParameter: an empty one counts as absent. */
+    private static String param(List<String[]> query, String key) {
+        for (String[] kv : query) {
+            if (kv[0].equals(key)) {
+                return kv[1].isEmpty() ? null : kv[1];
+            }
+        }
+        return null;
+    }
+
+    /** A required parameter, or null after answering DJL's 400 "The parameter KEY is required". */
+    private static String requiredParam(HttpExchange ex, List<String[]> query, String key) throws IOException {
+        String value = param(query, key);
+        if (value == null) {
+            sendError(ex, 400, "BadRequestException", "The parameter " + key + " is required");
+        }
+        return value;
+    }
+
+    /** An integer parameter; throws NumberFormatException as DJL's getIntParameter does. */
+    private static int intParam(List<String[]> query, String key, int def) {
+        String value = param(query, key);
+        return value == null ? def : Integer.parseInt(value);
+    }
+
     private static boolean requireMethod(HttpExchange ex, String method, String expected) throws IOException {
         if (expected.equals(method)) {
             return true;
         }
         ex.getResponseHeaders().set("Allow", expected);
-        sendError(ex, 405, "MethodNotAllowedException", "Method not allowed: " + method);
+        methodNotAllowed(ex);
         return false;
     }
 
+    private static void methodNotAllowed(HttpExchange ex) throws IOException {
+        sendError(ex, 405, "MethodNotAllowedException", "Requested method is not allowed, please refer to API document.");
+    }
+
     private static void notFound(HttpExchange ex) throws IOException {
-        sendError(ex, 404, "ResourceNotFoundException", "Requested resource is not found: " + ex.getRequestURI().getPath());
+        sendError(ex, 404, "ResourceNotFoundException", "Requested resource is not found, please refer to API document.");
+    }
+
+    /** An inference request for a model this server does not have (DJL's ModelNotFoundException). */
+    private static void modelNotFound(HttpExchange ex, String name) throws IOException {
+        sendError(ex, 404, "ModelNotFoundException", "Model or workflow not found: " + name);
     }
 
     /** EngineException (worker died, timed out, restarting) is 503, TranslateException 400 as in DJL, else 500. */
@@ -772,8 +956,9 @@ public final class DjlHost {
         return m;
     }
 
+    /** JSON as DJL's NettyUtils sends it: its pretty-printing Gson (dates, escaping), then a newline. */
     private static void sendJson(HttpExchange ex, int code, Object body) throws IOException {
-        byte[] bytes = GSON.toJson(body).getBytes(StandardCharsets.UTF_8);
+        byte[] bytes = (JsonUtils.GSON_PRETTY.toJson(body) + "\n").getBytes(StandardCharsets.UTF_8);
         ex.getResponseHeaders().set("Content-Type", "application/json");
         ex.sendResponseHeaders(code, bytes.length);
         ex.getResponseBody().write(bytes);

@@ -18,7 +18,10 @@ import java.util.TreeMap;
 final class HostConfig {
 
     final Path modelDir;
+    /** The name in URLs ({@code /predictions/{name}}, {@code /models/{name}}), DJL Serving's by default. */
     final String modelName;
+    /** The model dir as DJL Serving reports it in {@code modelUrl}: {@code file:/abs/dir/}. */
+    final String modelUrl;
     final String host;
     final int port;
     /** Engine options handed to {@code Model.load}: Strings only, as PyModel casts them. */
@@ -26,6 +29,8 @@ final class HostConfig {
     final int batchSize;
     final int maxBatchDelayMillis;
     final int workers;
+    /** DJL's max_idle_time (default 60 s): reported by GET /models/{m}; the host never scales workers down. */
+    final int maxIdleSeconds;
     final int jobQueueSize;
     final long maxRequestSize;
     final int chunkedReadTimeoutSeconds;
@@ -60,7 +65,8 @@ final class HostConfig {
         if (!Files.isDirectory(modelDir)) {
             throw new IllegalArgumentException("Model dir not found: " + modelDir);
         }
-        modelName = name != null ? name : modelDir.getFileName().toString();
+        modelName = name != null ? name : djlModelName(modelDir);
+        modelUrl = modelDir.toUri().toURL().toString();
         host = bindHost;
         port = bindPort;
 
@@ -104,6 +110,7 @@ final class HostConfig {
         int min = intSetting(prop, "minWorkers", 1);
         workers = Math.max(1, Math.max(min, intSetting(prop, "maxWorkers", 1)));
         jobQueueSize = Math.max(1, intSetting(prop, "job_queue_size", 1000));
+        maxIdleSeconds = intSetting(prop, "max_idle_time", 60);
         maxRequestSize = Long.parseLong(setting(prop, "max_request_size", "67108864"));
         chunkedReadTimeoutSeconds = intSetting(prop, "chunked_read_timeout", 120);
         predictTimeoutSeconds = parseInt("option.predict_timeout", options.getOrDefault("predict_timeout", "120"));
@@ -113,6 +120,15 @@ final class HostConfig {
         adapterRegistry = registry.isEmpty()
                 ? modelDir.resolve(".loraship").resolve("adapters.json")
                 : modelDir.resolve(registry).toAbsolutePath().normalize();
+    }
+
+    /**
+     * The name DJL Serving gives a model dir found in its model store: the folder's name with every
+     * character that is not an ASCII word character (and a leading {@code _}) replaced by {@code _},
+     * so folder {@code md-ad} is served as {@code md_ad}.
+     */
+    static String djlModelName(Path dir) {
+        return dir.getFileName().toString().replaceAll("(\\W|^_)", "_");
     }
 
     static HostConfig parse(String[] args) throws IOException {

@@ -57,6 +57,8 @@ final class Worker implements Runnable {
     /** The Python process whose adapters match the host's record (replayed after every restart). */
     private volatile String syncedPid;
     private long nextRecovery;
+    /** When this worker first started (a restart of its Python process keeps it, as DJL's WorkerThread does). */
+    private volatile long startTime;
 
     Worker(
             int id,
@@ -79,10 +81,19 @@ final class Worker implements Runnable {
 
     /** Starts the Python process (blocking until its model is loaded), then the worker thread. */
     void start() {
+        startTime = System.currentTimeMillis();
         predictor = model.newPredictor(translator);
         PyProbe.useStreamSafeDecoder(predictor);
         syncedPid = PyProbe.pid(predictor);
         thread.start();
+    }
+
+    int id() {
+        return id;
+    }
+
+    long startTime() {
+        return startTime;
     }
 
     /** Runs an adapter operation on this worker's own thread. */
