@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -257,7 +258,10 @@ def cmd_perf(args) -> int:
     from .perf import print_figures, run_perf, run_threads
 
     if args.thread_sweep:
-        policies = [int(n) for n in args.thread_sweep.split(",")]
+        policies = [p.strip() for p in args.thread_sweep.split(",") if p.strip()]
+        bad = [p for p in policies if not re.fullmatch(r"[1-9]\d*(/passive)?", p)]
+        if bad or not policies:
+            return _usage("perf", f"--thread-sweep takes N or N/passive, comma-separated; got {bad or args.thread_sweep!r}")
         run_threads(args.model, tokens=args.tokens, concurrency=args.concurrency, policies=policies,
                     server=_server_opts(args), out=args.out)
         return 0
@@ -494,8 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=64, help="new tokens per request (fixed with min_new_tokens)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent requests and batch_size")
     p.add_argument("--out", help="also write the figures as JSON here")
-    p.add_argument("--thread-sweep", metavar="N,N", help="instead: batch-1 and batch-CONCURRENCY seconds for each "
-                                                         "worker OMP_NUM_THREADS, quiet and with one busy process")
+    p.add_argument("--thread-sweep", metavar="POLICY,...",
+                   help="instead: batch-1 and batch-CONCURRENCY seconds for each worker thread policy, quiet and "
+                        "with one busy process; a policy is N (OMP_NUM_THREADS) or N/passive (OMP_WAIT_POLICY too)")
     _add_server_args(p)
     p.set_defaults(func=cmd_perf)
 

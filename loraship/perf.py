@@ -178,18 +178,21 @@ def _busy_core():
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def run_threads(model: str = "default", tokens: int = 32, concurrency: int = 8, policies=(1, 2),
+def run_threads(model: str = "default", tokens: int = 32, concurrency: int = 8, policies=("1", "2"),
                 server: dict | None = None, out: str | None = None) -> dict:
-    """Batch-1 latency and a batch of ``concurrency`` through the server, for each worker thread count
-    (OMP_NUM_THREADS), on a quiet machine and with one competing busy process."""
+    """Batch-1 latency and a batch of ``concurrency`` through the server for each worker thread policy, on a
+    quiet machine and with one competing busy process. A policy is ``N`` (OMP_NUM_THREADS=N) or
+    ``N/passive`` (also OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning)."""
     prompts = _prompts(concurrency)
     fig: dict = {"model": model, "tokens_per_request": tokens, "concurrency": concurrency, "runs": []}
     server = {k: v for k, v in (server or {}).items() if k != "threads"}
     with tempfile.TemporaryDirectory(prefix="loraship-threads-") as tmp:
         md = build_model_dir(model, Path(tmp) / "md", batch_size=concurrency, max_batch_delay=200, dtype="float32")
-        for threads in policies:
-            with Server(md, port=free_port(), log_file=open(Path(tmp) / f"t{threads}.log", "w"), threads=threads,
-                        env={"OMP_NUM_THREADS": str(threads)}, **server) as srv:
+        for policy in policies:
+            threads, _, wait = str(policy).partition("/")
+            env = {"OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": wait.upper() or "ACTIVE"}
+            with Server(md, port=free_port(), log_file=open(Path(tmp) / f"t{threads}{wait}.log", "w"),
+                        threads=int(threads), env=env, **server) as srv:
                 srv.wait_ready()
                 _post(srv.url, prompts[0], tokens)  # warm-up
                 for busy in (False, True):
@@ -201,10 +204,10 @@ def run_threads(model: str = "default", tokens: int = 32, concurrency: int = 8, 
                         if competitor:
                             competitor.kill()
                             competitor.wait()
-                    fig["runs"].append({"server": srv.kind, "omp_num_threads": threads, "busy_competitor": busy,
+                    fig["runs"].append({"server": srv.kind, "policy": policy, "busy_competitor": busy,
                                         "batch1_s": b1, f"batch{concurrency}_s": bn})
-                    print(f"  {srv.kind} OMP_NUM_THREADS={threads} {'busy ' if busy else 'quiet'}: batch 1 "
-                          f"{b1:6.2f}s, batch {concurrency} {bn:6.2f}s", flush=True)
+                    print(f"  {srv.kind} {policy:>9}  {'busy ' if busy else 'quiet'}: batch 1 {b1:6.2f}s, "
+                          f"batch {concurrency} {bn:6.2f}s", flush=True)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(fig, indent=2))

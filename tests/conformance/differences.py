@@ -23,6 +23,13 @@ DIFFERENCES: dict[str, dict[str, str]] = {
                 "by the replacement worker a few seconds later",
         "why": "DJL's recovery needs retry_threshold (the model dir sets it); its delay is DJL's",
     },
+    "batch_key_headers": {
+        "djl": "a header named batch_size, or a custom attribute batch_000.data, reaches the handler as a property "
+               "and the request is served (the handler treats an Input as a batch only with batch_NNN content keys)",
+        "host": "400 'reserved for DJL's batch encoding' before the worker",
+        "why": "the host's guard predates the handler's own check; it stays as defence in depth, since a "
+               "handler without that check would misparse such a request",
+    },
 }
 
 

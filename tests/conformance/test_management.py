@@ -1,4 +1,4 @@
-"""Names, /ping, /models and the adapter management API: the same answers from both servers."""
+"""The adapter management API: the same answers from both servers (names and /models: test_server.py)."""
 
 import pytest
 import requests
@@ -12,38 +12,6 @@ def get(srv, path):
 
 def adapters_url(srv):
     return f"{srv.url}/models/{srv.model_name}/adapters"
-
-
-def test_model_is_named_as_djl_names_it(srv):
-    assert srv.model_dir.name == "md-conf" and srv.model_name == "md_conf"
-    r = requests.post(f"{srv.url}/predictions/md_conf", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}},
-                      timeout=60)
-    assert r.status_code == 200, r.text
-    r = requests.post(f"{srv.url}/predictions/md-conf", json={"inputs": "hi"}, timeout=60)
-    assert r.status_code == 404 and r.json()["type"] == "ModelNotFoundException", r.text
-
-
-def test_ping(srv):
-    r = get(srv, "/ping")
-    assert r.status_code == 200 and r.json() == {"md_conf": {"status": "Healthy"}}, r.text
-
-
-def test_list_and_describe_model(srv):
-    r = get(srv, "/models")
-    assert r.status_code == 200
-    (model,) = r.json()["models"]
-    assert model["modelName"] == "md_conf" and model["status"] == "READY"
-    assert model["modelUrl"].rstrip("/").endswith("/md-conf")
-    r = get(srv, "/models/md_conf")
-    assert r.status_code == 200
-    (workflow,) = r.json()
-    assert workflow["workflowName"] == "md_conf"
-    (desc,) = workflow["models"]
-    assert desc["modelName"] == "md_conf" and desc["batchSize"] == 1 and desc["status"] == "Healthy"
-    (group,) = desc["workerGroups"]
-    assert group["maxWorkers"] == 1 and [w["status"] for w in group["workers"]] == ["READY"]
-    r = get(srv, "/models/md-conf")
-    assert r.status_code == 404 and r.json()["type"] == "ModelNotFoundException", r.text
 
 
 def test_adapter_listing_and_description(srv):

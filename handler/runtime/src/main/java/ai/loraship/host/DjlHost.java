@@ -498,6 +498,12 @@ public final class DjlHost {
                 return;
             }
         }
+        // DJL's model job refuses an ?adapter= that its registry lacks (__base__ included): 424 and no body.
+        String queryAdapter = input.getContent().contains("adapter") ? input.getAsString("adapter") : null;
+        if (queryAdapter != null && adapters.get(queryAdapter) == null) {
+            sendFull(ex, new Output(424, "The adapter " + queryAdapter + " has not been registered"), new byte[0]);
+            return;
+        }
         byte[] body = readBody(ex);
         if (body == null) {
             sendError(ex, 413, "RequestTooLargeException",

@@ -1,4 +1,4 @@
-"""Adapters, batching, streaming, errors and custom pipelines through the real DJL runtime."""
+"""Adapters, static batching, streaming, errors and custom pipelines, on real DJL Serving and on the host."""
 
 import json
 import threading
@@ -9,7 +9,7 @@ import requests
 from loraship.build import build_model_dir
 from loraship.runtime import Server, free_port
 from test_adapters import PROMPT, peft_reference
-from servers import start_server
+from servers import KINDS, server_args, start_server
 from tiny_models import save_random_adapter
 
 pytestmark = pytest.mark.server
@@ -23,12 +23,12 @@ def adapter_root(tiny_neox, tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def server(djl_available, tiny_neox, adapter_root, tmp_path_factory):
+@pytest.fixture(scope="module", params=KINDS)
+def server(request, tiny_neox, adapter_root, tmp_path_factory):
     md = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny",
                          {"alpha": adapter_root / "alpha", "beta": adapter_root / "beta"},
                          batch_size=4, max_batch_delay=400, options={"adapter_roots": str(adapter_root)})
-    srv = start_server(md, tmp_path_factory)
+    srv = start_server(md, tmp_path_factory, kind=request.param)
     yield srv
     srv.stop()
 
@@ -151,10 +151,11 @@ class Shout(Pipeline):
 '''
 
 
-def test_custom_pipeline_from_model_dir(djl_available, tiny_neox, tmp_path_factory):
+@pytest.mark.parametrize("kind", KINDS)
+def test_custom_pipeline_from_model_dir(kind, tiny_neox, tmp_path_factory):
     md = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "shout", options={"pipeline": "shout_pipeline:Shout"})
     (md / "shout_pipeline.py").write_text(SHOUT)
-    srv = start_server(md, tmp_path_factory)
+    srv = start_server(md, tmp_path_factory, kind=kind)
     try:
         r = gen(srv, {"inputs": "hello", "parameters": {"max_new_tokens": 6}})
         assert r.status_code == 200 and r.json()["generated_text"].startswith("SHOUT:")
@@ -162,11 +163,12 @@ def test_custom_pipeline_from_model_dir(djl_available, tiny_neox, tmp_path_facto
         srv.stop()
 
 
-def test_unknown_pipeline_fails_load_listing_known(djl_available, tiny_neox, tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_unknown_pipeline_fails_load_listing_known(kind, tiny_neox, tmp_path):
     md = build_model_dir(str(tiny_neox), tmp_path / "bad", options={"pipeline": "nope"})
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
-        srv = Server(md, port=free_port(), log_file=f)
+        srv = Server(md, port=free_port(), log_file=f, **server_args(kind))
         with pytest.raises(RuntimeError, match="exited"):
             srv.wait_ready(timeout=120)
         srv.stop()

@@ -1,4 +1,4 @@
-"""The handler served by the real DJL runtime over HTTP (DJL's Python engine + loraship's host)."""
+"""The handler served over HTTP, on real DJL Serving and on the host: routes, names, shapes, errors."""
 
 import json
 import subprocess
@@ -9,16 +9,17 @@ import requests
 
 from loraship.build import build_model_dir
 from loraship.runtime import Server, free_port
-from servers import start_server
+from differences import expect
+from servers import KINDS, server_args, start_server
 
 pytestmark = pytest.mark.server
 
 
-@pytest.fixture(scope="module")
-def server(djl_available, tiny_neox, tmp_path_factory):
+@pytest.fixture(scope="module", params=KINDS)
+def server(request, tiny_neox, tmp_path_factory):
     # A dash in the folder name: DJL serves it as tiny_md.
     model_dir = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny-md", max_new_tokens=64)
-    srv = start_server(model_dir, tmp_path_factory)
+    srv = start_server(model_dir, tmp_path_factory, kind=request.param)
     yield srv
     srv.stop()
 
@@ -109,9 +110,10 @@ def test_bad_json_is_400_naming_the_field_and_server_keeps_serving(server):
     assert post(server, "/invocations", {"inputs": "still there?", "parameters": {"max_new_tokens": 2}}).ok
 
 
-def test_stop_leaves_no_worker_behind(djl_available, tiny_neox, tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_stop_leaves_no_worker_behind(kind, tiny_neox, tmp_path):
     model_dir = build_model_dir(str(tiny_neox), tmp_path / "md")
-    srv = Server(model_dir, port=free_port(), log_file=subprocess.DEVNULL)
+    srv = Server(model_dir, port=free_port(), log_file=subprocess.DEVNULL, **server_args(kind))
     srv.wait_ready(timeout=240)
     pgid = srv.proc.pid
     srv.stop()
@@ -120,10 +122,26 @@ def test_stop_leaves_no_worker_behind(djl_available, tiny_neox, tmp_path):
     assert left == [], f"processes left in the server's group: {left}"
 
 
-def test_headers_named_like_djl_batch_keys_are_refused(server):
+def test_headers_named_like_djl_batch_keys(server):
+    """A client header named like DJL's batch keys must not make the worker misparse its request."""
     body = json.dumps({"inputs": "x", "parameters": {"max_new_tokens": 2}})
     for headers in ({"batch_size": "3"}, {"X-Amzn-SageMaker-Custom-Attributes": "batch_000.data=1"}):
         r = requests.post(server.url + "/invocations", data=body, timeout=30,
                           headers={"content-type": "application/json", **headers})
-        assert r.status_code == 400 and "reserved" in r.json()["message"]
+        if server.kind == "host":
+            assert r.status_code == 400 and "reserved" in r.json()["message"], expect("batch_key_headers", "host")
+        else:
+            assert r.status_code == 200 and "generated_text" in r.json(), expect("batch_key_headers", "djl")
     assert post(server, "/invocations", {"inputs": "ok?", "parameters": {"max_new_tokens": 2}}).ok
+
+
+def test_query_adapter_must_be_registered_with_the_server(server):
+    """DJL checks ?adapter= against its own registry before the handler sees the request: an unknown
+    name, and even __base__, get 424 with an empty body (the body's "adapters" and the SageMaker header
+    have no such check: the handler answers 404 naming the known adapters)."""
+    body = {"inputs": "x", "parameters": {"max_new_tokens": 2}}
+    for name in ("nope", "__base__"):
+        r = post(server, f"/invocations?adapter={name}", body)
+        assert (r.status_code, r.content) == (424, b""), r.text
+    r = post(server, "/invocations", {**body, "adapters": "nope"})
+    assert r.status_code == 404 and "known adapters" in r.json()["error"]
