@@ -292,8 +292,8 @@ def _add_server_args(p) -> None:
     p.add_argument("--djl-home", metavar="DIR", help="a DJL Serving distribution folder (lib/, conf/); "
                                                       "default $DJL_SERVING_HOME")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="OMP_NUM_THREADS of the Python worker (default 1, DJL's policy; an OMP_NUM_THREADS "
-                        "already set wins)")
+                   help="torch threads (OMP_NUM_THREADS) of the Python worker (default: $OMP_NUM_THREADS, else 1, "
+                        "DJL's policy; README, Threads)")
 
 
 def _pair(value: str, flag: str) -> tuple[str, str]:

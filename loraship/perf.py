@@ -190,7 +190,7 @@ def run_threads(model: str = "default", tokens: int = 32, concurrency: int = 8, 
         md = build_model_dir(model, Path(tmp) / "md", batch_size=concurrency, max_batch_delay=200, dtype="float32")
         for policy in policies:
             threads, _, wait = str(policy).partition("/")
-            env = {"OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": wait.upper() or "ACTIVE"}
+            env = {"OMP_WAIT_POLICY": wait.upper() or "ACTIVE"}
             with Server(md, port=free_port(), log_file=open(Path(tmp) / f"t{threads}{wait}.log", "w"),
                         threads=int(threads), env=env, **server) as srv:
                 srv.wait_ready()

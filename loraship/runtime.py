@@ -36,6 +36,9 @@ SERVERS = ("auto", "djl", "host")
 LMI_JAVA_OPTS = ("-Xmx1g", "-Xms1g", "-XX:+ExitOnOutOfMemoryError", "-Dai.djl.util.cuda.fork=true")
 #: What lmi.Dockerfile exports, unless the caller set them.
 LMI_ENV = {"MODEL_LOADING_TIMEOUT": "1200", "PREDICT_TIMEOUT": "240"}
+#: The worker's torch threads: DJL's start-script policy, kept from the README's thread figures (a second
+#: thread is faster on a quiet host and many times slower beside one busy process).
+DEFAULT_THREADS = 1
 
 
 class RuntimeMissing(Exception):
@@ -120,7 +123,8 @@ def djl_command(djl_home: Path, state: Path, model_dir: Path, host: str, port: i
 
 
 def server_env(extra: dict[str, str] | None = None, threads: int | None = None) -> dict[str, str]:
-    """The server's environment; ``threads`` sets OMP_NUM_THREADS for the worker unless the caller did."""
+    """The server's environment. The worker's OMP_NUM_THREADS is ``threads`` when given, else the caller's
+    OMP_NUM_THREADS, else ``DEFAULT_THREADS``."""
     env = dict(os.environ)
     env.update({
         # The worker must run the interpreter that has this project's packages.
@@ -131,15 +135,12 @@ def server_env(extra: dict[str, str] | None = None, threads: int | None = None) 
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     })
-    if threads and "OMP_NUM_THREADS" not in os.environ:
+    if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
+    else:
+        env.setdefault("OMP_NUM_THREADS", str(DEFAULT_THREADS))
     env.update(extra or {})
     return env
-
-
-def default_threads() -> int:
-    """The worker's torch thread count: DJL's start script pins 1; see the README's thread figures."""
-    return 1
 
 
 def free_port() -> int:
@@ -152,7 +153,7 @@ class Server:
     """A running DJL Serving process (real DJL or the host); use as a context manager or call ``stop()``.
 
     ``kind`` is ``auto``, ``djl`` or ``host`` (see the module docstring); ``threads`` is the worker's
-    OMP_NUM_THREADS (default: ``default_threads()``; an OMP_NUM_THREADS already set wins).
+    OMP_NUM_THREADS (default: the caller's OMP_NUM_THREADS, else ``DEFAULT_THREADS``).
     """
 
     def __init__(self, model_dir: Path, host: str = "127.0.0.1", port: int = 8080,
@@ -164,7 +165,7 @@ class Server:
         self.host, self.port = host, port
         self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
         self.tmpdir = tempfile.mkdtemp(prefix="djl-")  # short: unix socket paths max out at 107 bytes
-        environment = server_env(env, threads or default_threads())
+        environment = server_env(env, threads)
         if self.kind == "djl":
             cmd = djl_command(home, Path(self.tmpdir), self.model_dir, host, port)
             for key, value in LMI_ENV.items():

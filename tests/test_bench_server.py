@@ -1,4 +1,5 @@
-"""``loraship bench`` against the real DJL server on the tiny model, with one adapter beside the base."""
+"""``loraship bench`` against both servers (real DJL Serving and the host) on the tiny model, with one
+adapter beside the base: what it reads from /models and the adapter API must work on the one users run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from loraship.build import build_model_dir
 from loraship.cli import main
 from loraship.runtime import Server, free_port
+from servers import KINDS, server_args
 
 pytestmark = pytest.mark.server
 
@@ -27,11 +29,13 @@ def tiny_adapter(model_dir, out):
     return out
 
 
-def test_bench_against_the_real_server(djl_available, tiny_neox, tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_bench_against_the_real_server(kind, tiny_neox, tmp_path):
     adapter = tiny_adapter(tiny_neox, tmp_path / "adapter")
     model_dir = build_model_dir(str(tiny_neox), tmp_path / "md", {"tiny": adapter}, batch_size=2,
                                 max_batch_delay=20, max_new_tokens=16)
-    with open(tmp_path / "server.log", "w+") as log, Server(model_dir, port=free_port(), log_file=log, kind="host") as srv:
+    with open(tmp_path / "server.log", "w+") as log, Server(model_dir, port=free_port(), log_file=log,
+                                                                  **server_args(kind)) as srv:
         try:
             srv.wait_ready(timeout=240)
         except Exception:
@@ -59,7 +63,7 @@ def test_bench_against_the_real_server(djl_available, tiny_neox, tmp_path):
     summary = server["model_summary"]
     assert summary["modelName"] == srv.model_name and summary["batchSize"] == 2 and summary["adapters"] == ["tiny"]
     assert summary["workers"] == 1 and summary["modelDir"].rstrip("/") == str(model_dir.resolve())
-    assert server["metrics"]["available"] is False and server["metrics"]["status"] == 404
+    assert server["metrics"]["available"] is False and server["metrics"]["status"] == 400  # Prometheus is off
     assert "batch_size=2" in server["serving_properties"]
     assert set(result["cold_warm"]) == {"tiny", "__base__"}
     for name in ("summary.md", "throughput.png", "latency.png", "e2e_cdf.png"):

@@ -302,15 +302,16 @@ def test_eval_refuses_bad_input(tiny_neox, good_run, tmp_path, capsys):
 
 # ---- in process against the served handler -----------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def served(djl_available, tiny_neox, good_run, tmp_path_factory):
-    """The tiny model and the trained adapter (as "faqs") behind a real DJL server, one request at a time."""
+@pytest.fixture(scope="module", params=["host", "djl"])
+def served(request, tiny_neox, good_run, tmp_path_factory):
+    """The tiny model and the trained adapter (as "faqs") behind each server (real DJL Serving and the host),
+    one request at a time."""
     from loraship.build import build_model_dir
     from servers import start_server
 
     model_dir = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny", {"faqs": good_run},
                                 max_new_tokens=64)
-    srv = start_server(model_dir, tmp_path_factory)
+    srv = start_server(model_dir, tmp_path_factory, kind=request.param)
     yield srv
     srv.stop()
 

@@ -318,6 +318,15 @@ public final class DjlHost {
                 }
             }
             case "models" -> routeModels(ex, method, seg);
+            case "server" -> {
+                // The host exports no Prometheus metrics: DJL's answer when SERVING_PROMETHEUS is off.
+                if (seg.length != 2 || !"metrics".equals(seg[1])) {
+                    notFound(ex);
+                } else if (requireMethod(ex, method, "GET")) {
+                    sendError(ex, 400, "BadRequestException", "Prometheus is not enabled, set SERVING_PROMETHEUS "
+                            + "environment var to true to enable prometheus metrics");
+                }
+            }
             // The short form: DJL allows it when the server has a single start-up model, as here.
             case "adapters" -> routeAdapters(ex, method, config.modelName, Arrays.copyOfRange(seg, 1, seg.length));
             default -> notFound(ex);
