@@ -23,6 +23,13 @@ DIFFERENCES: dict[str, dict[str, str]] = {
                 "by the replacement worker a few seconds later",
         "why": "DJL's recovery needs retry_threshold (the model dir sets it); its delay is DJL's",
     },
+    "ping_during_restart": {
+        "djl": "200 {'md': {'status': 'Healthy'}} while the dead worker thread lingers (about a minute), then "
+               "200 'Unhealthy' until a new worker runs",
+        "host": "500 {'md': {'status': 'Unhealthy'}} until the new worker runs and has its adapters back",
+        "why": "the host's callers (tests, the demo) read 200 as 'ready, adapters restored'; the host recovers in "
+               "seconds, so a load balancer loses little by believing it",
+    },
     "batch_key_headers": {
         "djl": "a header named batch_size, or a custom attribute batch_000.data, reaches the handler as a property "
                "and the request is served (the handler treats an Input as a batch only with batch_NNN content keys)",

@@ -64,6 +64,9 @@ def test_worker_killed_mid_request_recovers_with_runtime_adapters(crashable):
     assert in_flight.status == 503, in_flight.text
     kind = in_flight.json()["type"]
     assert kind == ("WlmException" if srv.kind == "djl" else "WorkerDiedException"), in_flight.text
+    r = requests.get(srv.url + "/ping", timeout=10)  # at once: the replacement is still loading
+    expected = (200, "Healthy") if srv.kind == "djl" else (500, "Unhealthy")
+    assert (r.status_code, r.json()[srv.model_name]["status"]) == expected, expect("ping_during_restart", srv.kind)
     seconds, failures = until_served(srv, killed)
     assert ping(srv.url) == 200
     assert answers(srv) == before  # base, the seed adapter and the runtime-registered one
