@@ -44,6 +44,17 @@ class Overloaded(HandlerError):
     status = 503
 
 
+class GenerationTimeout(HandlerError):
+    """Generation ran out of its time budget (option.predict_timeout) before the request was done."""
+
+    status = 504
+
+    @classmethod
+    def after(cls, seconds: float, tokens: int, predict_timeout: int) -> "GenerationTimeout":
+        return cls(f"generation stopped after {seconds:.0f} s and {tokens} tokens, to answer within "
+                   f"option.predict_timeout ({predict_timeout} s): ask for fewer max_new_tokens or inputs")
+
+
 class ConfigError(HandlerError):
     """serving.properties (or a pipeline/adapter setting) is invalid: the model fails to load."""
 

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class GenerationResult:
     text: str
     generated_tokens: int
-    finish_reason: str  # eos | stop | length
+    finish_reason: str  # eos | stop | length | time (cut by max_time before its length)
     prompt_tokens: int
     seconds: float
 
@@ -106,8 +106,10 @@ class Generator:
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], params: GenerationParams, adapter_names: list[str] | None = None,
-                 streamer=None, tokenizer=None) -> list[GenerationResult]:
-        """One left-padded ``generate``; ``tokenizer`` is an adapter's own when it added tokens."""
+                 streamer=None, tokenizer=None, max_time: float | None = None) -> list[GenerationResult]:
+        """One left-padded ``generate``; ``tokenizer`` is an adapter's own when it added tokens.
+        ``max_time`` (seconds) stops it early (transformers' MaxTimeCriteria): rows cut short then
+        finish with reason ``time``."""
         start = time.perf_counter()
         tokenizer = tokenizer or self.tokenizer
         enc = tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
@@ -134,8 +136,11 @@ class Generator:
             kwargs["adapter_names"] = [name or "__base__" for name in names]
         if streamer is not None:
             kwargs["streamer"] = streamer
+        if max_time is not None:
+            kwargs["max_time"] = max_time
         out = self.model.generate(**enc, **kwargs)
         elapsed = time.perf_counter() - start
+        timed_out = max_time is not None and elapsed >= max_time
         width = enc["input_ids"].shape[1]
         results = []
         for row, mask in zip(out, enc["attention_mask"]):
@@ -151,6 +156,8 @@ class Generator:
                 reason = "stop"
             elif n < len(new):
                 reason = "eos"
+            elif timed_out and n < params.max_new_tokens:
+                reason = "time"
             else:
                 reason = "length"
             results.append(GenerationResult(text=text, generated_tokens=n, finish_reason=reason,

@@ -62,6 +62,17 @@ class ServingOptions:
     """Comma-separated adapter names never evicted (the seed adapter always is)."""
     allow_pickle_adapters: bool = False
     """Accept adapter_model.bin (pickle, can run code when loaded); safetensors only by default."""
+    max_inputs_per_request: int = 8
+    """Strings a request's ``inputs`` list may hold (TGI's --max-client-batch-size; its default is 4)."""
+    max_request_tokens: int = 4096
+    """What one request may cost: over its inputs, prompt tokens plus ``max_new_tokens``. 4096 is about
+    80 s of generation for the default model on one CPU thread (README, Admission limits)."""
+    max_batch_total_tokens: int = 4096
+    """What one ``generate`` call may cost: rows x (longest prompt + max_new_tokens). A batch that costs
+    more runs in parts, one after the other."""
+    predict_timeout: int = 120
+    """DJL's own limit (seconds); generation stops in time to answer before it, so DJL never kills a
+    worker for a slow batch."""
     trust_remote_code: bool = False
     device_map: str = ""
     quantize: str = ""
@@ -92,6 +103,10 @@ class ServingOptions:
             problems.append(f"option.dtype must be one of {', '.join(DTYPES)}, got {opts.dtype!r}")
         if opts.quantize not in QUANTIZE:
             problems.append(f"option.quantize must be one of {', '.join(q for q in QUANTIZE if q)}, got {opts.quantize!r}")
+        if opts.max_request_tokens > opts.max_batch_total_tokens:
+            problems.append(f"option.max_request_tokens ({opts.max_request_tokens}) must not exceed "
+                            f"option.max_batch_total_tokens ({opts.max_batch_total_tokens}): a request must fit "
+                            "one generate call")
         if opts.default_max_new_tokens > opts.max_new_tokens:
             opts.default_max_new_tokens = opts.max_new_tokens
         if bool(opts.adapter_checkpoint) != bool(opts.adapter_name) and opts.adapter_checkpoint:
@@ -99,6 +114,11 @@ class ServingOptions:
         if problems:
             raise ConfigError("invalid serving.properties: " + "; ".join(problems))
         return opts
+
+    @property
+    def time_budget(self) -> float:
+        """Seconds generation may take in one call: predict_timeout less a margin to send the answer."""
+        return max(1.0, self.predict_timeout - max(2.0, 0.1 * self.predict_timeout))
 
     @property
     def roots(self) -> list[str]:

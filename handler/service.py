@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections import defaultdict
 
 from djl_python import Input, Output
 
 from .adapters import AdapterSet
-from .errors import BadRequest, error_json
+from .errors import BadRequest, GenerationTimeout, PayloadTooLarge, error_json
 from .generation import GenerationResult, Generator, load_model
 from .pipelines import get_pipeline
 from .properties import ServingOptions
@@ -86,46 +87,62 @@ class HandlerService:
 
     # -- inference -----------------------------------------------------------------------------
     def inference(self, inputs: Input) -> Output:
+        # Generation answers before DJL's predict_timeout would kill the worker (and every request in it).
+        deadline = time.monotonic() + self.options.time_budget
         # is_batch() alone is not enough: djl_python.test_model copies serving.properties (batch_size
         # included) into every request, and get_batches() then fails on keys without a batch prefix.
         is_batch = inputs.is_batch() and any(BATCH_KEY.match(k or "") for k in inputs.get_content().get_keys())
         batch = inputs.get_batches() if is_batch else [inputs]
         replies: list[tuple[int, object]] = [(500, None)] * len(batch)
-        parsed: dict[int, tuple[ParsedRequest, list[str]]] = {}
+        parsed: dict[int, tuple[ParsedRequest, list[str], list[int]]] = {}
         for i, item in enumerate(batch):
             try:
                 parsed[i] = self._parse(item)
             except Exception as exc:
                 replies[i] = error_json(exc)
-        results: dict[int, list[GenerationResult | None]] = {i: [None] * len(r.items) for i, (r, _) in parsed.items()}
-        stream_index = next((i for i, (r, _) in parsed.items() if r.stream), None)
+        results: dict[int, list[GenerationResult | None]] = {i: [None] * len(p[0].items) for i, p in parsed.items()}
+        stream_index = next((i for i, p in parsed.items() if p[0].stream), None)
         groups = defaultdict(list)
-        for i, (req, prompts) in parsed.items():
+        for i, (req, prompts, lengths) in parsed.items():
             if i == stream_index and len(batch) == 1:
                 continue
             for j, prompt in enumerate(prompts):
                 # Adapters that added tokens bring their own tokenizer: they batch apart.
                 tokenizer = self.adapters.tokenizer_for(req.adapters[j])
-                groups[(req.params, id(tokenizer))].append((i, j, prompt, req.adapters[j], tokenizer))
+                groups[(req.params, id(tokenizer))].append((i, j, prompt, req.adapters[j], tokenizer, lengths[j]))
         failed: dict[int, BaseException] = {}
         for (params, _), members in groups.items():
-            names = [m[3] for m in members]
-            try:
-                self.adapters.ensure_loaded(names)
-                self.generator.model = self.adapters.model
-                out = self.generator.generate([m[2] for m in members], params, names, tokenizer=members[0][4])
-            except Exception as exc:
-                log.exception("generation failed for a group of %d items", len(members))
-                for i, *_ in members:
-                    failed[i] = exc
-                continue
-            for (i, j, *_), res in zip(members, out):
-                results[i][j] = res
-        for i, (req, _) in parsed.items():
+            for part in self._parts(members, params):
+                rows = [m for m in part if m[0] not in failed]
+                if not rows:
+                    continue
+                names = [m[3] for m in rows]
+                try:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise GenerationTimeout(
+                            f"not started: the batch before it used the {self.options.time_budget:.0f} s that "
+                            f"option.predict_timeout ({self.options.predict_timeout} s) leaves for generation")
+                    self.adapters.ensure_loaded(names)
+                    self.generator.model = self.adapters.model
+                    out = self.generator.generate([m[2] for m in rows], params, names, tokenizer=rows[0][4],
+                                                  max_time=left)
+                except Exception as exc:
+                    if not isinstance(exc, GenerationTimeout):
+                        log.exception("generation failed for a group of %d items", len(rows))
+                    for i, *_ in rows:
+                        failed[i] = exc
+                    continue
+                for (i, j, *_), res in zip(rows, out):
+                    if res.finish_reason == "time":
+                        failed[i] = GenerationTimeout.after(res.seconds, res.generated_tokens,
+                                                            self.options.predict_timeout)
+                    results[i][j] = res
+        for i, (req, prompts, _) in parsed.items():
             if i in failed:
                 replies[i] = error_json(failed[i])
             elif req.stream and len(batch) == 1:
-                return self._stream(req, parsed[i][1][0])
+                return self._stream(req, prompts[0], deadline)
             elif req.stream:
                 replies[i] = error_json(BadRequest("streaming is available only when requests are not batched; "
                                                    "set batch_size=1", field="stream"))
@@ -133,7 +150,20 @@ class HandlerService:
                 replies[i] = (200, self._encode(req, results[i], len(batch)))
         return _batch_output(replies, is_batch)
 
-    def _parse(self, item: Input) -> tuple[ParsedRequest, list[str]]:
+    def _parts(self, members: list, params) -> list[list]:
+        """A group's rows in generate calls that each cost at most option.max_batch_total_tokens
+        (rows x (longest prompt + max_new_tokens)); shortest prompts first, so little is padding."""
+        budget, parts, part, longest = self.options.max_batch_total_tokens, [], [], 0
+        for m in sorted(members, key=lambda m: m[5]):
+            if part and (len(part) + 1) * (max(longest, m[5]) + params.max_new_tokens) > budget:
+                parts.append(part)
+                part, longest = [], 0
+            part.append(m)
+            longest = max(longest, m[5])
+        return parts + [part] if part else parts
+
+    def _parse(self, item: Input) -> tuple[ParsedRequest, list[str], list[int]]:
+        """The request, its prompts and their token counts, admitted against the limits (413 if over)."""
         opts = self.options
         query = item.get_content().get("adapter")
         content = item.get_content()
@@ -145,11 +175,20 @@ class HandlerService:
                          max_cap=opts.max_new_tokens, default_max=opts.default_max_new_tokens,
                          query_adapter=bytes(query).decode("utf-8", "replace") if query is not None else None,
                          header_adapter=item.get_property(ADAPTER_HEADER))
+        n = len(req.items)
+        if n > opts.max_inputs_per_request:
+            raise PayloadTooLarge(f"the request has {n} inputs; option.max_inputs_per_request is "
+                                  f"{opts.max_inputs_per_request}: send them in several requests", field="inputs")
         self.adapters.check(req.adapters)
         prompts = [self.pipeline.decode_request(x) for x in req.items]
-        for p in prompts:
-            self.generator.check_length(p, req.params)
-        return req, prompts
+        lengths = [len(self.generator.check_length(p, req.params)) for p in prompts]
+        cost = sum(lengths) + n * req.params.max_new_tokens
+        if cost > opts.max_request_tokens:
+            raise PayloadTooLarge(
+                f"the request costs {cost} tokens ({sum(lengths)} prompt tokens + {n} x max_new_tokens "
+                f"{req.params.max_new_tokens}); option.max_request_tokens is {opts.max_request_tokens}: ask for "
+                "fewer max_new_tokens or send fewer inputs per request", field="inputs")
+        return req, prompts, lengths
 
     def _encode(self, req: ParsedRequest, results: list[GenerationResult], batch_size: int) -> object:
         replies = []
@@ -163,12 +202,12 @@ class HandlerService:
             replies.append(reply)
         return replies if req.is_list else replies[0]
 
-    def _stream(self, req: ParsedRequest, prompt: str) -> Output:
+    def _stream(self, req: ParsedRequest, prompt: str, deadline: float) -> Output:
         from .streaming import stream_generation
 
         out = Output()
         out.add_property("content-type", "application/jsonlines")
-        out.add_stream_content(stream_generation(self, req, prompt), output_formatter=None)
+        out.add_stream_content(stream_generation(self, req, prompt, deadline), output_formatter=None)
         return out
 
 

@@ -8,11 +8,11 @@ import time
 
 from transformers import TextIteratorStreamer
 
-from .errors import error_json
+from .errors import GenerationTimeout, error_json
 from .pipelines import cut_at_stop
 
 
-def stream_generation(service, req, prompt: str):
+def stream_generation(service, req, prompt: str, deadline: float | None = None):
     """Yield ``{"token": {"text": ...}}`` lines, then ``{"generated_text": ..., "details": ...}``.
 
     Text that could still turn out to be the start of a stop string is held back until it is
@@ -29,8 +29,9 @@ def stream_generation(service, req, prompt: str):
         try:
             service.adapters.ensure_loaded(req.adapters)
             gen.model = service.adapters.model
+            left = None if deadline is None else max(0.001, deadline - time.monotonic())
             box["result"] = gen.generate([prompt], req.params, req.adapters[:1], streamer=streamer,
-                                         tokenizer=tokenizer)[0]
+                                         tokenizer=tokenizer, max_time=left)[0]
         except Exception as exc:  # reported in the final line; the stream must still end
             box["error"] = exc
             streamer.end()
@@ -53,6 +54,9 @@ def stream_generation(service, req, prompt: str):
     tail = cut_at_stop(text, stops)[0][sent:]
     if tail and "error" not in box:
         yield _line({"token": {"text": tail}})
+    if "error" not in box and box["result"].finish_reason == "time":
+        res = box["result"]
+        box["error"] = GenerationTimeout.after(res.seconds, res.generated_tokens, service.options.predict_timeout)
     if "error" in box:
         code, body = error_json(box["error"])
         yield _line(body)

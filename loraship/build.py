@@ -10,12 +10,15 @@ import tempfile
 from pathlib import Path
 
 import handler
+from handler.properties import ServingOptions
 
 from .hashing import copy_ignore
 from .models import resolve_model
 
 HANDLER_SRC = Path(handler.__file__).resolve().parent
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Admission limits written into every model dir (defaults: ServingOptions; --option KEY=VALUE overrides).
+LIMITS = ("max_inputs_per_request", "max_request_tokens", "max_batch_total_tokens")
 #: Pinned into requirements.txt. torch is left to the host: the LMI container's build matches its CUDA.
 RUNTIME_REQUIREMENTS = ("transformers", "peft", "accelerate", "safetensors")
 
@@ -70,7 +73,9 @@ def serving_properties(model_id: str, adapters: dict[str, Path], *, pipeline: st
     if adapters:
         first = next(iter(adapters))
         lines += [f"option.adapter_name={first}", f"option.adapter_checkpoint=adapters/{first}"]
-    lines += [f"option.{k}={v}" for k, v in options.items()]
+    defaults = ServingOptions()
+    lines += [f"option.{k}={options.get(k, getattr(defaults, k))}" for k in LIMITS]
+    lines += [f"option.{k}={v}" for k, v in options.items() if k not in LIMITS]
     return "\n".join(lines) + "\n"
 
 
