@@ -296,10 +296,14 @@ def _add_server_args(p) -> None:
                         "DJL's policy; README, Threads)")
 
 
+class UsageError(Exception):
+    """A flag's value is malformed: exit 2 (bad input), never 1, which means a failed verdict."""
+
+
 def _pair(value: str, flag: str) -> tuple[str, str]:
     key, sep, val = value.partition("=")
     if not sep or not key:
-        raise SystemExit(f"{flag} takes KEY=VALUE, got {value!r}")
+        raise UsageError(f"{flag} takes KEY=VALUE, got {value!r}")
     return key, val
 
 
@@ -524,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (BuildError, ModelError, RuntimeMissing) as exc:
+    except (BuildError, ModelError, RuntimeMissing, UsageError) as exc:
         print(f"loraship {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -249,7 +249,7 @@ def inspect_model_dir(model_dir: str | Path, *, include_model: bool = False,
         text = merge_properties(text, {"option.model_id": model_id})
 
     # Adapters: every folder under adapters/ is registered by the handler at load time.
-    allow_pickle = opts.extra.get("allow_pickle_adapters") == "true"
+    allow_pickle = opts.allow_pickle_adapters
     adapters: dict[str, Path] = {}
     adapters_dir = model_dir / "adapters"
     if adapters_dir.is_dir():

@@ -268,3 +268,6 @@ def test_cli_exit_codes(tmp_path, adapter, capsys):
     assert main(["gate", "--eval", str(not_eval), "--out", str(tmp_path / "g5")]) == 2
     assert "loraship.eval/1" in capsys.readouterr().err
     assert not (tmp_path / "g3").exists()
+    # A malformed flag is bad input (2), not a failed verdict (1).
+    assert main(["gate", "--eval", str(good), "--adapter", "bad", "--out", str(tmp_path / "g6")]) == 2
+    assert "--adapter takes KEY=VALUE, got 'bad'" in capsys.readouterr().err

@@ -161,6 +161,20 @@ BROKEN = {
 }
 
 
+def test_a_pickle_adapter_ships_only_when_the_model_dir_allows_it(model_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    faq = model_dir / "adapters" / "faq"
+    torch.save(load_file(faq / "adapter_model.safetensors"), faq / "adapter_model.bin")
+    (faq / "adapter_model.safetensors").unlink()
+    with pytest.raises(PackageError, match="allow_pickle_adapters"):
+        package_model_dir(model_dir, tmp_path / "refused.tar.gz", include_model=True)
+    _set(model_dir, "option.allow_pickle_adapters", "true")
+    art = package_model_dir(model_dir, tmp_path / "model.tar.gz", include_model=True)
+    assert "adapters/faq/adapter_model.bin" in read_archive(art.path).digests
+
+
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_a_model_dir_that_would_not_load_is_refused(case, model_dir, tmp_path):
     breaks, message = BROKEN[case]
