@@ -10,11 +10,11 @@ DJL_STAMP := lib/djl/.fetched
 HOST_STAMP := lib/host/.compiled
 JAVA_SRC := $(wildcard handler/runtime/src/main/java/ai/loraship/host/*.java)
 
-.PHONY: setup venv runtime model test soak bench demo container-up clean help
+.PHONY: setup venv runtime model lint test soak bench demo container-up clean help
 
 help:
 	@echo "make demo    set up everything, then run 'loraship demo' on the embedded default model"
-	@echo "make test    set up everything, then run the test suite"
+	@echo "make test    set up everything, then ruff (make lint) and the test suite"
 	@echo "make soak    the long reliability runs against the real server (not part of make test)"
 	@echo "make bench   microbenchmarks of the handler's hot paths (pytest-benchmark; not part of make test)"
 	@echo "make setup   only the set-up: venv ($(VENV)), DJL runtime (lib/), default model (~/.cache/loraship)"
@@ -47,7 +47,12 @@ setup: venv runtime model
 # The conformance suite runs on real DJL Serving too: $$DJL_SERVING_HOME, else ../shared/djl-serving if present.
 SHARED_DJL := $(wildcard $(abspath ../shared/djl-serving))
 
-test: setup
+# Ruff's lint and format check (pyproject.toml); `make test` runs it first.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
 	DJL_SERVING_HOME="$${DJL_SERVING_HOME:-$(SHARED_DJL)}" $(VENV)/bin/pytest
 
 # The long reliability runs (fuzz, overload waves, repeated worker crashes, adapter churn); `make test`

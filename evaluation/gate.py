@@ -40,6 +40,7 @@ class GateInputError(Exception):
 
 # ---- policy ------------------------------------------------------------------------------------
 
+
 @dataclass
 class MetricRule:
     """What one metric must show for each adapter; every field is optional.
@@ -110,8 +111,9 @@ def _check_fields(cls, raw: Any, where: str, problems: list[str]) -> dict:
             else:
                 kwargs[key] = value
         elif "float" in hint:
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            ):
                 problems.append(f"{name}: expected a number, got {value!r}")
             else:
                 kwargs[key] = None if value is None else float(value)
@@ -137,8 +139,7 @@ def load_policy(path: str | Path) -> Policy:
         problems.append("metrics: expected a non-empty mapping of metric name to rules")
         raw_metrics = {}
     for name, rules in raw_metrics.items():
-        rule = MetricRule(**_check_fields(MetricRule, rules if rules is not None else {}, f"metrics.{name}",
-                                          problems))
+        rule = MetricRule(**_check_fields(MetricRule, rules if rules is not None else {}, f"metrics.{name}", problems))
         for key in ("min_gain", "max_regression"):
             value = getattr(rule, key)
             if value is not None and value < 0:
@@ -152,11 +153,13 @@ def load_policy(path: str | Path) -> Policy:
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise GateInputError(f"{path}: {len(problems)} problem(s):\n{lines}")
-    return Policy(version=top.get("version", 1), min_samples=top.get("min_samples", 10), metrics=metrics,
-                  budgets=budgets)
+    return Policy(
+        version=top.get("version", 1), min_samples=top.get("min_samples", 10), metrics=metrics, budgets=budgets
+    )
 
 
 # ---- inputs ------------------------------------------------------------------------------------
+
 
 def _read_json_object(path: Path, what: str) -> dict:
     try:
@@ -210,6 +213,7 @@ def bench_figures(bench: dict) -> dict[str, dict[str, dict[str, float | None]]]:
 
 # ---- checks ------------------------------------------------------------------------------------
 
+
 def _num(x) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
@@ -232,9 +236,11 @@ class Check:
         return dataclasses.asdict(self)
 
 
-def metric_checks(adapter: str, metric: str, rule: MetricRule, entry: dict | None, policy: Policy,
-                  confidence: float) -> list[Check]:
+def metric_checks(
+    adapter: str, metric: str, rule: MetricRule, entry: dict | None, policy: Policy, confidence: float
+) -> list[Check]:
     """Every check ``rule`` asks of one adapter on one metric; the first failure to read stops the rest."""
+
     def check(kind, ok, threshold, value, reason):
         return Check(adapter, metric, kind, PASS if ok else FAIL, threshold, value, reason)
 
@@ -247,15 +253,30 @@ def metric_checks(adapter: str, metric: str, rule: MetricRule, entry: dict | Non
     min_samples = rule.min_samples if rule.min_samples is not None else policy.min_samples
     n = scores.get("n")
     n = n if isinstance(n, int) and not isinstance(n, bool) else None
-    out.append(check("min_samples", n is not None and n >= min_samples, min_samples, n,
-                     f"{n} documents scored, {min_samples} needed" if n is not None else "no sample count"))
+    out.append(
+        check(
+            "min_samples",
+            n is not None and n >= min_samples,
+            min_samples,
+            n,
+            f"{n} documents scored, {min_samples} needed" if n is not None else "no sample count",
+        )
+    )
     value, base, delta = _num(scores.get("value")), _num(entry.get("base")), _num(scores.get("delta"))
     ci = scores.get("ci") if isinstance(scores.get("ci"), list) and len(scores.get("ci")) == 2 else [None, None]
     lo, hi = _num(ci[0]), _num(ci[1])
-    missing = [k for k, v in (("value", value), ("base", base), ("delta", delta), ("ci low", lo), ("ci high", hi))
-               if v is None]
-    out.append(check("finite", not missing, None, None if missing else value,
-                     f"not a number: {', '.join(missing)}" if missing else "value, base, delta and CI are numbers"))
+    missing = [
+        k for k, v in (("value", value), ("base", base), ("delta", delta), ("ci low", lo), ("ci high", hi)) if v is None
+    ]
+    out.append(
+        check(
+            "finite",
+            not missing,
+            None,
+            None if missing else value,
+            f"not a number: {', '.join(missing)}" if missing else "value, base, delta and CI are numbers",
+        )
+    )
     if missing:
         return out
     higher = bool(entry.get("higher_is_better", True))
@@ -266,20 +287,48 @@ def metric_checks(adapter: str, metric: str, rule: MetricRule, entry: dict | Non
     ci_text = f"{pct} CI of the delta [{lo:+.4g}, {hi:+.4g}]"
     direction = "higher" if higher else "lower"
     if rule.floor is not None:
-        out.append(check("floor", value >= rule.floor, rule.floor, value,
-                         f"{_fmt(value)} {'>=' if value >= rule.floor else '<'} floor {rule.floor:g}"))
+        out.append(
+            check(
+                "floor",
+                value >= rule.floor,
+                rule.floor,
+                value,
+                f"{_fmt(value)} {'>=' if value >= rule.floor else '<'} floor {rule.floor:g}",
+            )
+        )
     if rule.ceiling is not None:
-        out.append(check("ceiling", value <= rule.ceiling, rule.ceiling, value,
-                         f"{_fmt(value)} {'<=' if value <= rule.ceiling else '>'} ceiling {rule.ceiling:g}"))
+        out.append(
+            check(
+                "ceiling",
+                value <= rule.ceiling,
+                rule.ceiling,
+                value,
+                f"{_fmt(value)} {'<=' if value <= rule.ceiling else '>'} ceiling {rule.ceiling:g}",
+            )
+        )
     if rule.min_gain is not None:
-        out.append(check("min_gain", gain >= rule.min_gain, rule.min_gain, gain,
-                         f"gain {gain:+.4g} ({direction} is better: base {base:.4g} -> {value:.4g}) "
-                         f"{'>=' if gain >= rule.min_gain else '<'} the {rule.min_gain:g} required"))
+        out.append(
+            check(
+                "min_gain",
+                gain >= rule.min_gain,
+                rule.min_gain,
+                gain,
+                f"gain {gain:+.4g} ({direction} is better: base {base:.4g} -> {value:.4g}) "
+                f"{'>=' if gain >= rule.min_gain else '<'} the {rule.min_gain:g} required",
+            )
+        )
     if rule.require_significant:
         ok = gain_lo > 0
-        out.append(check("significant", ok, 0.0, [lo, hi],
-                         f"the {ci_text} {'excludes' if ok else 'does not exclude'} zero on the better side "
-                         f"(n={n}, {scores.get('better')} documents better, {scores.get('worse')} worse)"))
+        out.append(
+            check(
+                "significant",
+                ok,
+                0.0,
+                [lo, hi],
+                f"the {ci_text} {'excludes' if ok else 'does not exclude'} zero on the better side "
+                f"(n={n}, {scores.get('better')} documents better, {scores.get('worse')} worse)",
+            )
+        )
     if rule.max_regression is not None:
         regression = -gain + 0.0  # no -0.0 in reports
         significant = gain_hi < 0
@@ -289,11 +338,14 @@ def metric_checks(adapter: str, metric: str, rule: MetricRule, entry: dict | Non
         elif regression <= rule.max_regression:
             reason = f"regression {regression:.4g} within the {rule.max_regression:g} allowed"
         elif not significant:
-            reason = (f"regression {regression:.4g} over the {rule.max_regression:g} allowed, but the {ci_text} "
-                      "includes zero: not significant")
+            reason = (
+                f"regression {regression:.4g} over the {rule.max_regression:g} allowed, but the {ci_text} "
+                "includes zero: not significant"
+            )
         else:
-            reason = (f"regression {regression:.4g} over the {rule.max_regression:g} allowed, and the {ci_text} "
-                      "excludes zero")
+            reason = (
+                f"regression {regression:.4g} over the {rule.max_regression:g} allowed, and the {ci_text} excludes zero"
+            )
         out.append(check("max_regression", ok, rule.max_regression, regression, reason))
     return out
 
@@ -305,48 +357,96 @@ def hash_check(adapter: str, info: dict, folder: str | Path | None) -> Check:
     if not recorded:
         return Check(adapter, None, "adapter_sha256", FAIL, None, None, "eval.json records no sha256 for it")
     if not str(path) or not path.is_dir():
-        return Check(adapter, None, "adapter_sha256", FAIL, recorded, None,
-                     f"adapter files not found at {path} (pass --adapter {adapter}=DIR where they are now)")
+        return Check(
+            adapter,
+            None,
+            "adapter_sha256",
+            FAIL,
+            recorded,
+            None,
+            f"adapter files not found at {path} (pass --adapter {adapter}=DIR where they are now)",
+        )
     now = adapter_sha256(path)
     ok = now == recorded
-    return Check(adapter, None, "adapter_sha256", PASS if ok else FAIL, recorded, now,
-                 f"files in {path} hash to what was scored" if ok else
-                 f"files in {path} changed since they were scored: sha256 {now[:12]}... != {recorded[:12]}...")
+    return Check(
+        adapter,
+        None,
+        "adapter_sha256",
+        PASS if ok else FAIL,
+        recorded,
+        now,
+        f"files in {path} hash to what was scored"
+        if ok
+        else f"files in {path} changed since they were scored: sha256 {now[:12]}... != {recorded[:12]}...",
+    )
 
 
 def budget_checks(adapter: str, budgets: Budgets, figures: dict | None) -> list[Check]:
-    wanted = [(k, getattr(budgets, k)) for k in ("p99_latency_ratio", "output_tokens_per_s_ratio")
-              if getattr(budgets, k) is not None]
+    wanted = [
+        (k, getattr(budgets, k))
+        for k in ("p99_latency_ratio", "output_tokens_per_s_ratio")
+        if getattr(budgets, k) is not None
+    ]
     if not wanted:
         return []
     if figures is None:
         status = FAIL if budgets.require_bench else SKIP
-        return [Check(adapter, None, f"budget.{k}", status, v, None,
-                      "no --bench result given" + (" and the policy requires one" if budgets.require_bench else ""))
-                for k, v in wanted]
+        return [
+            Check(
+                adapter,
+                None,
+                f"budget.{k}",
+                status,
+                v,
+                None,
+                "no --bench result given" + (" and the policy requires one" if budgets.require_bench else ""),
+            )
+            for k, v in wanted
+        ]
     out = []
     levels = {label: per for label, per in figures.items() if adapter in per}
     if not levels:
-        return [Check(adapter, None, f"budget.{k}", FAIL, v, None, f"the bench run has no requests for {adapter!r}")
-                for k, v in wanted]
+        return [
+            Check(adapter, None, f"budget.{k}", FAIL, v, None, f"the bench run has no requests for {adapter!r}")
+            for k, v in wanted
+        ]
     for label, per in levels.items():
         base = per.get(BASE)
         for key, limit in wanted:
             metric = "p99_latency_s" if key == "p99_latency_ratio" else "output_tokens_per_s"
             a, b = _num(per[adapter].get(metric)), _num((base or {}).get(metric))
             if base is None or a is None or not b:
-                out.append(Check(adapter, None, f"budget.{key}", FAIL, limit, None,
-                                 f"{label}: no {metric} for {'the base model' if base is None or not b else adapter}"))
+                out.append(
+                    Check(
+                        adapter,
+                        None,
+                        f"budget.{key}",
+                        FAIL,
+                        limit,
+                        None,
+                        f"{label}: no {metric} for {'the base model' if base is None or not b else adapter}",
+                    )
+                )
                 continue
             ratio = a / b
             ok = ratio <= limit if key == "p99_latency_ratio" else ratio >= limit
             cmp = ("<=" if ok else ">") if key == "p99_latency_ratio" else (">=" if ok else "<")
-            out.append(Check(adapter, None, f"budget.{key}", PASS if ok else FAIL, limit, ratio,
-                             f"{label}: {metric} {a:.4g} vs base {b:.4g}: ratio {ratio:.3f} {cmp} {limit:g}"))
+            out.append(
+                Check(
+                    adapter,
+                    None,
+                    f"budget.{key}",
+                    PASS if ok else FAIL,
+                    limit,
+                    ratio,
+                    f"{label}: {metric} {a:.4g} vs base {b:.4g}: ratio {ratio:.3f} {cmp} {limit:g}",
+                )
+            )
     return out
 
 
 # ---- the gate ----------------------------------------------------------------------------------
+
 
 @dataclass
 class GateResult:
@@ -361,12 +461,23 @@ class GateResult:
         return EXIT_PASS if self.verdict == PASS else EXIT_FAIL
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "checks": [c.to_dict() for c in self.checks], "adapters": self.adapters,
-                "policy_sha256": self.policy_sha256, "eval_sha256": self.eval_sha256}
+        return {
+            "verdict": self.verdict,
+            "checks": [c.to_dict() for c in self.checks],
+            "adapters": self.adapters,
+            "policy_sha256": self.policy_sha256,
+            "eval_sha256": self.eval_sha256,
+        }
 
 
-def run_gate(eval_path: str | Path, policy_path: str | Path, out: str | Path, *, bench_path: str | Path | None = None,
-             adapter_dirs: dict[str, str | Path] | None = None) -> GateResult:
+def run_gate(
+    eval_path: str | Path,
+    policy_path: str | Path,
+    out: str | Path,
+    *,
+    bench_path: str | Path | None = None,
+    adapter_dirs: dict[str, str | Path] | None = None,
+) -> GateResult:
     """Judge every adapter of an eval file; write gate.json, gate.md and junit.xml into ``out``."""
     evaluation = load_eval(eval_path)
     policy = load_policy(policy_path)
@@ -374,8 +485,10 @@ def run_gate(eval_path: str | Path, policy_path: str | Path, out: str | Path, *,
     adapter_dirs = adapter_dirs or {}
     unknown = sorted(set(adapter_dirs) - set(evaluation["adapters"]))
     if unknown:
-        raise GateInputError(f"--adapter {', '.join(unknown)}: not in the eval file (it has "
-                             f"{', '.join(evaluation['adapters']) or 'none'})")
+        raise GateInputError(
+            f"--adapter {', '.join(unknown)}: not in the eval file (it has "
+            f"{', '.join(evaluation['adapters']) or 'none'})"
+        )
     confidence = float((evaluation.get("bootstrap") or {}).get("confidence") or 0.95)
 
     checks: list[Check] = []
@@ -389,10 +502,17 @@ def run_gate(eval_path: str | Path, policy_path: str | Path, out: str | Path, *,
             mine += metric_checks(name, metric, rule, evaluation["metrics"].get(metric), policy, confidence)
         mine += budget_checks(name, policy.budgets, figures)
         checks += mine
-        adapters[name] = {"sha256": info.get("sha256"),
-                          "verdict": FAIL if any(c.status == FAIL for c in mine) else PASS}
-    verdict = PASS if adapters and all(a["verdict"] == PASS for a in adapters.values()) \
-        and not any(c.status == FAIL for c in checks) else FAIL
+        adapters[name] = {
+            "sha256": info.get("sha256"),
+            "verdict": FAIL if any(c.status == FAIL for c in mine) else PASS,
+        }
+    verdict = (
+        PASS
+        if adapters
+        and all(a["verdict"] == PASS for a in adapters.values())
+        and not any(c.status == FAIL for c in checks)
+        else FAIL
+    )
     result = GateResult(verdict, checks, adapters, file_sha256(policy_path), file_sha256(eval_path))
 
     out = Path(out)
@@ -411,17 +531,24 @@ def _write(path: Path, text: str) -> None:
 
 # ---- reports -----------------------------------------------------------------------------------
 
+
 def junit_xml(result: GateResult) -> str:
     """One <testcase> per check: a failure for a failed check, <skipped> for a skipped one."""
-    suite = ET.Element("testsuite", name="loraship-gate", tests=str(len(result.checks)),
-                       failures=str(sum(c.status == FAIL for c in result.checks)),
-                       skipped=str(sum(c.status == SKIP for c in result.checks)), errors="0")
+    suite = ET.Element(
+        "testsuite",
+        name="loraship-gate",
+        tests=str(len(result.checks)),
+        failures=str(sum(c.status == FAIL for c in result.checks)),
+        skipped=str(sum(c.status == SKIP for c in result.checks)),
+        errors="0",
+    )
     for c in result.checks:
         name = f"{c.metric}.{c.check}" if c.metric else c.check
         case = ET.SubElement(suite, "testcase", classname=f"gate.{c.adapter or 'eval'}", name=name)
         if c.status == FAIL:
-            ET.SubElement(case, "failure", message=c.reason, type=c.check).text = (
-                f"threshold={c.threshold!r} value={c.value!r}\n{c.reason}")
+            ET.SubElement(
+                case, "failure", message=c.reason, type=c.check
+            ).text = f"threshold={c.threshold!r} value={c.value!r}\n{c.reason}"
         elif c.status == SKIP:
             ET.SubElement(case, "skipped", message=c.reason)
         else:
@@ -462,36 +589,59 @@ def worst_samples(eval_dir: Path, evaluation: dict, adapter: str, metric: str, k
         b, a = _num(base.get(doc_id, {}).get(metric)), _num(rec.get(metric))
         if a is None or b is None or sign * (a - b) >= 0:
             continue
-        rows.append({"doc_id": doc_id, "gain": sign * (a - b), "base": b, "adapter": a, "doc": rec.get("doc") or {},
-                     "base_response": base[doc_id].get("response"), "adapter_response": rec.get("response")})
+        rows.append(
+            {
+                "doc_id": doc_id,
+                "gain": sign * (a - b),
+                "base": b,
+                "adapter": a,
+                "doc": rec.get("doc") or {},
+                "base_response": base[doc_id].get("response"),
+                "adapter_response": rec.get("response"),
+            }
+        )
     rows.sort(key=lambda r: r["gain"])
     return rows[:k]
 
 
 def _clip(text, n: int = 240) -> str:
     text = " ".join(str(text or "").split())
-    return text if len(text) <= n else text[:n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def gate_markdown(result: GateResult, evaluation: dict, eval_dir: Path, policy: Policy, policy_path) -> str:
-    lines = [f"# Gate: {result.verdict.upper()}", "",
-             f"- eval: `{evaluation.get('mode')}` on {evaluation.get('data', {}).get('path')} "
-             f"(sha256 {str(evaluation.get('data', {}).get('sha256'))[:12]}...), eval.json sha256 "
-             f"{result.eval_sha256[:12]}...",
-             f"- policy: `{policy_path}` (sha256 {result.policy_sha256[:12]}...)", ""]
+    lines = [
+        f"# Gate: {result.verdict.upper()}",
+        "",
+        f"- eval: `{evaluation.get('mode')}` on {evaluation.get('data', {}).get('path')} "
+        f"(sha256 {str(evaluation.get('data', {}).get('sha256'))[:12]}...), eval.json sha256 "
+        f"{result.eval_sha256[:12]}...",
+        f"- policy: `{policy_path}` (sha256 {result.policy_sha256[:12]}...)",
+        "",
+    ]
     for name, info in result.adapters.items():
-        lines += [f"## {name}: {info['verdict'].upper()}", "", f"adapter sha256 `{info['sha256']}`", "",
-                  "| metric | check | status | threshold | value | reason |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## {name}: {info['verdict'].upper()}",
+            "",
+            f"adapter sha256 `{info['sha256']}`",
+            "",
+            "| metric | check | status | threshold | value | reason |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for c in result.checks:
             if c.adapter != name:
                 continue
-            value = f"{c.value:.4g}" if isinstance(c.value, float) else (
-                "[" + ", ".join(_fmt(v, "+.4g") for v in c.value) + "]" if isinstance(c.value, list) else c.value)
+            value = (
+                f"{c.value:.4g}"
+                if isinstance(c.value, float)
+                else ("[" + ", ".join(_fmt(v, "+.4g") for v in c.value) + "]" if isinstance(c.value, list) else c.value)
+            )
             if c.check == "adapter_sha256":
                 value = f"{str(c.value)[:12]}..." if c.value else "n/a"
             threshold = f"{str(c.threshold)[:12]}..." if c.check == "adapter_sha256" and c.threshold else c.threshold
-            lines.append(f"| {c.metric or '-'} | {c.check} | {c.status} | {threshold} | {value} | "
-                         f"{c.reason.replace('|', '/')} |")
+            lines.append(
+                f"| {c.metric or '-'} | {c.check} | {c.status} | {threshold} | {value} | {c.reason.replace('|', '/')} |"
+            )
         lines.append("")
         lines += _metric_table(evaluation, name)
         worst = []
@@ -499,17 +649,25 @@ def gate_markdown(result: GateResult, evaluation: dict, eval_dir: Path, policy: 
             for row in worst_samples(eval_dir, evaluation, name, metric):
                 worst.append((metric, row))
         if worst:
-            lines += ["### Worst regressed samples", "",
-                      f"Per gated metric, the {WORST_SAMPLES} documents where {name} lost most against the base.", ""]
+            lines += [
+                "### Worst regressed samples",
+                "",
+                f"Per gated metric, the {WORST_SAMPLES} documents where {name} lost most against the base.",
+                "",
+            ]
             for metric, row in worst:
                 doc = row["doc"]
-                lines += [f"- **{metric}**, doc {row['doc_id']} (source row {doc.get('row')}): "
-                          f"base {row['base']:.4g} -> {row['adapter']:.4g}",
-                          f"  - instruction: {_clip(doc.get('instruction'))}",
-                          f"  - reference: {_clip(doc.get('response'))}"]
+                lines += [
+                    f"- **{metric}**, doc {row['doc_id']} (source row {doc.get('row')}): "
+                    f"base {row['base']:.4g} -> {row['adapter']:.4g}",
+                    f"  - instruction: {_clip(doc.get('instruction'))}",
+                    f"  - reference: {_clip(doc.get('response'))}",
+                ]
                 if row["adapter_response"] is not None:
-                    lines += [f"  - base answer: {_clip(row['base_response'])}",
-                              f"  - adapter answer: {_clip(row['adapter_response'])}"]
+                    lines += [
+                        f"  - base answer: {_clip(row['base_response'])}",
+                        f"  - adapter answer: {_clip(row['adapter_response'])}",
+                    ]
             lines.append("")
     if not result.adapters:
         lines += ["No adapter was scored: nothing can pass.", ""]
@@ -525,10 +683,16 @@ def _metric_table(evaluation: dict, adapter: str) -> list[str]:
             continue
         ci = s.get("ci") if isinstance(s.get("ci"), list) and len(s["ci"]) == 2 else [None, None]
         better = "higher" if entry.get("higher_is_better") else "lower"
-        rows.append(f"| {metric} | {better} | {_fmt(entry.get('base'))} | {_fmt(s.get('value'))} "
-                    f"| {_fmt(s.get('delta'), '+.4g')} | [{_fmt(ci[0], '+.4g')}, {_fmt(ci[1], '+.4g')}] "
-                    f"| {s.get('better')}/{s.get('worse')}/{s.get('same')} | {s.get('n')} |")
+        rows.append(
+            f"| {metric} | {better} | {_fmt(entry.get('base'))} | {_fmt(s.get('value'))} "
+            f"| {_fmt(s.get('delta'), '+.4g')} | [{_fmt(ci[0], '+.4g')}, {_fmt(ci[1], '+.4g')}] "
+            f"| {s.get('better')}/{s.get('worse')}/{s.get('same')} | {s.get('n')} |"
+        )
     if not rows:
         return []
-    return [f"| metric | better | base | adapter | delta | {conf:.0%} CI | docs better/worse/same | n |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
+    return [
+        f"| metric | better | base | adapter | delta | {conf:.0%} CI | docs better/worse/same | n |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]

@@ -81,8 +81,10 @@ def _split_chat(chat_history: list[dict]) -> tuple[str, str]:
     system = "\n\n".join(m["content"] for m in chat_history if m["role"] == "system" and m["content"])
     users = [m["content"] for m in chat_history if m["role"] == "user"]
     if len(users) != 1 or any(m["role"] not in ("system", "user") for m in chat_history):
-        raise EvalError("the instruction template takes one instruction (and an optional context); "
-                        f"got roles {[m['role'] for m in chat_history]}: use zero-shot tasks without gen_prefix")
+        raise EvalError(
+            "the instruction template takes one instruction (and an optional context); "
+            f"got roles {[m['role'] for m in chat_history]}: use zero-shot tasks without gen_prefix"
+        )
     return users[0], system
 
 
@@ -91,8 +93,11 @@ def _gen_settings(gen_kwargs: dict) -> dict:
     kwargs = dict(gen_kwargs)
     until = kwargs.pop("until", None) or []
     until = [until] if isinstance(until, str) else list(until)
-    settings = {"until": until, "max_new_tokens": int(kwargs.pop("max_gen_toks", DEFAULT_MAX_NEW_TOKENS)),
-                "do_sample": bool(kwargs.pop("do_sample", False))}
+    settings = {
+        "until": until,
+        "max_new_tokens": int(kwargs.pop("max_gen_toks", DEFAULT_MAX_NEW_TOKENS)),
+        "do_sample": bool(kwargs.pop("do_sample", False)),
+    }
     for key in ("temperature", "top_p", "top_k", "seed"):
         if key in kwargs:
             settings[key] = kwargs.pop(key)
@@ -105,6 +110,7 @@ def _gen_settings(gen_kwargs: dict) -> dict:
 
 # ---- in process -----------------------------------------------------------------------------
 
+
 class LocalModel:
     """A base model and any number of LoRA adapters, loaded once in this process.
 
@@ -113,8 +119,14 @@ class LocalModel:
     on identical inputs. Score such adapters through ``--endpoint``.
     """
 
-    def __init__(self, model: str = "default", adapters: dict[str, str | Path] | None = None, *,
-                 device: str | None = None, dtype: str = "auto"):
+    def __init__(
+        self,
+        model: str = "default",
+        adapters: dict[str, str | Path] | None = None,
+        *,
+        device: str | None = None,
+        dtype: str = "auto",
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -142,8 +154,10 @@ class LocalModel:
         if not src.joinpath("adapter_config.json").is_file():
             raise EvalError(f"adapter {name!r}: {src} has no adapter_config.json")
         if any(src.joinpath(f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-            raise EvalError(f"adapter {name!r} ({src}) carries its own tokenizer (added special tokens); the base "
-                            "model cannot be scored on the same token ids in process: score it with --endpoint")
+            raise EvalError(
+                f"adapter {name!r} ({src}) carries its own tokenizer (added special tokens); the base "
+                "model cannot be scored on the same token ids in process: score it with --endpoint"
+            )
         try:
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(src), adapter_name=name)
@@ -177,9 +191,18 @@ class LocalModel:
 class LocalLM(LM):
     """The base model or one adapter of a :class:`LocalModel`, scored in process."""
 
-    def __init__(self, model: str = "default", adapter: str | None = None, *, loaded: LocalModel | None = None,
-                 variant: str | None = None, batch_size: int | str | None = 8, device: str | None = None,
-                 dtype: str = "auto", **_lm_eval_extras):
+    def __init__(
+        self,
+        model: str = "default",
+        adapter: str | None = None,
+        *,
+        loaded: LocalModel | None = None,
+        variant: str | None = None,
+        batch_size: int | str | None = 8,
+        device: str | None = None,
+        dtype: str = "auto",
+        **_lm_eval_extras,
+    ):
         super().__init__()
         if loaded is None:  # built by lm-eval from --model_args model=...,adapter=DIR
             adapters = {"adapter": adapter} if adapter else {}
@@ -214,17 +237,22 @@ class LocalLM(LM):
 
         out: list[Completion] = []
         for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start:start + self.batch_size]
+            chunk = requests[start : start + self.batch_size]
             groups: dict[str, list[int]] = {}
             for i, req in enumerate(chunk):
                 groups.setdefault(json.dumps(req.args[1], sort_keys=True, default=str), []).append(i)
             results: list[Completion | None] = [None] * len(chunk)
             for members in groups.values():
                 s = _gen_settings(chunk[members[0]].args[1])
-                params = GenerationParams(max_new_tokens=s["max_new_tokens"], do_sample=s["do_sample"],
-                                          temperature=float(s.get("temperature", 1.0)),
-                                          top_p=float(s.get("top_p", 1.0)), top_k=int(s.get("top_k", 0)),
-                                          seed=s.get("seed"), stop=tuple(s["until"]))
+                params = GenerationParams(
+                    max_new_tokens=s["max_new_tokens"],
+                    do_sample=s["do_sample"],
+                    temperature=float(s.get("temperature", 1.0)),
+                    top_p=float(s.get("top_p", 1.0)),
+                    top_k=int(s.get("top_k", 0)),
+                    seed=s.get("seed"),
+                    stop=tuple(s["until"]),
+                )
                 prompts = [chunk[i].args[0] for i in members]
                 try:
                     for p in prompts:
@@ -232,11 +260,13 @@ class LocalLM(LM):
                 except BadRequest as exc:
                     raise EvalError(str(exc)) from None
                 # The server's path: peft's mixed-batch adapter_names, "__base__" for the base model.
-                generated = self.loaded.generator.generate(prompts, params,
-                                                           adapter_names=[self.variant or BASE] * len(prompts))
+                generated = self.loaded.generator.generate(
+                    prompts, params, adapter_names=[self.variant or BASE] * len(prompts)
+                )
                 for i, res in zip(members, generated):
-                    results[i] = Completion(self.loaded.pipeline.encode_response(res.text), res.finish_reason,
-                                            res.generated_tokens)
+                    results[i] = Completion(
+                        self.loaded.pipeline.encode_response(res.text), res.finish_reason, res.generated_tokens
+                    )
             out.extend(results)
         return out
 
@@ -261,12 +291,14 @@ class LocalLM(LM):
             if not cont:
                 raise EvalError(f"empty continuation to score after {context[-80:]!r}")
             if len(ctx) + len(cont) > self.loaded.limit:
-                raise EvalError(f"prompt + reference are {len(ctx) + len(cont)} tokens, over the model's "
-                                f"limit of {self.loaded.limit}")
+                raise EvalError(
+                    f"prompt + reference are {len(ctx) + len(cont)} tokens, over the model's "
+                    f"limit of {self.loaded.limit}"
+                )
             pairs.append((ctx, cont))
         out = []
         for start in range(0, len(pairs), self.batch_size):
-            out.extend(self._score(pairs[start:start + self.batch_size]))
+            out.extend(self._score(pairs[start : start + self.batch_size]))
         return out
 
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[LogLikelihood]:
@@ -278,14 +310,14 @@ class LocalLM(LM):
         mask = torch.zeros((len(pairs), width), dtype=torch.long)
         for i, (ctx, cont) in enumerate(pairs):
             seq = ctx + cont
-            ids[i, :len(seq)] = torch.tensor(seq)
-            mask[i, :len(seq)] = 1
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
         with torch.inference_mode(), self.loaded.variant(self.variant):
             logits = self.loaded.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
         results = []
         for i, (ctx, cont) in enumerate(pairs):
             # logits at position t predict token t + 1
-            rows = logits[i, len(ctx) - 1:len(ctx) + len(cont) - 1].float()
+            rows = logits[i, len(ctx) - 1 : len(ctx) + len(cont) - 1].float()
             logprobs = torch.log_softmax(rows, dim=-1)
             target = torch.tensor(cont, device=logprobs.device)
             ll = logprobs.gather(1, target[:, None]).sum().item()
@@ -299,6 +331,7 @@ class LocalLM(LM):
 
 
 # ---- over HTTP -------------------------------------------------------------------------------
+
 
 @register_model("loraship-endpoint")
 class EndpointLM(LM):
@@ -326,8 +359,10 @@ class EndpointLM(LM):
     def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
         instruction, context = _split_chat(chat_history)
         if context:
-            raise EvalError("the served instruction pipeline takes only an instruction (no context/Input: block); "
-                            "score documents with a context in process")
+            raise EvalError(
+                "the served instruction pipeline takes only an instruction (no context/Input: block); "
+                "score documents with a context in process"
+            )
         return instruction
 
     def body(self, instruction: str, gen_kwargs: dict) -> dict:
@@ -362,13 +397,15 @@ class EndpointLM(LM):
         for req in requests:
             reply = self.post(self.body(req.args[0], req.args[1]))
             details = reply.get("details") or {}
-            out.append(Completion(reply["generated_text"], details.get("finish_reason"),
-                                  details.get("generated_tokens")))
+            out.append(
+                Completion(reply["generated_text"], details.get("finish_reason"), details.get("generated_tokens"))
+            )
         return out
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
-        raise NotImplementedError("the endpoint returns no log-probabilities: score loglikelihood tasks "
-                                  "(reference loss) in process")
+        raise NotImplementedError(
+            "the endpoint returns no log-probabilities: score loglikelihood tasks (reference loss) in process"
+        )
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError("the endpoint returns no log-probabilities")

@@ -90,6 +90,7 @@ class EvalConfig:
 
 # ---- documents ---------------------------------------------------------------------------------
 
+
 def load_documents(data: Path | None = None, split_from: Path | None = None) -> tuple[list[dict], dict]:
     """(rows, provenance): the rows to score and where they came from, with the file's sha256."""
     from training.data import DataError, check_rows, read_jsonl, read_qa_csv
@@ -115,9 +116,13 @@ def load_documents(data: Path | None = None, split_from: Path | None = None) -> 
         raise EvalError(str(exc)) from None
     if not rows:
         raise EvalError(f"{path} holds no rows")
-    info = {"source": "split_from" if split_from is not None else "data", "path": str(path.resolve()),
-            "sha256": file_sha256(path), "rows": len(rows),
-            "training_run": str(Path(split_from).resolve()) if split_from is not None else None}
+    info = {
+        "source": "split_from" if split_from is not None else "data",
+        "path": str(path.resolve()),
+        "sha256": file_sha256(path),
+        "rows": len(rows),
+        "training_run": str(Path(split_from).resolve()) if split_from is not None else None,
+    }
     return rows, info
 
 
@@ -134,12 +139,18 @@ def training_manifest(split_from: Path | None) -> dict:
 def _write_docs(rows: list[dict], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for i, row in enumerate(rows):
-            doc = {"doc_id": i, "instruction": row["instruction"], "context": row.get("context") or "",
-                   "response": row["response"], "row": row.get("row")}
+            doc = {
+                "doc_id": i,
+                "instruction": row["instruction"],
+                "context": row.get("context") or "",
+                "response": row["response"],
+                "row": row.get("row"),
+            }
             f.write(json.dumps(doc, ensure_ascii=False) + "\n")
 
 
 # ---- scoring -----------------------------------------------------------------------------------
+
 
 def _seed_everything(seed: int) -> None:
     import numpy as np
@@ -161,8 +172,15 @@ def _run_variant(lm, task_manager, tasks: list[str], cfg: EvalConfig) -> dict:
         task.set_fewshot_seed(seed=cfg.seed)
         if task.get_config("output_type") == "generate_until" and cfg.max_new_tokens is not None:
             task.set_config(key="generation_kwargs", value={"max_gen_toks": cfg.max_new_tokens}, update=True)
-    results = evaluate(lm=lm, task_dict=loaded, limit=cfg.limit, bootstrap_iters=0, log_samples=True,
-                       apply_chat_template=True, fewshot_as_multiturn=False)
+    results = evaluate(
+        lm=lm,
+        task_dict=loaded,
+        limit=cfg.limit,
+        bootstrap_iters=0,
+        log_samples=True,
+        apply_chat_template=True,
+        fewshot_as_multiturn=False,
+    )
     results["task_objects"] = loaded["tasks"]
     return results
 
@@ -171,14 +189,24 @@ def _sample_record(task: str, variant: str, sample: dict) -> dict:
     """One line of samples/<task>__<variant>.jsonl: the document, what was asked, what came back."""
     args = sample["arguments"][0]
     resp = sample["filtered_resps"][0]
-    rec = {"doc_id": sample["doc_id"], "variant": variant, "doc": sample["doc"], "target": sample["target"],
-           "prompt": args[0], "doc_hash": sample["doc_hash"], "prompt_hash": sample["prompt_hash"]}
+    rec = {
+        "doc_id": sample["doc_id"],
+        "variant": variant,
+        "doc": sample["doc"],
+        "target": sample["target"],
+        "prompt": args[0],
+        "doc_hash": sample["doc_hash"],
+        "prompt_hash": sample["prompt_hash"],
+    }
     if task == REFERENCE_LOSS:
-        rec.update(continuation=args[1], logprob=resp[0], is_greedy=bool(resp[1]),
-                   tokens=getattr(resp, "tokens", None))
+        rec.update(continuation=args[1], logprob=resp[0], is_greedy=bool(resp[1]), tokens=getattr(resp, "tokens", None))
     else:
-        rec.update(response=str(resp), finish_reason=getattr(resp, "finish_reason", None),
-                   generated_tokens=getattr(resp, "generated_tokens", None), generation_kwargs=args[1])
+        rec.update(
+            response=str(resp),
+            finish_reason=getattr(resp, "finish_reason", None),
+            generated_tokens=getattr(resp, "generated_tokens", None),
+            generation_kwargs=args[1],
+        )
     for metric in sample["metrics"]:
         rec[metric] = sample[metric]
     return rec
@@ -218,7 +246,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
 
     # ---- documents and identities
     rows, data_info = load_documents(cfg.data, cfg.split_from)
@@ -248,12 +276,15 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         log(f"loraship eval: warning: the training run used base model {trained_on}, scoring on {model_info['path']}")
 
     # ---- score every variant on the same documents
-    task_manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
-                               metadata={"docs": str(docs_path.resolve())})
+    task_manager = TaskManager(
+        include_path=str(TASKS_DIR), include_defaults=False, metadata={"docs": str(docs_path.resolve())}
+    )
     per_variant: dict[str, dict] = {}
     for variant, lm in lms.items():
-        log(f"loraship eval: scoring {variant} on {len(rows) if cfg.limit is None else min(cfg.limit, len(rows))} "
-            f"documents ({', '.join(tasks)})")
+        log(
+            f"loraship eval: scoring {variant} on {len(rows) if cfg.limit is None else min(cfg.limit, len(rows))} "
+            f"documents ({', '.join(tasks)})"
+        )
         per_variant[variant] = _run_variant(lm, task_manager, tasks, cfg)
 
     # ---- pair, bootstrap, write
@@ -277,19 +308,35 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
                 raise EvalError(f"task {task}: {variant} was not scored on the same documents as the base model")
         task_obj = per_variant[BASE]["task_objects"][task]
         yaml_path = TASKS_DIR / f"{task}.yaml"
-        task_info[task] = {"yaml": str(yaml_path), "sha256": file_sha256(yaml_path),
-                           "version": per_variant[BASE]["versions"].get(task),
-                           "generation_kwargs": task_obj.get_config("generation_kwargs")}
+        task_info[task] = {
+            "yaml": str(yaml_path),
+            "sha256": file_sha256(yaml_path),
+            "version": per_variant[BASE]["versions"].get(task),
+            "generation_kwargs": task_obj.get_config("generation_kwargs"),
+        }
         for metric, higher in task_obj.higher_is_better().items():
             base_scores = [r[metric] for r in records[BASE]]
-            entry = {"task": task, "higher_is_better": bool(higher), "n": len(base_scores),
-                     "base": per_variant[BASE]["results"][task].get(f"{metric},none"), "adapters": {}}
+            entry = {
+                "task": task,
+                "higher_is_better": bool(higher),
+                "n": len(base_scores),
+                "base": per_variant[BASE]["results"][task].get(f"{metric},none"),
+                "adapters": {},
+            }
             for name in cfg.adapters:
                 scores = [r[metric] for r in records[name]]
-                boot = paired_bootstrap(base_scores, scores, higher_is_better=bool(higher),
-                                        iterations=cfg.bootstrap_iterations, seed=cfg.seed, level=cfg.confidence)
-                entry["adapters"][name] = {"value": per_variant[name]["results"][task].get(f"{metric},none"),
-                                           **{k: boot[k] for k in ("delta", "ci", "n", "better", "worse", "same")}}
+                boot = paired_bootstrap(
+                    base_scores,
+                    scores,
+                    higher_is_better=bool(higher),
+                    iterations=cfg.bootstrap_iterations,
+                    seed=cfg.seed,
+                    level=cfg.confidence,
+                )
+                entry["adapters"][name] = {
+                    "value": per_variant[name]["results"][task].get(f"{metric},none"),
+                    **{k: boot[k] for k in ("delta", "ci", "n", "better", "worse", "same")},
+                }
             metrics[metric] = entry
 
     result = {
@@ -302,17 +349,24 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         "variants": variants,
         "tasks": task_info,
         "metrics": metrics,
-        "bootstrap": {"method": "paired percentile over documents", "iterations": cfg.bootstrap_iterations,
-                      "confidence": cfg.confidence, "seed": cfg.seed},
-        "seeds": {"python": cfg.seed, "numpy": cfg.seed, "torch": cfg.seed, "fewshot": cfg.seed,
-                  "bootstrap": cfg.seed},
+        "bootstrap": {
+            "method": "paired percentile over documents",
+            "iterations": cfg.bootstrap_iterations,
+            "confidence": cfg.confidence,
+            "seed": cfg.seed,
+        },
+        "seeds": {"python": cfg.seed, "numpy": cfg.seed, "torch": cfg.seed, "fewshot": cfg.seed, "bootstrap": cfg.seed},
         "limit": cfg.limit,
         "versions": _versions(),
         "samples": files,
         "docs": DOCS_FILE,
-        "training_manifest": {"path": str(Path(cfg.split_from, "training_manifest.json").resolve()),
-                              "adapter_sha256": (manifest.get("adapter") or {}).get("sha256"),
-                              "results": manifest.get("results")} if manifest else None,
+        "training_manifest": {
+            "path": str(Path(cfg.split_from, "training_manifest.json").resolve()),
+            "adapter_sha256": (manifest.get("adapter") or {}).get("sha256"),
+            "results": manifest.get("results"),
+        }
+        if manifest
+        else None,
     }
     result = _clean(result)
     tmp = out / f".{EVAL_FILE}.tmp"

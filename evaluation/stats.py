@@ -14,8 +14,9 @@ import numpy as np
 CHUNK = 1_000
 
 
-def paired_bootstrap(base, adapter, *, higher_is_better: bool, iterations: int = 10_000, seed: int = 0,
-                     level: float = 0.95) -> dict:
+def paired_bootstrap(
+    base, adapter, *, higher_is_better: bool, iterations: int = 10_000, seed: int = 0, level: float = 0.95
+) -> dict:
     """Mean difference (adapter - base) with a percentile confidence interval, and per-document wins.
 
     ``better`` / ``worse`` / ``same`` count documents where the adapter beat, trailed or tied the
@@ -26,14 +27,27 @@ def paired_bootstrap(base, adapter, *, higher_is_better: bool, iterations: int =
     if base.shape != adapter.shape or base.ndim != 1:
         raise ValueError(f"paired scores must be two equal-length lists, got {base.shape} and {adapter.shape}")
     n = len(base)
-    out = {"n": n, "delta": math.nan, "ci": [math.nan, math.nan], "level": level, "iterations": iterations,
-           "seed": seed, "better": 0, "worse": 0, "same": 0}
+    out = {
+        "n": n,
+        "delta": math.nan,
+        "ci": [math.nan, math.nan],
+        "level": level,
+        "iterations": iterations,
+        "seed": seed,
+        "better": 0,
+        "worse": 0,
+        "same": 0,
+    }
     if n == 0 or not (np.isfinite(base).all() and np.isfinite(adapter).all()):
         return out
     diff = adapter - base
     sign = 1.0 if higher_is_better else -1.0
-    out.update(delta=float(diff.mean()), better=int((sign * diff > 0).sum()), worse=int((sign * diff < 0).sum()),
-               same=int((diff == 0).sum()))
+    out.update(
+        delta=float(diff.mean()),
+        better=int((sign * diff > 0).sum()),
+        worse=int((sign * diff < 0).sum()),
+        same=int((diff == 0).sum()),
+    )
     rng = np.random.default_rng(seed)
     means = []
     for done in range(0, iterations, CHUNK):

@@ -37,13 +37,15 @@ def validate_adapter_dir(path: str, *, allow_pickle: bool = False) -> dict:
     except (OSError, ValueError) as exc:
         raise BadRequest(f"adapter_config.json in {path!r} is unreadable: {exc}", field="src") from None
     if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
-        raise BadRequest(f"adapter in {path!r} is not a LoRA adapter (peft_type={cfg.get('peft_type')!r})",
-                         field="src")
+        raise BadRequest(f"adapter in {path!r} is not a LoRA adapter (peft_type={cfg.get('peft_type')!r})", field="src")
     has_st = os.path.isfile(os.path.join(path, "adapter_model.safetensors"))
     has_bin = os.path.isfile(os.path.join(path, "adapter_model.bin"))
     if not has_st and not (has_bin and allow_pickle):
-        reason = ("only a pickle adapter_model.bin; set option.allow_pickle_adapters=true to allow it"
-                  if has_bin else "no adapter_model.safetensors")
+        reason = (
+            "only a pickle adapter_model.bin; set option.allow_pickle_adapters=true to allow it"
+            if has_bin
+            else "no adapter_model.safetensors"
+        )
         raise BadRequest(f"adapter source {path!r} has {reason}", field="src")
     return cfg
 
@@ -55,8 +57,11 @@ def check_source_allowed(src: str, roots: list[str]) -> str:
         root = os.path.realpath(root)
         if real == root or real.startswith(root + os.sep):
             return real
-    raise BadRequest(f"adapter source {src!r} is outside the allowed roots ({', '.join(roots)}); "
-                     "add its folder to option.adapter_roots", field="src")
+    raise BadRequest(
+        f"adapter source {src!r} is outside the allowed roots ({', '.join(roots)}); "
+        "add its folder to option.adapter_roots",
+        field="src",
+    )
 
 
 def check_fits(base_model, path: str, vocab_size: int) -> None:
@@ -78,14 +83,20 @@ def check_fits(base_model, path: str, vocab_size: int) -> None:
             continue
         module = modules.get(m.group(1))
         if module is None:
-            raise BadRequest(f"adapter in {path!r} targets {m.group(1)!r}, which the served model does not have "
-                             "(was it trained on another base model?)", field="src")
+            raise BadRequest(
+                f"adapter in {path!r} targets {m.group(1)!r}, which the served model does not have "
+                "(was it trained on another base model?)",
+                field="src",
+            )
         in_f = getattr(module, "in_features", None) or getattr(module, "num_embeddings", None)
         out_f = getattr(module, "out_features", None) or getattr(module, "embedding_dim", None)
         expected = (shape[0], in_f) if m.group(2) == "A" else (out_f, shape[1])
         if in_f is not None and out_f is not None and shape != expected and "embed" not in m.group(1):
-            raise BadRequest(f"adapter in {path!r} does not fit the served model: {key} has shape "
-                             f"{list(shape)}, the model's {m.group(1)} needs {list(expected)}", field="src")
+            raise BadRequest(
+                f"adapter in {path!r} does not fit the served model: {key} has shape "
+                f"{list(shape)}, the model's {m.group(1)} needs {list(expected)}",
+                field="src",
+            )
 
 
 def adapter_tokenizer_path(path: str) -> str | None:
@@ -95,8 +106,16 @@ def adapter_tokenizer_path(path: str) -> str | None:
 class AdapterSet:
     """The adapters a worker serves, by name: sources on disk, at most ``max_loaded`` in memory."""
 
-    def __init__(self, model, tokenizer, *, allow_pickle: bool = False, roots: list[str] | None = None,
-                 max_loaded: int = 0, pinned: set[str] | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        allow_pickle: bool = False,
+        roots: list[str] | None = None,
+        max_loaded: int = 0,
+        pinned: set[str] | None = None,
+    ):
         self.base = model
         self.model = model
         self.tokenizer = tokenizer
@@ -117,8 +136,7 @@ class AdapterSet:
         for name in names:
             if name not in RESERVED and name not in self.sources:
                 known = ", ".join(self.names()) or "none"
-                raise NotFound(f"unknown adapter {name!r}; known adapters: {known} (or '__base__')",
-                               field="adapters")
+                raise NotFound(f"unknown adapter {name!r}; known adapters: {known} (or '__base__')", field="adapters")
 
     def tokenizer_for(self, name: str):
         return self.tokenizers.get(name, self.tokenizer)
@@ -127,15 +145,19 @@ class AdapterSet:
         if name in RESERVED or not NAME.match(name or ""):
             raise BadRequest(f"invalid adapter name {name!r}: use 1-64 letters, digits, '.', '_', '-'", field="name")
         if name in "lora_":  # peft would confuse it with its own parameter prefix and may re-initialise weights
-            raise BadRequest(f"invalid adapter name {name!r}: it must not be part of peft's prefix 'lora_'",
-                             field="name")
+            raise BadRequest(
+                f"invalid adapter name {name!r}: it must not be part of peft's prefix 'lora_'", field="name"
+            )
         with self._lock:
             path = check_source_allowed(src, self.roots) if self.roots else os.path.realpath(src)
             if name in self.sources:
                 if self.sources[name] == path:
                     return  # the same adapter again (seed keys and adapters/ both name it)
-                raise Conflict(f"adapter {name!r} is already registered from {self.sources[name]!r}; "
-                               "unregister it first to replace it", field="name")
+                raise Conflict(
+                    f"adapter {name!r} is already registered from {self.sources[name]!r}; "
+                    "unregister it first to replace it",
+                    field="name",
+                )
             self._prepare(name, path)
             self.sources[name] = path
             if pin:
@@ -198,8 +220,11 @@ class AdapterSet:
         emb = self.base.get_input_embeddings()
         if emb.num_embeddings < vocab:
             if self.model is not self.base:
-                raise BadRequest("an adapter with added tokens must be registered before adapters without them "
-                                 f"(it needs {vocab} embedding rows, the base has {emb.num_embeddings})", field="src")
+                raise BadRequest(
+                    "an adapter with added tokens must be registered before adapters without them "
+                    f"(it needs {vocab} embedding rows, the base has {emb.num_embeddings})",
+                    field="src",
+                )
             self.base.resize_token_embeddings(vocab)
 
     def _load(self, name: str, path: str) -> None:
@@ -212,8 +237,9 @@ class AdapterSet:
                 self.model = PeftModel.from_pretrained(self.base, path, adapter_name=name)
             self.model.eval()
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
-            raise BadRequest(f"adapter {name!r} from {path!r} does not fit the served model: {exc}",
-                             field="src") from None
+            raise BadRequest(
+                f"adapter {name!r} from {path!r} does not fit the served model: {exc}", field="src"
+            ) from None
         self.loaded[name] = None
 
     def _unload(self, name: str) -> None:

@@ -51,8 +51,10 @@ class GenerationTimeout(HandlerError):
 
     @classmethod
     def after(cls, seconds: float, tokens: int, predict_timeout: int) -> "GenerationTimeout":
-        return cls(f"generation stopped after {seconds:.0f} s and {tokens} tokens, to answer within "
-                   f"option.predict_timeout ({predict_timeout} s): ask for fewer max_new_tokens or inputs")
+        return cls(
+            f"generation stopped after {seconds:.0f} s and {tokens} tokens, to answer within "
+            f"option.predict_timeout ({predict_timeout} s): ask for fewer max_new_tokens or inputs"
+        )
 
 
 class ConfigError(HandlerError):

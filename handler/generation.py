@@ -26,9 +26,13 @@ class GenerationResult:
     seconds: float
 
     def details(self, adapter: str) -> dict:
-        return {"generated_tokens": self.generated_tokens, "prompt_tokens": self.prompt_tokens,
-                "finish_reason": self.finish_reason, "adapter": adapter or "__base__",
-                "inference_seconds": round(self.seconds, 4)}
+        return {
+            "generated_tokens": self.generated_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "finish_reason": self.finish_reason,
+            "adapter": adapter or "__base__",
+            "inference_seconds": round(self.seconds, 4),
+        }
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -53,7 +57,8 @@ def load_model(opts: ServingOptions):
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_8bit=opts.quantize == "bitsandbytes8", load_in_4bit=opts.quantize == "bitsandbytes4")
+            load_in_8bit=opts.quantize == "bitsandbytes8", load_in_4bit=opts.quantize == "bitsandbytes4"
+        )
         kwargs["device_map"] = opts.device_map or {"": device.index or 0}
     elif opts.device_map:
         kwargs["device_map"] = opts.device_map
@@ -101,12 +106,20 @@ class Generator:
             raise BadRequest(
                 f"prompt has {len(ids)} tokens and max_new_tokens is {params.max_new_tokens}: together "
                 f"{len(ids) + params.max_new_tokens}, over the model's limit of {self.limit} tokens",
-                field="inputs")
+                field="inputs",
+            )
         return ids
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], params: GenerationParams, adapter_names: list[str] | None = None,
-                 streamer=None, tokenizer=None, max_time: float | None = None) -> list[GenerationResult]:
+    def generate(
+        self,
+        prompts: list[str],
+        params: GenerationParams,
+        adapter_names: list[str] | None = None,
+        streamer=None,
+        tokenizer=None,
+        max_time: float | None = None,
+    ) -> list[GenerationResult]:
         """One left-padded ``generate``; ``tokenizer`` is an adapter's own when it added tokens.
         ``max_time`` (seconds) stops it early (transformers' MaxTimeCriteria): rows cut short then
         finish with reason ``time``."""
@@ -114,9 +127,12 @@ class Generator:
         tokenizer = tokenizer or self.tokenizer
         enc = tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         stops = self.stop_sequences + params.stop
-        kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
-                      pad_token_id=tokenizer.pad_token_id,
-                      repetition_penalty=params.repetition_penalty)
+        kwargs = dict(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=params.do_sample,
+            pad_token_id=tokenizer.pad_token_id,
+            repetition_penalty=params.repetition_penalty,
+        )
         if params.min_new_tokens:
             kwargs["min_new_tokens"] = params.min_new_tokens
         elif stops:
@@ -160,6 +176,9 @@ class Generator:
                 reason = "time"
             else:
                 reason = "length"
-            results.append(GenerationResult(text=text, generated_tokens=n, finish_reason=reason,
-                                            prompt_tokens=int(mask.sum()), seconds=elapsed))
+            results.append(
+                GenerationResult(
+                    text=text, generated_tokens=n, finish_reason=reason, prompt_tokens=int(mask.sum()), seconds=elapsed
+                )
+            )
         return results

@@ -80,7 +80,7 @@ class ServingOptions:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_properties(cls, props: dict[str, str]) -> "ServingOptions":
+    def from_properties(cls, props: dict[str, str]) -> ServingOptions:
         """Parse and validate; raise one ConfigError that lists every problem."""
         problems: list[str] = []
         opts = cls()
@@ -102,11 +102,15 @@ class ServingOptions:
         if opts.dtype not in DTYPES:
             problems.append(f"option.dtype must be one of {', '.join(DTYPES)}, got {opts.dtype!r}")
         if opts.quantize not in QUANTIZE:
-            problems.append(f"option.quantize must be one of {', '.join(q for q in QUANTIZE if q)}, got {opts.quantize!r}")
+            problems.append(
+                f"option.quantize must be one of {', '.join(q for q in QUANTIZE if q)}, got {opts.quantize!r}"
+            )
         if opts.max_request_tokens > opts.max_batch_total_tokens:
-            problems.append(f"option.max_request_tokens ({opts.max_request_tokens}) must not exceed "
-                            f"option.max_batch_total_tokens ({opts.max_batch_total_tokens}): a request must fit "
-                            "one generate call")
+            problems.append(
+                f"option.max_request_tokens ({opts.max_request_tokens}) must not exceed "
+                f"option.max_batch_total_tokens ({opts.max_batch_total_tokens}): a request must fit "
+                "one generate call"
+            )
         if opts.default_max_new_tokens > opts.max_new_tokens:
             opts.default_max_new_tokens = opts.max_new_tokens
         if bool(opts.adapter_checkpoint) != bool(opts.adapter_name) and opts.adapter_checkpoint:

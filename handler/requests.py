@@ -61,7 +61,9 @@ def _number(params: dict, key: str, default, lo=None, hi=None, integer=False, lo
     if value != value or value in (float("inf"), float("-inf")):
         raise BadRequest(f"parameters.{key} must be finite", field=f"parameters.{key}")
     if lo is not None and (value <= lo if lo_open else value < lo):
-        raise BadRequest(f"parameters.{key} must be {'>' if lo_open else '>='} {lo}, got {value}", field=f"parameters.{key}")
+        raise BadRequest(
+            f"parameters.{key} must be {'>' if lo_open else '>='} {lo}, got {value}", field=f"parameters.{key}"
+        )
     if hi is not None and value > hi:
         raise BadRequest(f"parameters.{key} must be <= {hi}, got {value}", field=f"parameters.{key}")
     return value
@@ -77,8 +79,17 @@ def _bool(mapping: dict, key: str, default: bool, prefix: str = "") -> bool:
 
 
 KNOWN_PARAMETERS = {
-    "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_p", "top_k",
-    "repetition_penalty", "seed", "stop", "return_full_text", "details",
+    "max_new_tokens",
+    "min_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "seed",
+    "stop",
+    "return_full_text",
+    "details",
 }
 KNOWN_FIELDS = {"inputs", "parameters", "adapters", "stream", "messages"}
 
@@ -92,7 +103,8 @@ def parse_params(raw: Any, max_cap: int, default_max: int) -> tuple[GenerationPa
     if unknown:
         raise BadRequest(
             f"unknown parameters: {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_PARAMETERS))}",
-            field="parameters." + unknown[0])
+            field="parameters." + unknown[0],
+        )
     max_new = _number(raw, "max_new_tokens", default_max, lo=1, hi=max_cap, integer=True)
     min_new = _number(raw, "min_new_tokens", 0, lo=0, hi=max_new, integer=True)
     do_sample = _bool(raw, "do_sample", False, "parameters.")
@@ -111,21 +123,38 @@ def parse_params(raw: Any, max_cap: int, default_max: int) -> tuple[GenerationPa
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
         raise BadRequest("parameters.stop must be a string or a list of strings", field="parameters.stop")
     if len(stop) > MAX_STOP_STRINGS:
-        raise BadRequest(f"parameters.stop has {len(stop)} strings; at most {MAX_STOP_STRINGS} are allowed",
-                         field="parameters.stop")
+        raise BadRequest(
+            f"parameters.stop has {len(stop)} strings; at most {MAX_STOP_STRINGS} are allowed", field="parameters.stop"
+        )
     if any(len(s) > MAX_STOP_LENGTH or not s for s in stop):
         raise BadRequest(f"parameters.stop strings must be 1..{MAX_STOP_LENGTH} characters", field="parameters.stop")
-    params = GenerationParams(max_new_tokens=max_new, min_new_tokens=min_new, do_sample=do_sample,
-                              temperature=temperature, top_p=top_p, top_k=top_k,
-                              repetition_penalty=rep, seed=seed, stop=tuple(stop))
-    flags = {"details": _bool(raw, "details", False, "parameters."),
-             "return_full_text": _bool(raw, "return_full_text", False, "parameters.")}
+    params = GenerationParams(
+        max_new_tokens=max_new,
+        min_new_tokens=min_new,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=rep,
+        seed=seed,
+        stop=tuple(stop),
+    )
+    flags = {
+        "details": _bool(raw, "details", False, "parameters."),
+        "return_full_text": _bool(raw, "return_full_text", False, "parameters."),
+    }
     return params, flags
 
 
-def parse_body(data: bytes | None, *, input_field: str = "inputs", max_cap: int = 512,
-               default_max: int = 64, query_adapter: str | None = None,
-               header_adapter: str | None = None) -> ParsedRequest:
+def parse_body(
+    data: bytes | None,
+    *,
+    input_field: str = "inputs",
+    max_cap: int = 512,
+    default_max: int = 64,
+    query_adapter: str | None = None,
+    header_adapter: str | None = None,
+) -> ParsedRequest:
     """Parse and validate one request body; raise BadRequest naming the field at fault."""
     if not data:
         raise BadRequest("empty request body; expected JSON with an 'inputs' field", field="body")
@@ -141,12 +170,14 @@ def parse_body(data: bytes | None, *, input_field: str = "inputs", max_cap: int 
         # JSON may escape a lone UTF-16 surrogate ("\ud800"): valid JSON, but no tokenizer takes it.
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise BadRequest("request body has a lone surrogate escape (such as \\ud800): strings must be valid "
-                         "Unicode", field="body") from None
+        raise BadRequest(
+            "request body has a lone surrogate escape (such as \\ud800): strings must be valid Unicode", field="body"
+        ) from None
     unknown = sorted(set(body) - KNOWN_FIELDS)
     if unknown:
-        raise BadRequest(f"unknown fields: {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_FIELDS))}",
-                         field=unknown[0])
+        raise BadRequest(
+            f"unknown fields: {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_FIELDS))}", field=unknown[0]
+        )
     if input_field not in body:
         raise BadRequest(f"missing required field '{input_field}'", field=input_field)
     raw = body[input_field]
@@ -167,8 +198,9 @@ def parse_body(data: bytes | None, *, input_field: str = "inputs", max_cap: int 
     if stream and is_list:
         raise BadRequest("'stream' needs a single input, not a list", field="stream")
     adapters = _parse_adapters(body.get("adapters"), len(items), is_list, query_adapter, header_adapter)
-    return ParsedRequest(items=items, adapters=adapters, params=params, is_list=is_list,
-                         stream=stream, body=body, **flags)
+    return ParsedRequest(
+        items=items, adapters=adapters, params=params, is_list=is_list, stream=stream, body=body, **flags
+    )
 
 
 def _parse_adapters(raw, n: int, is_list: bool, query: str | None, header: str | None) -> list[str]:

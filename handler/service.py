@@ -43,8 +43,14 @@ class HandlerService:
         self.pipeline = pipeline
         self.generator = Generator(model, tokenizer, device, pipeline.stop_sequences)
         pinned = {n.strip() for n in opts.pinned_adapters.split(",") if n.strip()}
-        self.adapters = AdapterSet(model, tokenizer, allow_pickle=opts.allow_pickle_adapters, roots=opts.roots,
-                                   max_loaded=opts.max_adapters, pinned=pinned)
+        self.adapters = AdapterSet(
+            model,
+            tokenizer,
+            allow_pickle=opts.allow_pickle_adapters,
+            roots=opts.roots,
+            max_loaded=opts.max_adapters,
+            pinned=pinned,
+        )
         if opts.adapter_checkpoint:
             self.register(opts.adapter_name, opts.resolve(opts.adapter_checkpoint), pin=True)
         self.options = opts
@@ -122,11 +128,13 @@ class HandlerService:
                     if left <= 0:
                         raise GenerationTimeout(
                             f"not started: the batch before it used the {self.options.time_budget:.0f} s that "
-                            f"option.predict_timeout ({self.options.predict_timeout} s) leaves for generation")
+                            f"option.predict_timeout ({self.options.predict_timeout} s) leaves for generation"
+                        )
                     self.adapters.ensure_loaded(names)
                     self.generator.model = self.adapters.model
-                    out = self.generator.generate([m[2] for m in rows], params, names, tokenizer=rows[0][4],
-                                                  max_time=left)
+                    out = self.generator.generate(
+                        [m[2] for m in rows], params, names, tokenizer=rows[0][4], max_time=left
+                    )
                 except Exception as exc:
                     if not isinstance(exc, GenerationTimeout):
                         log.exception("generation failed for a group of %d items", len(rows))
@@ -135,8 +143,9 @@ class HandlerService:
                     continue
                 for (i, j, *_), res in zip(rows, out):
                     if res.finish_reason == "time":
-                        failed[i] = GenerationTimeout.after(res.seconds, res.generated_tokens,
-                                                            self.options.predict_timeout)
+                        failed[i] = GenerationTimeout.after(
+                            res.seconds, res.generated_tokens, self.options.predict_timeout
+                        )
                     results[i][j] = res
         for i, (req, prompts, _) in parsed.items():
             if i in failed:
@@ -144,8 +153,11 @@ class HandlerService:
             elif req.stream and len(batch) == 1:
                 return self._stream(req, prompts[0], deadline)
             elif req.stream:
-                replies[i] = error_json(BadRequest("streaming is available only when requests are not batched; "
-                                                   "set batch_size=1", field="stream"))
+                replies[i] = error_json(
+                    BadRequest(
+                        "streaming is available only when requests are not batched; set batch_size=1", field="stream"
+                    )
+                )
             else:
                 replies[i] = (200, self._encode(req, results[i], len(batch)))
         return _batch_output(replies, is_batch)
@@ -169,16 +181,24 @@ class HandlerService:
         content = item.get_content()
         # The body is the last "data" item: a "?data=" query parameter comes before it. djl_python.test_model
         # adds the body with no key.
-        body = next((content.value_at(i) for i in reversed(range(content.size()))
-                     if content.key_at(i) in ("data", None)), None)
-        req = parse_body(body, input_field=self.pipeline.input_field,
-                         max_cap=opts.max_new_tokens, default_max=opts.default_max_new_tokens,
-                         query_adapter=bytes(query).decode("utf-8", "replace") if query is not None else None,
-                         header_adapter=item.get_property(ADAPTER_HEADER))
+        body = next(
+            (content.value_at(i) for i in reversed(range(content.size())) if content.key_at(i) in ("data", None)), None
+        )
+        req = parse_body(
+            body,
+            input_field=self.pipeline.input_field,
+            max_cap=opts.max_new_tokens,
+            default_max=opts.default_max_new_tokens,
+            query_adapter=bytes(query).decode("utf-8", "replace") if query is not None else None,
+            header_adapter=item.get_property(ADAPTER_HEADER),
+        )
         n = len(req.items)
         if n > opts.max_inputs_per_request:
-            raise PayloadTooLarge(f"the request has {n} inputs; option.max_inputs_per_request is "
-                                  f"{opts.max_inputs_per_request}: send them in several requests", field="inputs")
+            raise PayloadTooLarge(
+                f"the request has {n} inputs; option.max_inputs_per_request is "
+                f"{opts.max_inputs_per_request}: send them in several requests",
+                field="inputs",
+            )
         self.adapters.check(req.adapters)
         prompts = [self.pipeline.decode_request(x) for x in req.items]
         lengths = [len(self.generator.check_length(p, req.params)) for p in prompts]
@@ -187,7 +207,9 @@ class HandlerService:
             raise PayloadTooLarge(
                 f"the request costs {cost} tokens ({sum(lengths)} prompt tokens + {n} x max_new_tokens "
                 f"{req.params.max_new_tokens}); option.max_request_tokens is {opts.max_request_tokens}: ask for "
-                "fewer max_new_tokens or send fewer inputs per request", field="inputs")
+                "fewer max_new_tokens or send fewer inputs per request",
+                field="inputs",
+            )
         return req, prompts, lengths
 
     def _encode(self, req: ParsedRequest, results: list[GenerationResult], batch_size: int) -> object:
@@ -216,8 +238,9 @@ class _ReadableOutput(Output):
 
     def __str__(self) -> str:
         shown = json.loads(super().__str__())
-        shown["content"] = {self.content.key_at(i): _readable(self.content.value_at(i))
-                            for i in range(self.content.size())}
+        shown["content"] = {
+            self.content.key_at(i): _readable(self.content.value_at(i)) for i in range(self.content.size())
+        }
         return json.dumps(shown, indent=2, ensure_ascii=False)
 
 

@@ -30,8 +30,9 @@ def stream_generation(service, req, prompt: str, deadline: float | None = None):
             service.adapters.ensure_loaded(req.adapters)
             gen.model = service.adapters.model
             left = None if deadline is None else max(0.001, deadline - time.monotonic())
-            box["result"] = gen.generate([prompt], req.params, req.adapters[:1], streamer=streamer,
-                                         tokenizer=tokenizer, max_time=left)[0]
+            box["result"] = gen.generate(
+                [prompt], req.params, req.adapters[:1], streamer=streamer, tokenizer=tokenizer, max_time=left
+            )[0]
         except Exception as exc:  # reported in the final line; the stream must still end
             box["error"] = exc
             streamer.end()

@@ -45,9 +45,19 @@ def parse_adapter_args(values: list[str]) -> dict[str, Path]:
     return adapters
 
 
-def serving_properties(model_id: str, adapters: dict[str, Path], *, pipeline: str, batch_size: int,
-                       max_batch_delay: int, dtype: str, max_new_tokens: int, predict_timeout: int,
-                       options: dict[str, str], retry_threshold: int = 10) -> str:
+def serving_properties(
+    model_id: str,
+    adapters: dict[str, Path],
+    *,
+    pipeline: str,
+    batch_size: int,
+    max_batch_delay: int,
+    dtype: str,
+    max_new_tokens: int,
+    predict_timeout: int,
+    options: dict[str, str],
+    retry_threshold: int = 10,
+) -> str:
     lines = [
         "# Written by `loraship build`. DJL Serving reads it; the handler gets option.* on its first call.",
         "engine=Python",
@@ -89,30 +99,50 @@ def requirements_txt() -> str:
     return "\n".join(pins) + "\n"
 
 
-def build_model_dir(model: str, out: str | Path, adapters: dict[str, Path] | None = None, *,
-                    pipeline: str = "instruction", batch_size: int = 1, max_batch_delay: int = 100,
-                    dtype: str = "auto", max_new_tokens: int = 512, predict_timeout: int = 120,
-                    options: dict[str, str] | None = None, overwrite: bool = False,
-                    retry_threshold: int = 10) -> Path:
+def build_model_dir(
+    model: str,
+    out: str | Path,
+    adapters: dict[str, Path] | None = None,
+    *,
+    pipeline: str = "instruction",
+    batch_size: int = 1,
+    max_batch_delay: int = 100,
+    dtype: str = "auto",
+    max_new_tokens: int = 512,
+    predict_timeout: int = 120,
+    options: dict[str, str] | None = None,
+    overwrite: bool = False,
+    retry_threshold: int = 10,
+) -> Path:
     """Write the model dir into a temporary folder, then move it into place as a whole."""
     out = Path(out).resolve()
     adapters = adapters or {}
     if batch_size < 1 or max_batch_delay < 0 or max_new_tokens < 1 or predict_timeout < 1 or retry_threshold < 0:
-        raise BuildError("batch_size, max_new_tokens and predict_timeout must be >= 1, max_batch_delay and "
-                         "retry_threshold >= 0")
+        raise BuildError(
+            "batch_size, max_new_tokens and predict_timeout must be >= 1, max_batch_delay and retry_threshold >= 0"
+        )
     if out.exists() and not overwrite:
         raise BuildError(f"{out} already exists; pass --overwrite to replace it")
     model_id = resolve_model(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        (tmp / "serving.properties").write_text(serving_properties(
-            model_id, adapters, pipeline=pipeline, batch_size=batch_size, max_batch_delay=max_batch_delay,
-            dtype=dtype, max_new_tokens=max_new_tokens, predict_timeout=predict_timeout,
-            options=options or {}, retry_threshold=retry_threshold))
+        (tmp / "serving.properties").write_text(
+            serving_properties(
+                model_id,
+                adapters,
+                pipeline=pipeline,
+                batch_size=batch_size,
+                max_batch_delay=max_batch_delay,
+                dtype=dtype,
+                max_new_tokens=max_new_tokens,
+                predict_timeout=predict_timeout,
+                options=options or {},
+                retry_threshold=retry_threshold,
+            )
+        )
         shutil.copyfile(HANDLER_SRC / "djl_entry.py", tmp / "model.py")
-        shutil.copytree(HANDLER_SRC, tmp / "handler",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "runtime"))
+        shutil.copytree(HANDLER_SRC, tmp / "handler", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "runtime"))
         (tmp / "requirements.txt").write_text(requirements_txt())
         for name, src in adapters.items():
             shutil.copytree(src, tmp / "adapters" / name, ignore=copy_ignore)

@@ -21,11 +21,20 @@ def cmd_build(args) -> int:
     from .build import build_model_dir, parse_adapter_args
 
     options = dict(_pair(o, "--option") for o in args.option)
-    out = build_model_dir(args.model, args.out, parse_adapter_args(args.adapter), pipeline=args.pipeline,
-                          batch_size=args.batch_size, max_batch_delay=args.max_batch_delay, dtype=args.dtype,
-                          max_new_tokens=args.max_new_tokens, predict_timeout=args.predict_timeout,
-                          retry_threshold=args.retry_threshold,
-                          options=options, overwrite=args.overwrite)
+    out = build_model_dir(
+        args.model,
+        args.out,
+        parse_adapter_args(args.adapter),
+        pipeline=args.pipeline,
+        batch_size=args.batch_size,
+        max_batch_delay=args.max_batch_delay,
+        dtype=args.dtype,
+        max_new_tokens=args.max_new_tokens,
+        predict_timeout=args.predict_timeout,
+        retry_threshold=args.retry_threshold,
+        options=options,
+        overwrite=args.overwrite,
+    )
     print(out)
     return 0
 
@@ -45,8 +54,11 @@ def cmd_serve(args) -> int:
     server = Server(args.model_dir, host=args.host, port=args.port, **_server_opts(args))
     try:
         took = server.wait_ready(timeout=args.timeout)
-        print(f"loraship: {server.name} serving {args.model_dir} as model {server.model_name} at {server.url} "
-              f"(ready in {took:.1f}s)", flush=True)
+        print(
+            f"loraship: {server.name} serving {args.model_dir} as model {server.model_name} at {server.url} "
+            f"(ready in {took:.1f}s)",
+            flush=True,
+        )
         return server.proc.wait()
     except KeyboardInterrupt:
         return 0
@@ -65,23 +77,39 @@ def cmd_train(args) -> int:
 
         return run_cli(args.config, args.output, args.set, resume=args.resume, overwrite=args.overwrite)
     if args.resume or args.overwrite:
-        return _usage("train", "--resume and --overwrite are for local runs: a SageMaker job resumes from its own "
-                               "checkpoints")
+        return _usage(
+            "train", "--resume and --overwrite are for local runs: a SageMaker job resumes from its own checkpoints"
+        )
     if args.output and not args.wait:
         return _usage("train", "--output with --sagemaker is where --wait puts the adapter: add --wait")
 
     import json
 
     from training.recipe import DEFAULT_CONFIG
-    from training.sagemaker import (DEFAULT_INSTANCE_TYPE, DEFAULT_MAX_RUN, JobOptions, SageMakerError,
-                                    SubmitRefused, run_job)
+    from training.sagemaker import (
+        DEFAULT_INSTANCE_TYPE,
+        DEFAULT_MAX_RUN,
+        JobOptions,
+        SageMakerError,
+        SubmitRefused,
+        run_job,
+    )
 
     opts = JobOptions(
-        config=Path(args.config) if args.config else DEFAULT_CONFIG, overrides=args.set, role=args.role,
-        bucket=args.bucket, instance_type=args.instance_type or DEFAULT_INSTANCE_TYPE, region=args.region,
-        endpoint_url=args.endpoint_url, job_name=args.job_name, image_uri=args.image_uri, spot=args.spot,
-        max_run=DEFAULT_MAX_RUN if args.max_run is None else args.max_run, wait=args.wait,
-        output=Path(args.output) if args.output else None)
+        config=Path(args.config) if args.config else DEFAULT_CONFIG,
+        overrides=args.set,
+        role=args.role,
+        bucket=args.bucket,
+        instance_type=args.instance_type or DEFAULT_INSTANCE_TYPE,
+        region=args.region,
+        endpoint_url=args.endpoint_url,
+        job_name=args.job_name,
+        image_uri=args.image_uri,
+        spot=args.spot,
+        max_run=DEFAULT_MAX_RUN if args.max_run is None else args.max_run,
+        wait=args.wait,
+        output=Path(args.output) if args.output else None,
+    )
     try:
         result = run_job(opts, dry_run=args.dry_run)
     except SageMakerError as exc:
@@ -94,10 +122,19 @@ def cmd_train(args) -> int:
 
 
 def _sagemaker_flags(args) -> list[tuple[str, object]]:
-    return [("--instance-type", args.instance_type), ("--role", args.role), ("--bucket", args.bucket),
-            ("--region", args.region), ("--endpoint-url", args.endpoint_url), ("--job-name", args.job_name),
-            ("--image-uri", args.image_uri), ("--spot", args.spot), ("--max-run", args.max_run),
-            ("--wait", args.wait), ("--dry-run", args.dry_run)]
+    return [
+        ("--instance-type", args.instance_type),
+        ("--role", args.role),
+        ("--bucket", args.bucket),
+        ("--region", args.region),
+        ("--endpoint-url", args.endpoint_url),
+        ("--job-name", args.job_name),
+        ("--image-uri", args.image_uri),
+        ("--spot", args.spot),
+        ("--max-run", args.max_run),
+        ("--wait", args.wait),
+        ("--dry-run", args.dry_run),
+    ]
 
 
 def _usage(command: str, message: str) -> int:
@@ -115,14 +152,25 @@ def cmd_eval(args) -> int:
     if not adapters and args.split_from and Path(args.split_from, "adapter_config.json").is_file():
         adapters = parse_adapter_args([f"{_adapter_name(args.split_from)}={args.split_from}"])
     if not adapters:
-        print("loraship eval: error: give --adapter NAME=DIR (or --split-from a training output that holds one)",
-              file=sys.stderr)
+        print(
+            "loraship eval: error: give --adapter NAME=DIR (or --split-from a training output that holds one)",
+            file=sys.stderr,
+        )
         return 2
-    cfg = EvalConfig(out=Path(args.out), model=args.model, adapters=adapters,
-                     data=Path(args.data) if args.data else None,
-                     split_from=Path(args.split_from) if args.split_from else None, endpoint=args.endpoint,
-                     limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                     bootstrap_iterations=args.bootstrap, seed=args.seed, device=args.device)
+    cfg = EvalConfig(
+        out=Path(args.out),
+        model=args.model,
+        adapters=adapters,
+        data=Path(args.data) if args.data else None,
+        split_from=Path(args.split_from) if args.split_from else None,
+        endpoint=args.endpoint,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        bootstrap_iterations=args.bootstrap,
+        seed=args.seed,
+        device=args.device,
+    )
     try:
         result = run_eval(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except EvalError as exc:
@@ -133,8 +181,10 @@ def cmd_eval(args) -> int:
             ci = ", ".join("n/a" if v is None else f"{v:+.4f}" for v in s["ci"])
             base = "n/a" if entry["base"] is None else f"{entry['base']:.4f}"
             value = "n/a" if s["value"] is None else f"{s['value']:.4f}"
-            print(f"{metric:16s} {name}: {base} -> {value}  delta CI [{ci}]  "
-                  f"better/worse/same {s['better']}/{s['worse']}/{s['same']} of {s['n']}")
+            print(
+                f"{metric:16s} {name}: {base} -> {value}  delta CI [{ci}]  "
+                f"better/worse/same {s['better']}/{s['worse']}/{s['same']} of {s['n']}"
+            )
     print(f"loraship eval: wrote {Path(args.out) / 'eval.json'} and samples/")
     return 0
 
@@ -153,8 +203,7 @@ def cmd_gate(args) -> int:
 
     try:
         dirs = dict(_pair(a, "--adapter") for a in args.adapter)
-        result = run_gate(args.eval, args.policy or DEFAULT_POLICY, args.out, bench_path=args.bench,
-                          adapter_dirs=dirs)
+        result = run_gate(args.eval, args.policy or DEFAULT_POLICY, args.out, bench_path=args.bench, adapter_dirs=dirs)
     except GateInputError as exc:
         print(f"loraship gate: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -191,12 +240,27 @@ def cmd_bench(args) -> int:
     try:
         if not args.url or not args.out:
             raise BenchError("--url and --out are required (or use `loraship bench compare A B`)")
-        cfg = BenchConfig(url=args.url, out=Path(args.out), concurrency=args.concurrency or [],
-                          rate=args.rate or [], requests=args.requests, duration=args.duration, model=args.model,
-                          endpoint=args.endpoint, dataset=args.dataset, adapters=args.adapters, mix=args.mix,
-                          max_new_tokens=args.max_new_tokens, stream=args.stream, warmup=args.warmup,
-                          cold_probe=not args.no_cold_probe, slo_ms=parse_slo(args.slo), seed=args.seed,
-                          timeout=args.timeout, command=_bench_command_line(args))
+        cfg = BenchConfig(
+            url=args.url,
+            out=Path(args.out),
+            concurrency=args.concurrency or [],
+            rate=args.rate or [],
+            requests=args.requests,
+            duration=args.duration,
+            model=args.model,
+            endpoint=args.endpoint,
+            dataset=args.dataset,
+            adapters=args.adapters,
+            mix=args.mix,
+            max_new_tokens=args.max_new_tokens,
+            stream=args.stream,
+            warmup=args.warmup,
+            cold_probe=not args.no_cold_probe,
+            slo_ms=parse_slo(args.slo),
+            seed=args.seed,
+            timeout=args.timeout,
+            command=_bench_command_line(args),
+        )
         result = run_bench(cfg)
     except (BenchError, WorkloadError) as exc:
         print(f"loraship bench: error: {exc}", file=sys.stderr)
@@ -205,8 +269,10 @@ def cmd_bench(args) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(f"loraship bench: wrote {cfg.out}/bench.json, summary.md, requests.jsonl, "
-          f"{', '.join(result['files']['plots']) or 'no plots'}")
+    print(
+        f"loraship bench: wrote {cfg.out}/bench.json, summary.md, requests.jsonl, "
+        f"{', '.join(result['files']['plots']) or 'no plots'}"
+    )
     return exit_code(result)
 
 
@@ -217,14 +283,23 @@ def cmd_package(args) -> int:
     from .package import PackageError, package_model_dir
 
     try:
-        art = package_model_dir(args.model_dir, None if args.check else args.out, include_model=args.include_model,
-                                profile=args.profile, overwrite=args.overwrite)
+        art = package_model_dir(
+            args.model_dir,
+            None if args.check else args.out,
+            include_model=args.include_model,
+            profile=args.profile,
+            overwrite=args.overwrite,
+        )
     except PackageError as exc:
         print(f"loraship package: error: {exc}", file=sys.stderr)
         return 2
-    summary = {"artifact": str(art.path) if art.path else None, "sha256": art.sha256 or None,
-               "model_id": art.manifest["model_id"], "model_source": art.manifest["model_source"],
-               "adapters": art.manifest["adapters"]}
+    summary = {
+        "artifact": str(art.path) if art.path else None,
+        "sha256": art.sha256 or None,
+        "model_id": art.manifest["model_id"],
+        "model_source": art.manifest["model_source"],
+        "adapters": art.manifest["adapters"],
+    }
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -239,12 +314,22 @@ def cmd_rollout(args) -> int:
 
     try:
         opts = RolloutOptions(
-            artifact=Path(args.artifact), gate_report=Path(args.gate_report), bucket=args.bucket,
-            endpoint_name=args.endpoint_name, instance_type=args.instance_type, role=args.role,
-            region=args.region, instance_count=args.instance_count,
+            artifact=Path(args.artifact),
+            gate_report=Path(args.gate_report),
+            bucket=args.bucket,
+            endpoint_name=args.endpoint_name,
+            instance_type=args.instance_type,
+            role=args.role,
+            region=args.region,
+            instance_count=args.instance_count,
             autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
-            target_invocations=args.target_invocations, image_uri=args.image_uri, prefix=args.prefix,
-            endpoint_url=args.endpoint_url, timeout=args.timeout, poll=args.poll)
+            target_invocations=args.target_invocations,
+            image_uri=args.image_uri,
+            prefix=args.prefix,
+            endpoint_url=args.endpoint_url,
+            timeout=args.timeout,
+            poll=args.poll,
+        )
         result = rollout(opts, dry_run=args.dry_run)
     except RolloutError as exc:
         print(f"loraship rollout: error: {exc}", file=sys.stderr)
@@ -261,12 +346,21 @@ def cmd_perf(args) -> int:
         policies = [p.strip() for p in args.thread_sweep.split(",") if p.strip()]
         bad = [p for p in policies if not re.fullmatch(r"[1-9]\d*(/passive)?", p)]
         if bad or not policies:
-            return _usage("perf", f"--thread-sweep takes N or N/passive, comma-separated; got {bad or args.thread_sweep!r}")
-        run_threads(args.model, tokens=args.tokens, concurrency=args.concurrency, policies=policies,
-                    server=_server_opts(args), out=args.out)
+            return _usage(
+                "perf", f"--thread-sweep takes N or N/passive, comma-separated; got {bad or args.thread_sweep!r}"
+            )
+        run_threads(
+            args.model,
+            tokens=args.tokens,
+            concurrency=args.concurrency,
+            policies=policies,
+            server=_server_opts(args),
+            out=args.out,
+        )
         return 0
-    print_figures(run_perf(args.model, tokens=args.tokens, concurrency=args.concurrency, out=args.out,
-                           server=_server_opts(args)))
+    print_figures(
+        run_perf(args.model, tokens=args.tokens, concurrency=args.concurrency, out=args.out, server=_server_opts(args))
+    )
     return 0
 
 
@@ -286,14 +380,23 @@ def _server_opts(args) -> dict:
 
 
 def _add_server_args(p) -> None:
-    p.add_argument("--server", choices=("auto", "djl", "host"), default="auto",
-                   help="djl: the real DJL Serving ModelServer from --djl-home; host: loraship's host over DJL's "
-                        "Python engine (make runtime); auto (default): djl when a DJL home is configured")
-    p.add_argument("--djl-home", metavar="DIR", help="a DJL Serving distribution folder (lib/, conf/); "
-                                                      "default $DJL_SERVING_HOME")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads (OMP_NUM_THREADS) of the Python worker (default: $OMP_NUM_THREADS, else 1, "
-                        "DJL's policy; README, Threads)")
+    p.add_argument(
+        "--server",
+        choices=("auto", "djl", "host"),
+        default="auto",
+        help="djl: the real DJL Serving ModelServer from --djl-home; host: loraship's host over DJL's "
+        "Python engine (make runtime); auto (default): djl when a DJL home is configured",
+    )
+    p.add_argument(
+        "--djl-home", metavar="DIR", help="a DJL Serving distribution folder (lib/, conf/); default $DJL_SERVING_HOME"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch threads (OMP_NUM_THREADS) of the Python worker (default: $OMP_NUM_THREADS, else 1, "
+        "DJL's policy; README, Threads)",
+    )
 
 
 class UsageError(Exception):
@@ -321,17 +424,20 @@ def _bench_command_line(args) -> list[str]:
 
 def _csv(kind):
     """An argparse type for comma-separated values: ``1,2,4,8``."""
+
     def parse(text: str) -> list:
         try:
             return [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+
     return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="loraship", description="Train, evaluate, serve and ship LoRA adapters on DJL Serving.")
+        prog="loraship", description="Train, evaluate, serve and ship LoRA adapters on DJL Serving."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     models = sub.add_parser("models", help="manage the embedded default model")
@@ -343,20 +449,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help=cmd_build.__doc__, description=cmd_build.__doc__)
     p.add_argument("--model", default="default", help="'default', a local HF folder, or a hub id")
     p.add_argument("--out", required=True, help="model dir to write")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
-                   help="a PEFT LoRA adapter folder to serve as NAME (repeatable; the first is also the seed's "
-                        "option.adapter_name)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a PEFT LoRA adapter folder to serve as NAME (repeatable; the first is also the seed's "
+        "option.adapter_name)",
+    )
     p.add_argument("--pipeline", default="instruction", help="pipeline name or module:Class")
     p.add_argument("--batch-size", type=int, default=1, help="DJL batch_size (requests per generate call)")
     p.add_argument("--max-batch-delay", type=int, default=100, help="DJL max_batch_delay in ms")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--max-new-tokens", type=int, default=512, help="cap on a request's max_new_tokens")
     p.add_argument("--predict-timeout", type=int, default=120, help="seconds before DJL restarts a stuck worker")
-    p.add_argument("--retry-threshold", type=int, default=10,
-                   help="worker crashes DJL Serving recovers from before it marks the model FAILED (DJL's own "
-                        "default, 0, fails the model on the first crash)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra option.KEY=VALUE line for serving.properties (repeatable)")
+    p.add_argument(
+        "--retry-threshold",
+        type=int,
+        default=10,
+        help="worker crashes DJL Serving recovers from before it marks the model FAILED (DJL's own "
+        "default, 0, fails the model on the first crash)",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra option.KEY=VALUE line for serving.properties (repeatable)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_build)
 
@@ -370,46 +490,76 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
     p.add_argument("--config", help="YAML config (default: training/configs/sagemaker_faqs.yaml)")
-    p.add_argument("--output", help="output folder (default: runs/<config name>; with --sagemaker --wait, where "
-                                    "the job's adapter is extracted, default runs/sagemaker/<job name>)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. train.max_steps=10 (repeatable)")
+    p.add_argument(
+        "--output",
+        help="output folder (default: runs/<config name>; with --sagemaker --wait, where "
+        "the job's adapter is extracted, default runs/sagemaker/<job name>)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.max_steps=10 (repeatable)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an unfinished run from its last checkpoint")
     mode.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --output")
-    sm = p.add_argument_group("SageMaker", "with --sagemaker, the config (after --set) runs as a SageMaker "
-                                           "training job; its inputs go to s3://BUCKET/loraship/train/JOB/")
-    sm.add_argument("--sagemaker", action="store_true",
-                    help="submit a SageMaker training job instead of training here")
+    sm = p.add_argument_group(
+        "SageMaker",
+        "with --sagemaker, the config (after --set) runs as a SageMaker "
+        "training job; its inputs go to s3://BUCKET/loraship/train/JOB/",
+    )
+    sm.add_argument("--sagemaker", action="store_true", help="submit a SageMaker training job instead of training here")
     sm.add_argument("--instance-type", help="training instance (default: ml.g5.2xlarge)")
     sm.add_argument("--role", help="SageMaker execution role ARN (required with --sagemaker)")
-    sm.add_argument("--bucket", help="S3 bucket for the job's inputs, checkpoints and model artifact "
-                                     "(required with --sagemaker)")
+    sm.add_argument(
+        "--bucket", help="S3 bucket for the job's inputs, checkpoints and model artifact (required with --sagemaker)"
+    )
     sm.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION / the AWS config)")
     sm.add_argument("--endpoint-url", help="send every AWS call here (default: AWS_ENDPOINT_URL, else AWS)")
     sm.add_argument("--job-name", help="training job name (default: loraship-<config name>-<UTC time>-<random>)")
-    sm.add_argument("--image-uri", help="training image (default: the SDK's PyTorch training DLC, GPU or CPU "
-                                        "by instance type)")
-    sm.add_argument("--spot", action="store_true",
-                    help="managed spot training; an interrupted job resumes from its checkpoints")
-    sm.add_argument("--max-run", type=int, metavar="SECONDS",
-                    help="stop the job after this long (default: 86400; with --spot it may wait as long again)")
-    sm.add_argument("--wait", action="store_true",
-                    help="wait for the job to end, then download and check the adapter into --output")
-    sm.add_argument("--dry-run", action="store_true",
-                    help="check and print the uploads and the CreateTrainingJob request as JSON; touch nothing")
+    sm.add_argument(
+        "--image-uri", help="training image (default: the SDK's PyTorch training DLC, GPU or CPU by instance type)"
+    )
+    sm.add_argument(
+        "--spot", action="store_true", help="managed spot training; an interrupted job resumes from its checkpoints"
+    )
+    sm.add_argument(
+        "--max-run",
+        type=int,
+        metavar="SECONDS",
+        help="stop the job after this long (default: 86400; with --spot it may wait as long again)",
+    )
+    sm.add_argument(
+        "--wait", action="store_true", help="wait for the job to end, then download and check the adapter into --output"
+    )
+    sm.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check and print the uploads and the CreateTrainingJob request as JSON; touch nothing",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help=cmd_eval.__doc__, description=cmd_eval.__doc__)
-    p.add_argument("--model", help="'default', a local HF folder, or a hub id (default: the training run's base "
-                                   "model with --split-from, else 'default')")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
-                   help="a PEFT LoRA adapter to score against the base (repeatable); with --endpoint, NAME is the "
-                        "served name and DIR is hashed (default with --split-from: the training output itself)")
+    p.add_argument(
+        "--model",
+        help="'default', a local HF folder, or a hub id (default: the training run's base "
+        "model with --split-from, else 'default')",
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a PEFT LoRA adapter to score against the base (repeatable); with --endpoint, NAME is the "
+        "served name and DIR is hashed (default with --split-from: the training output itself)",
+    )
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", help="JSONL (instruction, response, optional context) or a question,answer CSV")
-    data.add_argument("--split-from", metavar="TRAINING_OUTPUT",
-                      help="score a training run's held-out split/test.jsonl")
+    data.add_argument(
+        "--split-from", metavar="TRAINING_OUTPUT", help="score a training run's held-out split/test.jsonl"
+    )
     p.add_argument("--out", required=True, help="folder for eval.json, docs.jsonl and samples/")
     p.add_argument("--limit", type=int, help="score only the first N documents")
     p.add_argument("--endpoint", metavar="URL", help="score a running server over HTTP (generation metrics only)")
@@ -424,35 +574,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", required=True, help="eval.json written by `loraship eval`")
     p.add_argument("--policy", help="policy YAML (default: evaluation/policies/default.yaml)")
     p.add_argument("--bench", help="bench.json of a `loraship bench` run, for the policy's performance budgets")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
-                   help="where an adapter's files are now, if not at the path eval.json recorded (repeatable)")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="where an adapter's files are now, if not at the path eval.json recorded (repeatable)",
+    )
     p.add_argument("--out", required=True, help="folder for gate.json, gate.md and junit.xml")
     p.set_defaults(func=cmd_gate)
 
-    p = sub.add_parser("bench", help=cmd_bench.__doc__, description=cmd_bench.__doc__ + " Writes bench.json, "
-                       "requests.jsonl, summary.md and PNG plots into --out; `loraship bench compare A B` prints "
-                       "B/A ratios of two runs.")
+    p = sub.add_parser(
+        "bench",
+        help=cmd_bench.__doc__,
+        description=cmd_bench.__doc__ + " Writes bench.json, "
+        "requests.jsonl, summary.md and PNG plots into --out; `loraship bench compare A B` prints "
+        "B/A ratios of two runs.",
+    )
     p.add_argument("--url", help="the server, e.g. http://127.0.0.1:8080")
     p.add_argument("--out", help="folder for the results")
     loop = p.add_mutually_exclusive_group()
-    loop.add_argument("--concurrency", type=_csv(int), metavar="C,C,...",
-                      help="closed loop: a sweep of fixed concurrencies, e.g. 1,2,4,8")
-    loop.add_argument("--rate", type=_csv(float), metavar="R,R,...",
-                      help="open loop: Poisson arrivals at R requests/s (seeded), one level per rate")
+    loop.add_argument(
+        "--concurrency",
+        type=_csv(int),
+        metavar="C,C,...",
+        help="closed loop: a sweep of fixed concurrencies, e.g. 1,2,4,8",
+    )
+    loop.add_argument(
+        "--rate",
+        type=_csv(float),
+        metavar="R,R,...",
+        help="open loop: Poisson arrivals at R requests/s (seeded), one level per rate",
+    )
     p.add_argument("--requests", type=int, help="requests per level")
     p.add_argument("--duration", type=float, help="seconds per level (with --requests, whichever ends first)")
     p.add_argument("--model", help="model name for GET /models/{m} (default: the first the server lists)")
     p.add_argument("--endpoint", default="/invocations", help="path requests are POSTed to")
     p.add_argument("--dataset", help="JSONL (instruction/response) or FAQ-layout CSV; default: the FAQ questions")
-    p.add_argument("--adapters", type=_csv(str), default=["__base__"], metavar="A,B,...",
-                   help="adapter names to spread requests over; __base__ is the base model")
-    p.add_argument("--mix", default="round-robin", choices=["round-robin", "uniform", "skewed"],
-                   help="how requests are spread over --adapters (skewed: shares 1, 1/2, 1/3, ...)")
+    p.add_argument(
+        "--adapters",
+        type=_csv(str),
+        default=["__base__"],
+        metavar="A,B,...",
+        help="adapter names to spread requests over; __base__ is the base model",
+    )
+    p.add_argument(
+        "--mix",
+        default="round-robin",
+        choices=["round-robin", "uniform", "skewed"],
+        help="how requests are spread over --adapters (skewed: shares 1, 1/2, 1/3, ...)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per request (min_new_tokens is the same)")
     p.add_argument("--stream", action="store_true", help="stream replies: measures TTFT, TPOT and ITL")
     p.add_argument("--warmup", type=int, default=2, help="requests sent first and not counted")
-    p.add_argument("--no-cold-probe", action="store_true",
-                   help="skip the cold/warm probe (3 lone requests per adapter before the load)")
+    p.add_argument(
+        "--no-cold-probe",
+        action="store_true",
+        help="skip the cold/warm probe (3 lone requests per adapter before the load)",
+    )
     p.add_argument("--slo", metavar="ttft=MS,tpot=MS,e2e=MS", help="SLOs in ms for goodput")
     p.add_argument("--seed", type=int, default=0, help="seed for prompt order, adapter draws and arrivals")
     p.add_argument("--timeout", type=float, default=300, help="seconds before a request counts as timed out")
@@ -469,10 +648,16 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="archive to write, e.g. model.tar.gz")
     out.add_argument("--check", action="store_true", help="only check that the model dir would load; write nothing")
-    p.add_argument("--include-model", action="store_true",
-                   help="copy a local base model (option.model_id outside the model dir) into the archive as model/")
-    p.add_argument("--profile", metavar="FILE",
-                   help="properties merged over serving.properties in the archive, e.g. docker/serving.gpu.properties")
+    p.add_argument(
+        "--include-model",
+        action="store_true",
+        help="copy a local base model (option.model_id outside the model dir) into the archive as model/",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="properties merged over serving.properties in the archive, e.g. docker/serving.gpu.properties",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_package)
 
@@ -485,10 +670,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", required=True, help="SageMaker execution role ARN")
     p.add_argument("--region", help="AWS region (default: AWS_DEFAULT_REGION / the AWS config)")
     p.add_argument("--instance-count", type=int, default=1)
-    p.add_argument("--autoscale", metavar="MIN:MAX",
-                   help="target-tracking autoscaling on SageMakerVariantInvocationsPerInstance")
-    p.add_argument("--target-invocations", type=float, default=70.0,
-                   help="invocations per instance per minute that --autoscale aims at")
+    p.add_argument(
+        "--autoscale", metavar="MIN:MAX", help="target-tracking autoscaling on SageMakerVariantInvocationsPerInstance"
+    )
+    p.add_argument(
+        "--target-invocations",
+        type=float,
+        default=70.0,
+        help="invocations per instance per minute that --autoscale aims at",
+    )
     p.add_argument("--image-uri", help="container image (default: the pinned DJL LMI image for the region)")
     p.add_argument("--prefix", default="loraship", help="S3 key prefix")
     p.add_argument("--endpoint-url", help="send every AWS call here (default: AWS_ENDPOINT_URL, else AWS)")
@@ -502,9 +692,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=64, help="new tokens per request (fixed with min_new_tokens)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent requests and batch_size")
     p.add_argument("--out", help="also write the figures as JSON here")
-    p.add_argument("--thread-sweep", metavar="POLICY,...",
-                   help="instead: batch-1 and batch-CONCURRENCY seconds for each worker thread policy, quiet and "
-                        "with one busy process; a policy is N (OMP_NUM_THREADS) or N/passive (OMP_WAIT_POLICY too)")
+    p.add_argument(
+        "--thread-sweep",
+        metavar="POLICY,...",
+        help="instead: batch-1 and batch-CONCURRENCY seconds for each worker thread policy, quiet and "
+        "with one busy process; a policy is N (OMP_NUM_THREADS) or N/passive (OMP_WAIT_POLICY too)",
+    )
     _add_server_args(p)
     p.set_defaults(func=cmd_perf)
 

@@ -77,14 +77,20 @@ class Demo:
 
         cache = REPO_ROOT / "runs" / "cache"
         # Training depends on the handler only through the prompt template.
-        train_key = _key(file_sha256(TRAIN_CONFIG), tree_sha256(base), tree_sha256(REPO_ROOT / "training"),
-                         file_sha256(REPO_ROOT / "handler" / "pipelines" / "instruction.py"))
+        train_key = _key(
+            file_sha256(TRAIN_CONFIG),
+            tree_sha256(base),
+            tree_sha256(REPO_ROOT / "training"),
+            file_sha256(REPO_ROOT / "handler" / "pipelines" / "instruction.py"),
+        )
         train_out = cache / f"train-{train_key}"
         with self.step("2/9 train a LoRA adapter on the SageMaker FAQs") as t:
             if (train_out / "training_manifest.json").is_file():
                 t.note = "reused"
                 print(f"reusing {train_out} (config, data, base model and code unchanged)")
-                self.commands.append(("train", f"loraship train --config {_rel(TRAIN_CONFIG)} --output {_rel(train_out)}"))
+                self.commands.append(
+                    ("train", f"loraship train --config {_rel(TRAIN_CONFIG)} --output {_rel(train_out)}")
+                )
             else:
                 self.run("train", ["train", "--config", str(TRAIN_CONFIG), "--output", str(train_out), "--overwrite"])
         manifest = json.loads((train_out / "training_manifest.json").read_text())
@@ -96,11 +102,26 @@ class Demo:
             if (eval_out / "eval.json").is_file():
                 t.note = "reused"
                 print(f"reusing {eval_out}")
-                self.commands.append(("eval", f"loraship eval --split-from {_rel(train_out)} "
-                                              f"--adapter {ADAPTER}={_rel(train_out)} --out {_rel(eval_out)}"))
+                self.commands.append(
+                    (
+                        "eval",
+                        f"loraship eval --split-from {_rel(train_out)} "
+                        f"--adapter {ADAPTER}={_rel(train_out)} --out {_rel(eval_out)}",
+                    )
+                )
             else:
-                self.run("eval", ["eval", "--split-from", str(train_out), "--adapter", f"{ADAPTER}={train_out}",
-                                  "--out", str(eval_out)])
+                self.run(
+                    "eval",
+                    [
+                        "eval",
+                        "--split-from",
+                        str(train_out),
+                        "--adapter",
+                        f"{ADAPTER}={train_out}",
+                        "--out",
+                        str(eval_out),
+                    ],
+                )
         self.figures["eval"] = json.loads((eval_out / "eval.json").read_text())
 
         model_dir = self.run_dir / "model"
@@ -108,18 +129,52 @@ class Demo:
         server = None
         try:
             with self.step("4/9 build a DJL model dir with the adapter and serve it"):
-                self.run("build", ["build", "--model", "default", "--adapter", f"{ADAPTER}={train_out}",
-                                   "--batch-size", "8", "--max-batch-delay", "50", "--out", str(model_dir)])
+                self.run(
+                    "build",
+                    [
+                        "build",
+                        "--model",
+                        "default",
+                        "--adapter",
+                        f"{ADAPTER}={train_out}",
+                        "--batch-size",
+                        "8",
+                        "--max-batch-delay",
+                        "50",
+                        "--out",
+                        str(model_dir),
+                    ],
+                )
                 server = Server(model_dir, port=self.port or free_port(), log_file=log, **self.server)
-                self.commands.append(("serve", f"loraship serve {_rel(model_dir)} --port {server.port} "
-                                               f"--server {server.kind}"))
+                self.commands.append(
+                    ("serve", f"loraship serve {_rel(model_dir)} --port {server.port} --server {server.kind}")
+                )
                 print(f"{server.name} ready at {server.url} in {server.wait_ready():.1f}s (log: {log.name})")
             with self.step("5/9 smoke: held-out questions, base vs adapter"):
                 self.smoke(server.url, train_out)
             with self.step("6/9 bench a short sweep (concurrency 1, 4, 8) on base and adapter"):
-                self.run("bench", ["bench", "--url", server.url, "--concurrency", "1,4,8", "--requests", "8",
-                                   "--max-new-tokens", "32", "--adapters", f"__base__,{ADAPTER}",
-                                   "--mix", "round-robin", "--warmup", "2", "--out", str(self.run_dir / "bench")])
+                self.run(
+                    "bench",
+                    [
+                        "bench",
+                        "--url",
+                        server.url,
+                        "--concurrency",
+                        "1,4,8",
+                        "--requests",
+                        "8",
+                        "--max-new-tokens",
+                        "32",
+                        "--adapters",
+                        f"__base__,{ADAPTER}",
+                        "--mix",
+                        "round-robin",
+                        "--warmup",
+                        "2",
+                        "--out",
+                        str(self.run_dir / "bench"),
+                    ],
+                )
         finally:
             if server is not None:
                 server.stop()
@@ -127,40 +182,79 @@ class Demo:
         self.figures["bench"] = json.loads((self.run_dir / "bench" / "bench.json").read_text())
 
         with self.step("7/9 gate on eval and bench with the default policy"):
-            code = self.run("gate", ["gate", "--eval", str(eval_out / "eval.json"), "--policy", str(POLICY),
-                                     "--bench", str(self.run_dir / "bench" / "bench.json"),
-                                     "--adapter", f"{ADAPTER}={model_dir / 'adapters' / ADAPTER}",
-                                     "--out", str(self.run_dir / "gate")], ok_codes=(0, 1))
+            code = self.run(
+                "gate",
+                [
+                    "gate",
+                    "--eval",
+                    str(eval_out / "eval.json"),
+                    "--policy",
+                    str(POLICY),
+                    "--bench",
+                    str(self.run_dir / "bench" / "bench.json"),
+                    "--adapter",
+                    f"{ADAPTER}={model_dir / 'adapters' / ADAPTER}",
+                    "--out",
+                    str(self.run_dir / "gate"),
+                ],
+                ok_codes=(0, 1),
+            )
         self.figures["gate"] = json.loads((self.run_dir / "gate" / "gate.json").read_text())
         passed = code == 0
 
         with self.step("8/9 package the artifact and plan the rollout (dry run)"):
-            self.run("package", ["package", str(model_dir), "--include-model", "--out", str(self.run_dir / "model.tar.gz")])
-            rollout = ["rollout", "--artifact", str(self.run_dir / "model.tar.gz"),
-                       "--gate-report", str(self.run_dir / "gate" / "gate.json"), "--bucket", "loraship-demo",
-                       "--endpoint-name", "loraship-demo", "--role", "arn:aws:iam::123456789012:role/loraship-demo",
-                       "--region", "us-east-1", "--dry-run"]
+            self.run(
+                "package", ["package", str(model_dir), "--include-model", "--out", str(self.run_dir / "model.tar.gz")]
+            )
+            rollout = [
+                "rollout",
+                "--artifact",
+                str(self.run_dir / "model.tar.gz"),
+                "--gate-report",
+                str(self.run_dir / "gate" / "gate.json"),
+                "--bucket",
+                "loraship-demo",
+                "--endpoint-name",
+                "loraship-demo",
+                "--role",
+                "arn:aws:iam::123456789012:role/loraship-demo",
+                "--region",
+                "us-east-1",
+                "--dry-run",
+            ]
             # A failed gate must make the rollout refuse: that refusal is the expected outcome then.
             code = self.run("rollout", rollout, ok_codes=(0,) if passed else (1, 2))
             self.figures["rollout_refused"] = code != 0
 
     def smoke(self, url: str, train_out: Path) -> None:
-        rows = [json.loads(line) for line in (train_out / "split" / "test.jsonl").read_text().splitlines()][:self.questions]
+        rows = [json.loads(line) for line in (train_out / "split" / "test.jsonl").read_text().splitlines()][
+            : self.questions
+        ]
         answers = []
         for row in rows:
             pair = {}
             for adapter in ("__base__", ADAPTER):
-                status, body, seconds = post_json(url + "/invocations", {
-                    "inputs": row["instruction"], "adapters": adapter,
-                    "parameters": {"max_new_tokens": 96, "details": True}})
+                status, body, seconds = post_json(
+                    url + "/invocations",
+                    {
+                        "inputs": row["instruction"],
+                        "adapters": adapter,
+                        "parameters": {"max_new_tokens": 96, "details": True},
+                    },
+                )
                 if status != 200:
                     raise StepFailed("smoke", f"HTTP {status}: {body}")
-                pair[adapter] = {"text": body["generated_text"], "seconds": seconds,
-                                 "finish_reason": body["details"]["finish_reason"]}
+                pair[adapter] = {
+                    "text": body["generated_text"],
+                    "seconds": seconds,
+                    "finish_reason": body["details"]["finish_reason"],
+                }
             answers.append({"question": row["instruction"], "reference": row["response"], **pair})
-            print(f"\nQ: {row['instruction']}\n  base    ({pair['__base__']['seconds']:.1f}s): "
-                  f"{_clip(pair['__base__']['text'])}\n  adapter ({pair[ADAPTER]['seconds']:.1f}s): "
-                  f"{_clip(pair[ADAPTER]['text'])}")
+            print(
+                f"\nQ: {row['instruction']}\n  base    ({pair['__base__']['seconds']:.1f}s): "
+                f"{_clip(pair['__base__']['text'])}\n  adapter ({pair[ADAPTER]['seconds']:.1f}s): "
+                f"{_clip(pair[ADAPTER]['text'])}"
+            )
         self.figures["smoke"] = answers
 
 
@@ -173,8 +267,9 @@ class _Timer:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.demo.timings.append((self.name, time.perf_counter() - self.start,
-                                  self.note or ("failed" if exc_type else "ran")))
+        self.demo.timings.append(
+            (self.name, time.perf_counter() - self.start, self.note or ("failed" if exc_type else "ran"))
+        )
         if exc_type is not None and not issubclass(exc_type, (StepFailed, KeyboardInterrupt)):
             # Any error inside a step stops the run under that step's name.
             raise StepFailed(self.name, f"{exc_type.__name__}: {exc}") from exc
@@ -182,8 +277,9 @@ class _Timer:
 
 def post_json(url: str, body: dict, timeout: float = 600) -> tuple[int, dict, float]:
     """POST JSON; return (status, parsed body, seconds)."""
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"}
+    )
     start = time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:

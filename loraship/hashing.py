@@ -20,8 +20,11 @@ SKIP_SUFFIXES = (".pyc", ".pyo")
 def skipped(rel: str) -> bool:
     """Caches, byte code and training leftovers (``checkpoint-*/``, ``optimizer.pt``)."""
     parts = PurePosixPath(rel).parts
-    return (any(p in SKIP_DIRS or p.startswith("checkpoint-") for p in parts[:-1])
-            or parts[-1] in SKIP_FILES or parts[-1].endswith(SKIP_SUFFIXES))
+    return (
+        any(p in SKIP_DIRS or p.startswith("checkpoint-") for p in parts[:-1])
+        or parts[-1] in SKIP_FILES
+        or parts[-1].endswith(SKIP_SUFFIXES)
+    )
 
 
 def file_digest(path: str | Path) -> bytes:
@@ -73,5 +76,8 @@ def adapter_sha256(folder: str | Path) -> str:
 
 def copy_ignore(src: str, names: list[str]) -> set[str]:
     """``shutil.copytree`` ignore function applying :func:`skipped` (for ``build``)."""
-    return {n for n in names if n in SKIP_DIRS or n.startswith("checkpoint-") or n in SKIP_FILES
-            or n.endswith(SKIP_SUFFIXES)}
+    return {
+        n
+        for n in names
+        if n in SKIP_DIRS or n.startswith("checkpoint-") or n in SKIP_FILES or n.endswith(SKIP_SUFFIXES)
+    }

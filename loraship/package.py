@@ -54,6 +54,7 @@ class PackageError(Exception):
 
 # -- hashing (one rule, in loraship.hashing) ------------------------------------------------------
 
+
 def adapter_sha256(folder: str | Path) -> str:
     """``loraship.hashing.adapter_sha256``, raising PackageError for a missing folder."""
     try:
@@ -74,6 +75,7 @@ def adapter_hashes_from_files(digests: Mapping[str, bytes]) -> dict[str, str]:
 
 # -- serving.properties --------------------------------------------------------------------------
 
+
 def read_properties(text: str) -> dict[str, str]:
     """Java-properties lines as DJL reads them: ``key=value`` / ``key: value``, ``#``/``!`` comments."""
     props: dict[str, str] = {}
@@ -87,7 +89,7 @@ def read_properties(text: str) -> dict[str, str]:
             pending = line[:-1]
             continue
         cut = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
-        key, value = (line[:cut], line[cut + 1:]) if cut >= 0 else (line, "")
+        key, value = (line[:cut], line[cut + 1 :]) if cut >= 0 else (line, "")
         props[key.strip()] = value.strip()
     return props
 
@@ -113,12 +115,13 @@ def handler_options(props: Mapping[str, str], model_dir: str | Path):
     """The handler's typed options from ``serving.properties`` (``option.*`` keys, prefix stripped)."""
     from handler.properties import ServingOptions
 
-    opts = {k[len("option."):]: v for k, v in props.items() if k.startswith("option.")}
+    opts = {k[len("option.") :]: v for k, v in props.items() if k.startswith("option.")}
     opts["model_dir"] = str(model_dir)
     return ServingOptions.from_properties(opts)
 
 
 # -- checking a model dir ------------------------------------------------------------------------
+
 
 @dataclass
 class Inspection:
@@ -155,11 +158,15 @@ def _check_entry_point(path: Path, problems: list[str]) -> bool:
 
 def _check_requirements(path: Path, problems: list[str]) -> None:
     if not path.is_file():
-        problems.append("requirements.txt is missing (the container pip-installs the handler's pinned "
-                        "dependencies from it)")
+        problems.append(
+            "requirements.txt is missing (the container pip-installs the handler's pinned dependencies from it)"
+        )
         return
-    loose = [ln for ln in (raw.split("#", 1)[0].strip() for raw in path.read_text().splitlines())
-             if ln and not ln.startswith("-") and not _PIN.match(ln)]
+    loose = [
+        ln
+        for ln in (raw.split("#", 1)[0].strip() for raw in path.read_text().splitlines())
+        if ln and not ln.startswith("-") and not _PIN.match(ln)
+    ]
     if loose:
         problems.append(f"requirements.txt must pin exact versions (name==version): {', '.join(loose)}")
 
@@ -172,8 +179,9 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def inspect_model_dir(model_dir: str | Path, *, include_model: bool = False,
-                      profile: str | Path | None = None) -> Inspection:
+def inspect_model_dir(
+    model_dir: str | Path, *, include_model: bool = False, profile: str | Path | None = None
+) -> Inspection:
     """Check a model dir as DJL and the handler would load it; raise one PackageError listing every problem."""
     from handler.adapters import validate_adapter_dir
     from handler.errors import HandlerError
@@ -242,7 +250,8 @@ def inspect_model_dir(model_dir: str | Path, *, include_model: bool = False,
                 "container) cannot see it. "
                 f"Pass --include-model to copy it into the archive as {INCLUDED_MODEL}/ (option.model_id "
                 f"becomes {INCLUDED_MODEL}, resolved against the model dir), or build the model dir with a "
-                "hub id (loraship build --model org/name)")
+                "hub id (loraship build --model org/name)"
+            )
     elif not _HUB_ID.match(model_id):
         problems.append(f"option.model_id={model_id} is neither a folder nor a hub id (org/name)")
     if model_id != opts.model_id:
@@ -267,8 +276,10 @@ def inspect_model_dir(model_dir: str | Path, *, include_model: bool = False,
     if opts.adapter_checkpoint:
         ckpt = Path(opts.resolve(opts.adapter_checkpoint))
         if not _inside(ckpt, model_dir):
-            problems.append(f"option.adapter_checkpoint={opts.adapter_checkpoint} is outside the model dir: "
-                            "SageMaker cannot see it (build with --adapter NAME=DIR to copy it in)")
+            problems.append(
+                f"option.adapter_checkpoint={opts.adapter_checkpoint} is outside the model dir: "
+                "SageMaker cannot see it (build with --adapter NAME=DIR to copy it in)"
+            )
         elif not any(ckpt.resolve() == a.resolve() for a in adapters.values()):
             try:
                 validate_adapter_dir(str(ckpt), allow_pickle=allow_pickle)
@@ -280,6 +291,7 @@ def inspect_model_dir(model_dir: str | Path, *, include_model: bool = False,
 
 
 # -- writing the archive -------------------------------------------------------------------------
+
 
 @dataclass
 class Artifact:
@@ -359,14 +371,23 @@ def write_archive(inspection: Inspection, out: Path) -> Artifact:
     return Artifact(out, sha, manifest)
 
 
-def package_model_dir(model_dir: str | Path, out: str | Path | None, *, include_model: bool = False,
-                      profile: str | Path | None = None, overwrite: bool = False) -> Artifact:
+def package_model_dir(
+    model_dir: str | Path,
+    out: str | Path | None,
+    *,
+    include_model: bool = False,
+    profile: str | Path | None = None,
+    overwrite: bool = False,
+) -> Artifact:
     """Check ``model_dir`` and write the SageMaker artifact to ``out`` (``out=None``: check only)."""
     inspection = inspect_model_dir(model_dir, include_model=include_model, profile=profile)
     if out is None:
-        summary = {"model_id": inspection.model_id, "model_source": inspection.model_source,
-                   "adapters": {name: adapter_sha256(p) for name, p in inspection.adapters.items()},
-                   "files": sorted([*inspection.files, "serving.properties"])}
+        summary = {
+            "model_id": inspection.model_id,
+            "model_source": inspection.model_source,
+            "adapters": {name: adapter_sha256(p) for name, p in inspection.adapters.items()},
+            "files": sorted([*inspection.files, "serving.properties"]),
+        }
         return Artifact(None, "", summary)
     out = Path(out).expanduser().resolve()
     if _inside(out, inspection.model_dir):
@@ -377,6 +398,7 @@ def package_model_dir(model_dir: str | Path, out: str | Path | None, *, include_
 
 
 # -- reading an archive back ---------------------------------------------------------------------
+
 
 @dataclass
 class ArchiveContents:
@@ -415,7 +437,7 @@ def read_archive(path: str | Path) -> ArchiveContents:
                 h = hashlib.sha256()
                 keep = name in (MANIFEST, "serving.properties")
                 chunks = []
-                for block in iter(lambda: f.read(1 << 20), b""):
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
                     h.update(block)
                     if keep:
                         chunks.append(block)
@@ -425,8 +447,10 @@ def read_archive(path: str | Path) -> ArchiveContents:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise PackageError(f"{path} is not a readable tar.gz: {exc}") from None
     if MANIFEST not in blobs or "serving.properties" not in blobs:
-        raise PackageError(f"{path} has no manifest.json or serving.properties at its root: "
-                           "is it an archive written by `loraship package`?")
+        raise PackageError(
+            f"{path} has no manifest.json or serving.properties at its root: "
+            "is it an archive written by `loraship package`?"
+        )
     manifest = json.loads(blobs[MANIFEST])
     files = {k: v for k, v in digests.items() if k != MANIFEST}
     listed = manifest.get("files", {})
@@ -439,5 +463,10 @@ def read_archive(path: str | Path) -> ArchiveContents:
             problems.append(f"{rel} does not match its manifest hash")
     if problems:
         raise PackageError(f"artifact {path} is inconsistent: " + "; ".join(problems))
-    return ArchiveContents(file_digest(path).hex(), path.stat().st_size, files, manifest,
-                           read_properties(blobs["serving.properties"].decode("utf-8")))
+    return ArchiveContents(
+        file_digest(path).hex(),
+        path.stat().st_size,
+        files,
+        manifest,
+        read_properties(blobs["serving.properties"].decode("utf-8")),
+    )

@@ -35,8 +35,11 @@ def _prompts(n: int) -> list[str]:
 
 
 def _post(url, prompt, tokens, adapter=""):
-    body = {"inputs": prompt, "adapters": adapter or "__base__",
-            "parameters": {"max_new_tokens": tokens, "min_new_tokens": tokens, "details": True}}
+    body = {
+        "inputs": prompt,
+        "adapters": adapter or "__base__",
+        "parameters": {"max_new_tokens": tokens, "min_new_tokens": tokens, "details": True},
+    }
     start = time.perf_counter()
     r = requests.post(url + "/invocations", json=body, timeout=600)
     r.raise_for_status()
@@ -70,7 +73,9 @@ def _random_adapters(base: str, folder: Path, n: int = 2) -> dict[str, Path]:
     for i in range(n):
         torch.manual_seed(i)
         model = AutoModelForCausalLM.from_pretrained(base)
-        targets = ["query_key_value"] if model.config.model_type == "gpt_neox" else ["q_proj", "k_proj", "v_proj", "o_proj"]
+        targets = (
+            ["query_key_value"] if model.config.model_type == "gpt_neox" else ["q_proj", "k_proj", "v_proj", "o_proj"]
+        )
         peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=targets, init_lora_weights=False))
         path = folder / f"perf{i + 1}"
         peft.save_pretrained(path)
@@ -79,10 +84,11 @@ def _random_adapters(base: str, folder: Path, n: int = 2) -> dict[str, Path]:
 
 
 def _in_process(base: str, prompts: list[str], tokens: int, dtype: torch.dtype) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from handler.generation import Generator, prepare_tokenizer
     from handler.pipelines.instruction import format_prompt
     from handler.requests import GenerationParams
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base)
     prepare_tokenizer(tok)
@@ -100,24 +106,35 @@ def _in_process(base: str, prompts: list[str], tokens: int, dtype: torch.dtype) 
     gen.generate(formatted, params)
     batch_wall = time.perf_counter() - start
     n = len(prompts)
-    return {"batch1_latency_s": statistics.mean(singles), "batch1_tok_s": n * tokens / sum(singles),
-            f"batch{n}_wall_s": batch_wall, f"batch{n}_tok_s": n * tokens / batch_wall}
+    return {
+        "batch1_latency_s": statistics.mean(singles),
+        "batch1_tok_s": n * tokens / sum(singles),
+        f"batch{n}_wall_s": batch_wall,
+        f"batch{n}_tok_s": n * tokens / batch_wall,
+    }
 
 
-def run_perf(model: str = "default", tokens: int = 64, concurrency: int = 8, out: str | None = None,
-             server: dict | None = None) -> dict:
+def run_perf(
+    model: str = "default", tokens: int = 64, concurrency: int = 8, out: str | None = None, server: dict | None = None
+) -> dict:
     base = resolve_model(model)
     prompts = _prompts(concurrency)
-    fig: dict = {"model": model, "tokens_per_request": tokens, "concurrency": concurrency,
-                 "torch_threads": torch.get_num_threads()}
+    fig: dict = {
+        "model": model,
+        "tokens_per_request": tokens,
+        "concurrency": concurrency,
+        "torch_threads": torch.get_num_threads(),
+    }
     with tempfile.TemporaryDirectory(prefix="loraship-perf-") as tmp:
         tmp = Path(tmp)
         adapters = _random_adapters(base, tmp / "adapters")
         names = list(adapters)
 
         print("in-process model.generate (float32, bfloat16) ...", flush=True)
-        fig["in_process"] = {str(dt).removeprefix("torch."): _in_process(base, prompts, tokens, dt)
-                             for dt in (torch.float32, torch.bfloat16)}
+        fig["in_process"] = {
+            str(dt).removeprefix("torch."): _in_process(base, prompts, tokens, dt)
+            for dt in (torch.float32, torch.bfloat16)
+        }
 
         print("DJL batch_size=1, requests one at a time ...", flush=True)
         md1 = build_model_dir(model, tmp / "md-b1", batch_size=1, dtype="float32")
@@ -128,8 +145,9 @@ def run_perf(model: str = "default", tokens: int = 64, concurrency: int = 8, out
         fig["djl_batch1"] = {"latency_s": statistics.mean(lat), "tok_s": len(prompts) * tokens / sum(lat)}
 
         print(f"DJL batch_size={concurrency}, {concurrency} concurrent requests ...", flush=True)
-        md8 = build_model_dir(model, tmp / "md-b8", adapters, batch_size=concurrency, max_batch_delay=200,
-                              dtype="float32")
+        md8 = build_model_dir(
+            model, tmp / "md-b8", adapters, batch_size=concurrency, max_batch_delay=200, dtype="float32"
+        )
         with Server(md8, port=free_port(), log_file=open(tmp / "b8.log", "w"), **(server or {})) as srv:
             srv.wait_ready()
             _concurrent(srv.url, prompts, tokens, [""] * concurrency)  # warm-up
@@ -147,8 +165,9 @@ def run_perf(model: str = "default", tokens: int = 64, concurrency: int = 8, out
         "mixed_vs_one_adapter_time": fig["djl_mixed_adapters"]["wall_s"] / fig["djl_one_adapter"]["wall_s"],
         "djl_vs_direct_batch1_latency": fig["djl_batch1"]["latency_s"] / direct["batch1_latency_s"],
         "bf16_vs_fp32_speed_batch1": fig["in_process"]["bfloat16"]["batch1_tok_s"] / direct["batch1_tok_s"],
-        f"bf16_vs_fp32_speed_batch{concurrency}": (fig["in_process"]["bfloat16"][f"batch{concurrency}_tok_s"]
-                                                   / direct[f"batch{concurrency}_tok_s"]),
+        f"bf16_vs_fp32_speed_batch{concurrency}": (
+            fig["in_process"]["bfloat16"][f"batch{concurrency}_tok_s"] / direct[f"batch{concurrency}_tok_s"]
+        ),
     }
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -159,10 +178,14 @@ def run_perf(model: str = "default", tokens: int = 64, concurrency: int = 8, out
 def print_figures(fig: dict) -> None:
     f, c = fig["figures"], fig["concurrency"]
     print(f"\n{fig['tokens_per_request']} new tokens per request, torch threads {fig['torch_threads']}")
-    print(f"  DJL batch_size=1 sequential        {fig['djl_batch1']['tok_s']:8.1f} tok/s, "
-          f"latency {fig['djl_batch1']['latency_s']:.2f}s")
-    print(f"  DJL batch_size={c} x{c} concurrent    {fig['djl_batched']['tok_s']:8.1f} tok/s "
-          f"(largest batch {fig['djl_batched']['largest_batch']})")
+    print(
+        f"  DJL batch_size=1 sequential        {fig['djl_batch1']['tok_s']:8.1f} tok/s, "
+        f"latency {fig['djl_batch1']['latency_s']:.2f}s"
+    )
+    print(
+        f"  DJL batch_size={c} x{c} concurrent    {fig['djl_batched']['tok_s']:8.1f} tok/s "
+        f"(largest batch {fig['djl_batched']['largest_batch']})"
+    )
     print(f"  batching gain                      {f['batching_gain']:8.2f}x  (target >= 3.5x)")
     print(f"  mixed 2 adapters + base vs 1 adapter {f['mixed_vs_one_adapter_time']:6.2f}x time (target <= 1.3x)")
     print(f"  DJL vs in-process batch-1 latency  {f['djl_vs_direct_batch1_latency']:8.2f}x  (target <= 1.10x)")
@@ -178,8 +201,14 @@ def _busy_core():
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def run_threads(model: str = "default", tokens: int = 32, concurrency: int = 8, policies=("1", "2"),
-                server: dict | None = None, out: str | None = None) -> dict:
+def run_threads(
+    model: str = "default",
+    tokens: int = 32,
+    concurrency: int = 8,
+    policies=("1", "2"),
+    server: dict | None = None,
+    out: str | None = None,
+) -> dict:
     """Batch-1 latency and a batch of ``concurrency`` through the server for each worker thread policy, on a
     quiet machine and with one competing busy process. A policy is ``N`` (OMP_NUM_THREADS=N) or
     ``N/passive`` (also OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning)."""
@@ -191,8 +220,14 @@ def run_threads(model: str = "default", tokens: int = 32, concurrency: int = 8, 
         for policy in policies:
             threads, _, wait = str(policy).partition("/")
             env = {"OMP_WAIT_POLICY": wait.upper() or "ACTIVE"}
-            with Server(md, port=free_port(), log_file=open(Path(tmp) / f"t{threads}{wait}.log", "w"),
-                        threads=int(threads), env=env, **server) as srv:
+            with Server(
+                md,
+                port=free_port(),
+                log_file=open(Path(tmp) / f"t{threads}{wait}.log", "w"),
+                threads=int(threads),
+                env=env,
+                **server,
+            ) as srv:
                 srv.wait_ready()
                 _post(srv.url, prompts[0], tokens)  # warm-up
                 for busy in (False, True):
@@ -204,10 +239,20 @@ def run_threads(model: str = "default", tokens: int = 32, concurrency: int = 8, 
                         if competitor:
                             competitor.kill()
                             competitor.wait()
-                    fig["runs"].append({"server": srv.kind, "policy": policy, "busy_competitor": busy,
-                                        "batch1_s": b1, f"batch{concurrency}_s": bn})
-                    print(f"  {srv.kind} {policy:>9}  {'busy ' if busy else 'quiet'}: batch 1 {b1:6.2f}s, "
-                          f"batch {concurrency} {bn:6.2f}s", flush=True)
+                    fig["runs"].append(
+                        {
+                            "server": srv.kind,
+                            "policy": policy,
+                            "busy_competitor": busy,
+                            "batch1_s": b1,
+                            f"batch{concurrency}_s": bn,
+                        }
+                    )
+                    print(
+                        f"  {srv.kind} {policy:>9}  {'busy ' if busy else 'quiet'}: batch 1 {b1:6.2f}s, "
+                        f"batch {concurrency} {bn:6.2f}s",
+                        flush=True,
+                    )
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(fig, indent=2))

@@ -36,9 +36,24 @@ LMI_TAG = "0.36.0-lmi27.0.0-cu130"
 #: Used when no SageMaker SDK is installed: the Deep Learning Containers registry of the regions
 #: that share account 763104351884 (the SDK's djl-lmi.json lists the others).
 LMI_ACCOUNT = "763104351884"
-LMI_REGIONS = ("ap-northeast-1", "ap-northeast-2", "ap-south-1", "ap-southeast-1", "ap-southeast-2",
-               "ca-central-1", "eu-central-1", "eu-north-1", "eu-west-1", "eu-west-2", "eu-west-3",
-               "sa-east-1", "us-east-1", "us-east-2", "us-west-1", "us-west-2")
+LMI_REGIONS = (
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-south-1",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ca-central-1",
+    "eu-central-1",
+    "eu-north-1",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "sa-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+)
 LMI_IMAGE_PATTERN = "{account}.dkr.ecr.{region}.amazonaws.com/djl-inference:{tag}"
 VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -71,11 +86,14 @@ def lmi_image_uri(region: str, version: str = LMI_VERSION) -> tuple[str, str]:
     except ImportError:
         pass
     except ValueError as exc:  # a region or version the SDK does not know
-        raise RolloutRefused(f"the SageMaker SDK has no LMI {version} image for {region} ({exc}): "
-                             "pass --image-uri") from None
+        raise RolloutRefused(
+            f"the SageMaker SDK has no LMI {version} image for {region} ({exc}): pass --image-uri"
+        ) from None
     if version != LMI_VERSION or region not in LMI_REGIONS:
-        raise RolloutRefused(f"no LMI image URI known for {region} without the SageMaker SDK: "
-                             "pip install sagemaker-core, or pass --image-uri")
+        raise RolloutRefused(
+            f"no LMI image URI known for {region} without the SageMaker SDK: "
+            "pip install sagemaker-core, or pass --image-uri"
+        )
     return LMI_IMAGE_PATTERN.format(account=LMI_ACCOUNT, region=region, tag=LMI_TAG), "pinned pattern"
 
 
@@ -115,6 +133,7 @@ def parse_autoscale(value: str) -> tuple[int, int]:
 
 # -- the gate --------------------------------------------------------------------------------------
 
+
 def _check_name(c: dict) -> str:
     return str(c.get("name") or "/".join(str(c[k]) for k in ("adapter", "metric", "check") if c.get(k)) or "?")
 
@@ -131,8 +150,11 @@ def check_gate(report_path: str | Path, contents: ArchiveContents) -> dict:
     if not isinstance(report, dict):
         raise RolloutRefused(f"gate report {report_path} is not a JSON object")
     if report.get("verdict") != "pass":
-        failed = [_check_name(c) for c in report.get("checks") or []
-                  if isinstance(c, dict) and (c.get("status") == "fail" or c.get("passed") is False)]
+        failed = [
+            _check_name(c)
+            for c in report.get("checks") or []
+            if isinstance(c, dict) and (c.get("status") == "fail" or c.get("passed") is False)
+        ]
         detail = f" (failed checks: {', '.join(failed)})" if failed else ""
         raise RolloutRefused(f"gate verdict is {report.get('verdict')!r}, not 'pass'{detail}: nothing to roll out")
     gated = {name: v for name, v in (report.get("adapters") or {}).items() if isinstance(v, dict)}
@@ -144,16 +166,20 @@ def check_gate(report_path: str | Path, contents: ArchiveContents) -> dict:
         elif entry.get("verdict", "pass") != "pass":
             problems.append(f"adapter {name!r} did not pass the gate")
         elif entry.get("sha256") != sha:
-            problems.append(f"adapter {name!r} in the artifact (sha256 {sha[:12]}...) is not the one gated "
-                            f"({str(entry.get('sha256'))[:12]}...): its files changed after gating")
+            problems.append(
+                f"adapter {name!r} in the artifact (sha256 {sha[:12]}...) is not the one gated "
+                f"({str(entry.get('sha256'))[:12]}...): its files changed after gating"
+            )
     if problems:
         raise RolloutRefused(
             "the artifact does not match the gate report: " + "; ".join(problems) + ". Gate the adapters the "
-            "model dir ships (adapters/NAME, hashed by loraship.package.adapter_sha256), then package again")
+            "model dir ships (adapters/NAME, hashed by loraship.package.adapter_sha256), then package again"
+        )
     return report
 
 
 # -- the plan --------------------------------------------------------------------------------------
+
 
 @dataclass
 class Plan:
@@ -201,8 +227,9 @@ def make_plan(opts: RolloutOptions) -> tuple[Plan, ArchiveContents]:
     if opts.instance_count < 1:
         problems.append("--instance-count must be >= 1")
     if opts.autoscale and not opts.autoscale[0] <= opts.instance_count <= opts.autoscale[1]:
-        problems.append(f"--instance-count {opts.instance_count} is outside --autoscale "
-                        f"{opts.autoscale[0]}:{opts.autoscale[1]}")
+        problems.append(
+            f"--instance-count {opts.instance_count} is outside --autoscale {opts.autoscale[0]}:{opts.autoscale[1]}"
+        )
     region = opts.region or _default_region()
     if not region:
         problems.append("no region: pass --region or set AWS_DEFAULT_REGION")
@@ -221,16 +248,32 @@ def make_plan(opts: RolloutOptions) -> tuple[Plan, ArchiveContents]:
     key = f"{opts.prefix.strip('/')}/{opts.endpoint_name}/{contents.sha256}/model.tar.gz"
     autoscale = None
     if opts.autoscale:
-        autoscale = {"min": opts.autoscale[0], "max": opts.autoscale[1],
-                     "metric": "SageMakerVariantInvocationsPerInstance", "target": opts.target_invocations}
+        autoscale = {
+            "min": opts.autoscale[0],
+            "max": opts.autoscale[1],
+            "metric": "SageMakerVariantInvocationsPerInstance",
+            "target": opts.target_invocations,
+        }
     plan = Plan(
-        endpoint_name=opts.endpoint_name, region=region, artifact=str(opts.artifact),
-        artifact_sha256=contents.sha256, adapters=contents.adapters, s3_uri=f"s3://{opts.bucket}/{key}",
-        image_uri=image, image_source=source, model_name=name, endpoint_config_name=name,
-        instance_type=opts.instance_type, instance_count=opts.instance_count, autoscale=autoscale,
+        endpoint_name=opts.endpoint_name,
+        region=region,
+        artifact=str(opts.artifact),
+        artifact_sha256=contents.sha256,
+        adapters=contents.adapters,
+        s3_uri=f"s3://{opts.bucket}/{key}",
+        image_uri=image,
+        image_source=source,
+        model_name=name,
+        endpoint_config_name=name,
+        instance_type=opts.instance_type,
+        instance_count=opts.instance_count,
+        autoscale=autoscale,
         smoke_requests=smoke_requests(contents.adapters),
-        gate={**{k: report.get(k) for k in ("verdict", "policy_sha256", "eval_sha256")},
-              "gated_not_shipped": sorted(set(report.get("adapters") or {}) - set(contents.adapters))})
+        gate={
+            **{k: report.get(k) for k in ("verdict", "policy_sha256", "eval_sha256")},
+            "gated_not_shipped": sorted(set(report.get("adapters") or {}) - set(contents.adapters)),
+        },
+    )
     return plan, contents
 
 
@@ -241,6 +284,7 @@ def _default_region() -> str | None:
 
 
 # -- doing it --------------------------------------------------------------------------------------
+
 
 class _Rollout:
     """One rollout's AWS calls; ``undo`` lists what this run created, newest last."""
@@ -258,7 +302,7 @@ class _Rollout:
         self.s3, self.sm = client("s3"), client("sagemaker")
         self.runtime, self.scaling = client("sagemaker-runtime"), client("application-autoscaling")
         self.plan, self.opts, self.log = plan, opts, log
-        self.bucket, _, self.key = plan.s3_uri[len("s3://"):].partition("/")
+        self.bucket, _, self.key = plan.s3_uri[len("s3://") :].partition("/")
         self.undo: list[tuple[str, str, dict | None]] = []
         self.previous: dict | None = None
         self.suspended: list[dict] = []
@@ -295,8 +339,10 @@ class _Rollout:
             raise RolloutFailed(f"endpoint {self.plan.endpoint_name} disappeared")
         if status != "InService" or ep["EndpointConfigName"] != config_name:
             reason = ep.get("FailureReason") or "no reason given"
-            raise RolloutFailed(f"endpoint {self.plan.endpoint_name} is {status} on "
-                                f"{ep['EndpointConfigName']}, not InService on {config_name}: {reason}")
+            raise RolloutFailed(
+                f"endpoint {self.plan.endpoint_name} is {status} on "
+                f"{ep['EndpointConfigName']}, not InService on {config_name}: {reason}"
+            )
         return ep
 
     # -- steps
@@ -310,11 +356,15 @@ class _Rollout:
         self.previous = self.describe_endpoint()
         status = self.previous and self.previous["EndpointStatus"]
         if status == "Failed":
-            raise RolloutRefused(f"endpoint {self.plan.endpoint_name} is Failed "
-                                 f"({self.previous.get('FailureReason', 'no reason given')}): delete it first")
+            raise RolloutRefused(
+                f"endpoint {self.plan.endpoint_name} is Failed "
+                f"({self.previous.get('FailureReason', 'no reason given')}): delete it first"
+            )
         if status and status != "InService":
-            raise RolloutRefused(f"endpoint {self.plan.endpoint_name} is {status}: "
-                                 "wait until it is InService (another rollout may be running)")
+            raise RolloutRefused(
+                f"endpoint {self.plan.endpoint_name} is {status}: "
+                "wait until it is InService (another rollout may be running)"
+            )
 
     def upload(self) -> None:
         from botocore.exceptions import ClientError
@@ -329,24 +379,37 @@ class _Rollout:
                 raise
         self.log(f"uploading {self.plan.artifact} to {self.plan.s3_uri}")
         self.undo.append(("s3", self.key, None))
-        self.s3.upload_file(self.plan.artifact, self.bucket, self.key,
-                            ExtraArgs={"Metadata": {"sha256": self.plan.artifact_sha256},
-                                       "ContentType": "application/gzip"})
+        self.s3.upload_file(
+            self.plan.artifact,
+            self.bucket,
+            self.key,
+            ExtraArgs={"Metadata": {"sha256": self.plan.artifact_sha256}, "ContentType": "application/gzip"},
+        )
 
     def create_model(self) -> None:
         tags = [{"Key": "loraship:artifact-sha256", "Value": self.plan.artifact_sha256}]
         self.undo.append(("model", self.plan.model_name, None))
         self.sm.create_model(
-            ModelName=self.plan.model_name, ExecutionRoleArn=self.opts.role, Tags=tags,
-            PrimaryContainer={"Image": self.plan.image_uri, "ModelDataUrl": self.plan.s3_uri})
+            ModelName=self.plan.model_name,
+            ExecutionRoleArn=self.opts.role,
+            Tags=tags,
+            PrimaryContainer={"Image": self.plan.image_uri, "ModelDataUrl": self.plan.s3_uri},
+        )
         self.undo.append(("endpoint_config", self.plan.endpoint_config_name, None))
         self.sm.create_endpoint_config(
-            EndpointConfigName=self.plan.endpoint_config_name, Tags=tags,
-            ProductionVariants=[{
-                "VariantName": VARIANT, "ModelName": self.plan.model_name,
-                "InstanceType": self.plan.instance_type, "InitialInstanceCount": self.plan.instance_count,
-                "InitialVariantWeight": 1.0,
-                "ContainerStartupHealthCheckTimeoutInSeconds": self.opts.startup_timeout}])
+            EndpointConfigName=self.plan.endpoint_config_name,
+            Tags=tags,
+            ProductionVariants=[
+                {
+                    "VariantName": VARIANT,
+                    "ModelName": self.plan.model_name,
+                    "InstanceType": self.plan.instance_type,
+                    "InitialInstanceCount": self.plan.instance_count,
+                    "InitialVariantWeight": 1.0,
+                    "ContainerStartupHealthCheckTimeoutInSeconds": self.opts.startup_timeout,
+                }
+            ],
+        )
 
     def deploy(self) -> str:
         name, config = self.plan.endpoint_name, self.plan.endpoint_config_name
@@ -373,10 +436,13 @@ class _Rollout:
             target = body.get("adapters", "base model")
             try:
                 reply = self.runtime.invoke_endpoint(
-                    EndpointName=self.plan.endpoint_name, ContentType="application/json",
-                    Accept="application/json", Body=json.dumps(body).encode(),
+                    EndpointName=self.plan.endpoint_name,
+                    ContentType="application/json",
+                    Accept="application/json",
+                    Body=json.dumps(body).encode(),
                     # Unique per rollout and request: traceable in the endpoint's logs.
-                    InferenceId=f"smoke{i}-{self.plan.endpoint_config_name}"[:64])
+                    InferenceId=f"smoke{i}-{self.plan.endpoint_config_name}"[:64],
+                )
                 raw = reply["Body"].read()
             except (ClientError, BotoCoreError) as exc:  # an error status or no answer fails the smoke check
                 raise RolloutFailed(f"smoke request for {target} failed: {self._client_error(exc)}") from exc
@@ -385,8 +451,7 @@ class _Rollout:
             except ValueError:
                 answer = None
             if not isinstance(answer, dict) or not isinstance(answer.get("generated_text"), str):
-                raise RolloutFailed(f"smoke request for {target} got {raw[:200]!r}, not "
-                                    "{\"generated_text\": \"...\"}")
+                raise RolloutFailed(f'smoke request for {target} got {raw[:200]!r}, not {{"generated_text": "..."}}')
             results.append({"target": target, "generated_text": answer["generated_text"][:200]})
         return results
 
@@ -404,18 +469,27 @@ class _Rollout:
 
     def _register(self, rid: str, lo: int, hi: int, policies: list[dict]) -> None:
         self.scaling.register_scalable_target(
-            ServiceNamespace="sagemaker", ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION,
-            MinCapacity=lo, MaxCapacity=hi)
+            ServiceNamespace="sagemaker",
+            ResourceId=rid,
+            ScalableDimension=SCALABLE_DIMENSION,
+            MinCapacity=lo,
+            MaxCapacity=hi,
+        )
         for pol in policies:
             self.scaling.put_scaling_policy(
-                PolicyName=pol["PolicyName"], ServiceNamespace="sagemaker", ResourceId=rid,
-                ScalableDimension=SCALABLE_DIMENSION, PolicyType=pol["PolicyType"],
-                TargetTrackingScalingPolicyConfiguration=pol["TargetTrackingScalingPolicyConfiguration"])
+                PolicyName=pol["PolicyName"],
+                ServiceNamespace="sagemaker",
+                ResourceId=rid,
+                ScalableDimension=SCALABLE_DIMENSION,
+                PolicyType=pol["PolicyType"],
+                TargetTrackingScalingPolicyConfiguration=pol["TargetTrackingScalingPolicyConfiguration"],
+            )
 
     def _restore_scaling(self, rid: str, saved: dict | None) -> None:
         if self._scaling_of(rid):
-            self.scaling.deregister_scalable_target(ServiceNamespace="sagemaker", ResourceId=rid,
-                                                    ScalableDimension=SCALABLE_DIMENSION)
+            self.scaling.deregister_scalable_target(
+                ServiceNamespace="sagemaker", ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION
+            )
         if saved:
             t = saved["target"]
             self._register(rid, t["MinCapacity"], t["MaxCapacity"], saved["policies"])
@@ -433,8 +507,9 @@ class _Rollout:
                 self.log(f"suspending autoscaling of {rid} for the update")
                 self.undo.append(("scaling", rid, saved))
                 self.suspended.append(saved)
-                self.scaling.deregister_scalable_target(ServiceNamespace="sagemaker", ResourceId=rid,
-                                                        ScalableDimension=SCALABLE_DIMENSION)
+                self.scaling.deregister_scalable_target(
+                    ServiceNamespace="sagemaker", ResourceId=rid, ScalableDimension=SCALABLE_DIMENSION
+                )
 
     def autoscale(self) -> dict | None:
         """Apply --autoscale; without it, re-apply the scaling suspended for the update."""
@@ -445,12 +520,23 @@ class _Rollout:
         self.undo.append(("scaling", rid, self._scaling_of(rid)))
         if a:
             self.log(f"autoscaling {rid}: {a['min']}..{a['max']} instances, {a['target']} invocations/instance")
-            self._register(rid, a["min"], a["max"], [{
-                "PolicyName": f"{self.plan.endpoint_name}-invocations", "PolicyType": "TargetTrackingScaling",
-                "TargetTrackingScalingPolicyConfiguration": {
-                    "TargetValue": float(a["target"]),
-                    "PredefinedMetricSpecification": {"PredefinedMetricType": a["metric"]},
-                    "ScaleInCooldown": 300, "ScaleOutCooldown": 60}}])
+            self._register(
+                rid,
+                a["min"],
+                a["max"],
+                [
+                    {
+                        "PolicyName": f"{self.plan.endpoint_name}-invocations",
+                        "PolicyType": "TargetTrackingScaling",
+                        "TargetTrackingScalingPolicyConfiguration": {
+                            "TargetValue": float(a["target"]),
+                            "PredefinedMetricSpecification": {"PredefinedMetricType": a["metric"]},
+                            "ScaleInCooldown": 300,
+                            "ScaleOutCooldown": 60,
+                        },
+                    }
+                ],
+            )
             return {"resource_id": rid, **a}
         t = self.suspended[0]["target"]
         self._register(rid, t["MinCapacity"], t["MaxCapacity"], self.suspended[0]["policies"])
@@ -517,8 +603,11 @@ def rollout(opts: RolloutOptions, *, dry_run: bool = False, log=None) -> dict:
         scaling = run.autoscale()
     except BaseException as exc:
         left = run.roll_back()
-        what = (f"endpoint {plan.endpoint_name} is back on {run.previous['EndpointConfigName']}"
-                if run.previous else f"endpoint {plan.endpoint_name}, created by this run, was deleted")
+        what = (
+            f"endpoint {plan.endpoint_name} is back on {run.previous['EndpointConfigName']}"
+            if run.previous
+            else f"endpoint {plan.endpoint_name}, created by this run, was deleted"
+        )
         msg = f"rollout failed: {exc if isinstance(exc, RolloutError) else run._client_error(exc)}; rolled back: {what}"
         if left:
             msg += "; NOT UNDONE (clean up by hand): " + "; ".join(left)
@@ -526,8 +615,17 @@ def rollout(opts: RolloutOptions, *, dry_run: bool = False, log=None) -> dict:
             log(msg)
             raise
         raise RolloutFailed(msg) from exc
-    return {"dry_run": False, "action": action, "endpoint_name": plan.endpoint_name,
-            "endpoint_config_name": plan.endpoint_config_name, "model_name": plan.model_name,
-            "previous_endpoint_config_name": run.previous and run.previous["EndpointConfigName"],
-            "s3_uri": plan.s3_uri, "image_uri": plan.image_uri, "artifact_sha256": plan.artifact_sha256,
-            "adapters": plan.adapters, "smoke": smoke, "autoscale": scaling}
+    return {
+        "dry_run": False,
+        "action": action,
+        "endpoint_name": plan.endpoint_name,
+        "endpoint_config_name": plan.endpoint_config_name,
+        "model_name": plan.model_name,
+        "previous_endpoint_config_name": run.previous and run.previous["EndpointConfigName"],
+        "s3_uri": plan.s3_uri,
+        "image_uri": plan.image_uri,
+        "artifact_sha256": plan.artifact_sha256,
+        "adapters": plan.adapters,
+        "smoke": smoke,
+        "autoscale": scaling,
+    }

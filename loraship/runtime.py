@@ -60,8 +60,10 @@ def resolve_server(kind: str = "auto", djl_home: str | Path | None = None) -> tu
     if kind == "host":
         return "host", None
     if home is None:
-        raise RuntimeMissing("--server djl needs a DJL Serving distribution folder: pass --djl-home DIR or set "
-                             "DJL_SERVING_HOME (in this repository: ../shared/djl-serving)")
+        raise RuntimeMissing(
+            "--server djl needs a DJL Serving distribution folder: pass --djl-home DIR or set "
+            "DJL_SERVING_HOME (in this repository: ../shared/djl-serving)"
+        )
     home = Path(home).expanduser().resolve()
     if not any((home / "lib").glob("serving-*.jar")):
         raise RuntimeMissing(f"{home} is not a DJL Serving distribution folder: no lib/serving-*.jar in it")
@@ -71,8 +73,9 @@ def resolve_server(kind: str = "auto", djl_home: str | Path | None = None) -> tu
 def _java() -> str:
     java = shutil.which("java")
     if java is None:
-        raise RuntimeMissing("java was not found on PATH: install a Java 17+ runtime (e.g. apt-get install "
-                             "openjdk-17-jre-headless)")
+        raise RuntimeMissing(
+            "java was not found on PATH: install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)"
+        )
     return java
 
 
@@ -90,8 +93,19 @@ def java_command(model_dir: Path, host: str, port: int, tmpdir: str | None = Non
     # those names at start-up, so two servers on one host would kill each other's workers: each
     # server gets its own java.io.tmpdir.
     jvm = [f"-Djava.io.tmpdir={tmpdir}"] if tmpdir else []
-    return [java, *jvm, "-cp", classpath, HOST_MAIN, "--model-dir", str(Path(model_dir).resolve()),
-            "--host", host, "--port", str(port)]
+    return [
+        java,
+        *jvm,
+        "-cp",
+        classpath,
+        HOST_MAIN,
+        "--model-dir",
+        str(Path(model_dir).resolve()),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
 def has_nvidia_gpu() -> bool:
@@ -107,7 +121,8 @@ def djl_command(djl_home: Path, state: Path, model_dir: Path, host: str, port: i
     # LMI's config.properties (serving/docker/config.properties) on this host:port and model dir.
     (home / "conf" / "config.properties").write_text(
         f"inference_address=http://{host}:{port}\nmanagement_address=http://{host}:{port}\n"
-        f"model_store={Path(model_dir).resolve()}\nload_models=ALL\n")
+        f"model_store={Path(model_dir).resolve()}\nload_models=ALL\n"
+    )
     jvm = [*LMI_JAVA_OPTS, f"-Djava.io.tmpdir={state / 'tmp'}"]
     log4j = djl_home / "conf" / "log4j2.xml"
     if log4j.is_file():
@@ -126,15 +141,17 @@ def server_env(extra: dict[str, str] | None = None, threads: int | None = None) 
     """The server's environment. The worker's OMP_NUM_THREADS is ``threads`` when given, else the caller's
     OMP_NUM_THREADS, else ``DEFAULT_THREADS``."""
     env = dict(os.environ)
-    env.update({
-        # The worker must run the interpreter that has this project's packages.
-        "PYTHON_EXECUTABLE": sys.executable,
-        "DJL_OFFLINE": "true",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    })
+    env.update(
+        {
+            # The worker must run the interpreter that has this project's packages.
+            "PYTHON_EXECUTABLE": sys.executable,
+            "DJL_OFFLINE": "true",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     else:
@@ -156,9 +173,18 @@ class Server:
     OMP_NUM_THREADS (default: the caller's OMP_NUM_THREADS, else ``DEFAULT_THREADS``).
     """
 
-    def __init__(self, model_dir: Path, host: str = "127.0.0.1", port: int = 8080,
-                 env: dict[str, str] | None = None, log_file=None, *, kind: str = "auto",
-                 djl_home: str | Path | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        model_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        env: dict[str, str] | None = None,
+        log_file=None,
+        *,
+        kind: str = "auto",
+        djl_home: str | Path | None = None,
+        threads: int | None = None,
+    ):
         self.kind, home = resolve_server(kind, djl_home)
         self.model_dir = Path(model_dir)
         self.model_name = model_name(model_dir)
@@ -175,9 +201,14 @@ class Server:
         else:
             cmd, cwd = java_command(self.model_dir, host, port, self.tmpdir), None
         # A new session: stop() can signal the JVM and the Python workers it started as one group.
-        self.proc = subprocess.Popen(cmd, env=environment, cwd=cwd, stdout=log_file,
-                                     stderr=subprocess.STDOUT if log_file is not None else None,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=environment,
+            cwd=cwd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT if log_file is not None else None,
+            start_new_session=True,
+        )
         self.started = time.monotonic()
 
     @property

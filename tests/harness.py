@@ -43,6 +43,6 @@ def read_output(out: Output, batch_size: int | None = None):
     bodies = [None] * batch_size
     for j in range(out.content.size()):
         key = out.content.key_at(j)
-        index = int(key.split(".", 1)[0][len("batch_"):])
+        index = int(key.split(".", 1)[0][len("batch_") :])
         bodies[index] = json.loads(bytes(out.content.value_at(j)))
     return bodies

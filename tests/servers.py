@@ -27,8 +27,9 @@ def server_args(kind: str) -> dict:
     return {"kind": resolved, "djl_home": home}
 
 
-def start_server(model_dir, tmp_path_factory, kind: str = "host", timeout: float = 240,
-                 env: dict | None = None) -> Server:
+def start_server(
+    model_dir, tmp_path_factory, kind: str = "host", timeout: float = 240, env: dict | None = None
+) -> Server:
     """A ready server on a free port; ``srv.log_path`` is its log."""
     args = server_args(kind)
     log_path = tmp_path_factory.mktemp("logs") / f"{kind}-{Path(model_dir).name}.log"

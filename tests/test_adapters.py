@@ -1,11 +1,9 @@
 """Adapters in the handler, in-process: selection, mixed batches, validation, LRU eviction."""
 
-import json
 import shutil
 
 import pytest
 import torch
-
 from harness import batch_input, init_input, read_output, request_input
 from tiny_models import save_random_adapter
 
@@ -28,8 +26,13 @@ def make_service(tiny_neox, adapters, **options):
     from handler.service import HandlerService
 
     svc = HandlerService()
-    props = {"model_id": str(tiny_neox), "model_dir": str(tiny_neox), "device_id": "-1",
-             "adapter_roots": str(adapters["root"]), **options}
+    props = {
+        "model_id": str(tiny_neox),
+        "model_dir": str(tiny_neox),
+        "device_id": "-1",
+        "adapter_roots": str(adapters["root"]),
+        **options,
+    }
     svc.handle(init_input(props))
     return svc
 
@@ -45,8 +48,9 @@ def register(svc, name, src, **content):
 
 
 def ask(svc, adapter, tokens=10, prompt=PROMPT):
-    code, body = read_output(svc.handle(request_input(
-        {"inputs": prompt, "adapters": adapter, "parameters": {"max_new_tokens": tokens}})))
+    code, body = read_output(
+        svc.handle(request_input({"inputs": prompt, "adapters": adapter, "parameters": {"max_new_tokens": tokens}}))
+    )
     assert code == 200, body
     return body["generated_text"]
 
@@ -65,9 +69,9 @@ def peft_reference(base, adapter_dir, prompt, tokens):
     enc = tok(format_prompt(prompt), return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=tokens, do_sample=False, pad_token_id=tok.eos_token_id)
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    new = out[0, enc["input_ids"].shape[1] :].tolist()
     if tok.eos_token_id in new:
-        new = new[:new.index(tok.eos_token_id)]
+        new = new[: new.index(tok.eos_token_id)]
     return extract_response(tok.decode(new))[0]
 
 
@@ -87,15 +91,24 @@ def test_mixed_batch_equals_one_by_one(tiny_neox, adapters):
     svc = make_service(tiny_neox, adapters)
     register(svc, "alpha", adapters["alpha"])
     register(svc, "beta", adapters["beta"])
-    plan = [("alpha", "What is SageMaker?"), ("__base__", "How much does it cost?"), ("beta", "Which regions?"),
-            ("alpha", "How do I start?")]
+    plan = [
+        ("alpha", "What is SageMaker?"),
+        ("__base__", "How much does it cost?"),
+        ("beta", "Which regions?"),
+        ("alpha", "How do I start?"),
+    ]
     alone = [ask(svc, name, 8, prompt) for name, prompt in plan]
     reqs = [request_input({"inputs": p, "adapters": n, "parameters": {"max_new_tokens": 8}}) for n, p in plan]
     bodies = read_output(svc.handle(batch_input(reqs)), len(reqs))
     assert [b["generated_text"] for b in bodies] == alone
     # The same through one request with a list of inputs and adapters.
-    code, body = read_output(svc.handle(request_input({"inputs": [p for _, p in plan], "adapters": [n for n, _ in plan],
-                                                       "parameters": {"max_new_tokens": 8}})))
+    code, body = read_output(
+        svc.handle(
+            request_input(
+                {"inputs": [p for _, p in plan], "adapters": [n for n, _ in plan], "parameters": {"max_new_tokens": 8}}
+            )
+        )
+    )
     assert [b["generated_text"] for b in body] == alone
 
 
@@ -109,18 +122,21 @@ def test_selection_by_query_and_sagemaker_header(tiny_neox, adapters):
     assert read_output(svc.handle(request_input(body, headers=hdr)))[1]["generated_text"] == expected
 
 
-@pytest.mark.parametrize("case, status, message", [
-    ("outside_roots", 400, "outside the allowed roots"),
-    ("symlink_escape", 400, "outside the allowed roots"),
-    ("dotdot", 400, "outside the allowed roots"),
-    ("pickle_only", 400, "allow_pickle_adapters"),
-    ("other_base", 400, "does not have"),
-    ("corrupt", 400, "unreadable"),
-    ("missing", 400, "not a folder"),
-    ("bad_name", 400, "invalid adapter name"),
-    ("peft_prefix", 400, "prefix 'lora_'"),
-    ("duplicate", 409, "already registered"),
-])
+@pytest.mark.parametrize(
+    "case, status, message",
+    [
+        ("outside_roots", 400, "outside the allowed roots"),
+        ("symlink_escape", 400, "outside the allowed roots"),
+        ("dotdot", 400, "outside the allowed roots"),
+        ("pickle_only", 400, "allow_pickle_adapters"),
+        ("other_base", 400, "does not have"),
+        ("corrupt", 400, "unreadable"),
+        ("missing", 400, "not a folder"),
+        ("bad_name", 400, "invalid adapter name"),
+        ("peft_prefix", 400, "prefix 'lora_'"),
+        ("duplicate", 409, "already registered"),
+    ],
+)
 def test_bad_registrations_are_refused_and_others_keep_serving(tiny_neox, adapters, tmp_path, case, status, message):
     svc = make_service(tiny_neox, adapters)
     register(svc, "alpha", adapters["alpha"])

@@ -4,7 +4,6 @@ time budget under option.predict_timeout (the same cases through both servers: c
 import time
 
 import pytest
-
 from harness import batch_input, init_input, read_output, request_input
 
 LIMITS = {"max_inputs_per_request": "3", "max_request_tokens": "300", "max_batch_total_tokens": "400"}
@@ -14,8 +13,20 @@ def make_service(tiny_neox, **options):
     from handler.service import HandlerService
 
     svc = HandlerService()
-    assert svc.handle(init_input({"model_id": str(tiny_neox), "model_dir": str(tiny_neox), "device_id": "-1",
-                                  "max_new_tokens": "256", **options})) is None
+    assert (
+        svc.handle(
+            init_input(
+                {
+                    "model_id": str(tiny_neox),
+                    "model_dir": str(tiny_neox),
+                    "device_id": "-1",
+                    "max_new_tokens": "256",
+                    **options,
+                }
+            )
+        )
+        is None
+    )
     return svc
 
 
@@ -57,8 +68,10 @@ def test_tokens_per_request_just_under_and_just_over(service):
 
 
 def test_a_batch_over_the_step_budget_runs_in_parts_with_unchanged_results(service, monkeypatch):
-    bodies = [{"inputs": p, "parameters": {"max_new_tokens": 30}} for p in ("One?", "Two things?", "A third one?",
-                                                                             "And the fourth question?")]
+    bodies = [
+        {"inputs": p, "parameters": {"max_new_tokens": 30}}
+        for p in ("One?", "Two things?", "A third one?", "And the fourth question?")
+    ]
     alone = [ask(service, b)[1]["generated_text"] for b in bodies]
     calls = []
     real = service.generator.generate
@@ -115,8 +128,9 @@ def test_a_stream_over_the_time_budget_ends_with_its_error(tiny_neox, monkeypatc
 
     svc = make_service(tiny_neox, predict_timeout="3")
     slow_forward(svc, monkeypatch)
-    out = svc.handle(request_input({"inputs": "long?", "stream": True,
-                                    "parameters": {"max_new_tokens": 60, "min_new_tokens": 60}}))
+    out = svc.handle(
+        request_input({"inputs": "long?", "stream": True, "parameters": {"max_new_tokens": 60, "min_new_tokens": 60}})
+    )
     lines = [json.loads(chunk) for chunk in out.stream_content]
     assert lines[-1]["code"] == 504 and lines[-1]["type"] == "GenerationTimeout", lines[-1]
     assert any("token" in line for line in lines[:-1])  # what came in time was streamed

@@ -89,18 +89,55 @@ class FakeLMI:
                 if self.path == "/ping":
                     self._json(200, {"fake": {"status": "Healthy"}})
                 elif self.path == "/models":
-                    self._json(200, {"models": [{"modelName": "fake", "modelUrl": "file:/nowhere/fake/",
-                                                 "status": "READY"}]})
+                    self._json(
+                        200, {"models": [{"modelName": "fake", "modelUrl": "file:/nowhere/fake/", "status": "READY"}]}
+                    )
                 elif self.path == "/models/fake":
-                    self._json(200, [{"workflowName": "fake", "models": [{
-                        "modelName": "fake", "modelUrl": "file:/nowhere/fake/", "batchSize": 1,
-                        "maxBatchDelayMillis": 100, "maxIdleSeconds": 60, "queueSize": 1000, "requestInQueue": 0,
-                        "status": "Healthy", "loadedAtStartup": True, "workerGroups": [{
-                            "device": {"deviceType": "cpu", "deviceId": -1}, "minWorkers": 1, "maxWorkers": 1,
-                            "workers": [{"id": 1, "startTime": "2026-01-01T00:00:00.000Z", "status": "READY"}]}]}]}])
+                    self._json(
+                        200,
+                        [
+                            {
+                                "workflowName": "fake",
+                                "models": [
+                                    {
+                                        "modelName": "fake",
+                                        "modelUrl": "file:/nowhere/fake/",
+                                        "batchSize": 1,
+                                        "maxBatchDelayMillis": 100,
+                                        "maxIdleSeconds": 60,
+                                        "queueSize": 1000,
+                                        "requestInQueue": 0,
+                                        "status": "Healthy",
+                                        "loadedAtStartup": True,
+                                        "workerGroups": [
+                                            {
+                                                "device": {"deviceType": "cpu", "deviceId": -1},
+                                                "minWorkers": 1,
+                                                "maxWorkers": 1,
+                                                "workers": [
+                                                    {
+                                                        "id": 1,
+                                                        "startTime": "2026-01-01T00:00:00.000Z",
+                                                        "status": "READY",
+                                                    }
+                                                ],
+                                            }
+                                        ],
+                                    }
+                                ],
+                            }
+                        ],
+                    )
                 elif self.path == "/models/fake/adapters":
-                    self._json(200, {"adapters": [{"name": n, "src": f"/nowhere/{n}", "preload": True, "pin": False}
-                                                  for n in sorted(fake.adapter_delay)]})
+                    self._json(
+                        200,
+                        {
+                            "adapters": [
+                                {"name": n, "src": f"/nowhere/{n}", "preload": True, "pin": False}
+                                for n in sorted(fake.adapter_delay)
+                            ]
+                        },
+                    )
                 else:
                     self._json(404, {"code": 404, "type": "ResourceNotFoundException", "error": "not found"})
 
@@ -119,8 +156,13 @@ class FakeLMI:
                 spec = dict(word.split("=") for word in body["inputs"].split())
                 extra = fake.adapter_delay.get(adapter, 0.0) + (fake.cold if first else 0.0)
                 tokens = int(spec.get("tokens", 4))
-                details = {"generated_tokens": tokens, "prompt_tokens": 7, "finish_reason": "length",
-                           "adapter": adapter, "inference_seconds": 0.0}
+                details = {
+                    "generated_tokens": tokens,
+                    "prompt_tokens": 7,
+                    "finish_reason": "length",
+                    "adapter": adapter,
+                    "inference_seconds": 0.0,
+                }
                 if "status" in spec:
                     self._json(int(spec["status"]), {"error": "boom", "code": int(spec["status"]), "type": "X"})
                 elif "inbody" in spec:
@@ -176,9 +218,16 @@ def level(result: dict, label: str) -> dict:
 def test_closed_loop_percentiles_and_throughput_match_known_delays(tmp_path):
     delays = [0.05, 0.10, 0.15, 0.20]
     with FakeLMI() as fake:
-        code, result, records = bench(fake.url, tmp_path / "out", "--dataset",
-                                      dataset(tmp_path, [f"delay={d} tokens=5" for d in delays]),
-                                      "--concurrency", "1,4", "--requests", "8")
+        code, result, records = bench(
+            fake.url,
+            tmp_path / "out",
+            "--dataset",
+            dataset(tmp_path, [f"delay={d} tokens=5" for d in delays]),
+            "--concurrency",
+            "1,4",
+            "--requests",
+            "8",
+        )
     assert code == 0
     true = np.array(delays * 2)  # 8 requests cycle the 4 prompts twice
     for label, concurrency in (("concurrency=1", 1), ("concurrency=4", 4)):
@@ -201,12 +250,21 @@ def test_closed_loop_percentiles_and_throughput_match_known_delays(tmp_path):
     for name in ("summary.md", "throughput.png", "latency.png", "e2e_cdf.png"):
         assert (out / name).stat().st_size > 0
     assert result["files"]["plots"] == ["throughput.png", "latency.png", "e2e_cdf.png"]
-    assert result["server"]["metrics"] == {"available": False, "status": 404, "body": {
-        "code": 404, "type": "ResourceNotFoundException", "error": "not found"}}
+    assert result["server"]["metrics"] == {
+        "available": False,
+        "status": 404,
+        "body": {"code": 404, "type": "ResourceNotFoundException", "error": "not found"},
+    }
     assert result["server"]["model"]["body"][0]["models"][0]["modelName"] == "fake"
     assert result["server"]["model_summary"] == {
-        "modelName": "fake", "status": "Healthy", "batchSize": 1, "maxBatchDelayMillis": 100, "workers": 1,
-        "adapters": [], "modelDir": "/nowhere/fake/"}
+        "modelName": "fake",
+        "status": "Healthy",
+        "batchSize": 1,
+        "maxBatchDelayMillis": 100,
+        "workers": 1,
+        "adapters": [],
+        "modelDir": "/nowhere/fake/",
+    }
     assert result["server"]["serving_properties"] is None  # /nowhere/fake/ has none
     assert result["command"][:2] == ["loraship", "bench"] and "--concurrency" in result["command"]
     assert result["versions"]["loraship"] and result["machine"]["cpu_count"]
@@ -217,9 +275,19 @@ def test_closed_loop_percentiles_and_throughput_match_known_delays(tmp_path):
 
 def test_streaming_measures_ttft_tpot_and_itl_from_chunk_arrivals(tmp_path):
     with FakeLMI() as fake:
-        code, result, records = bench(fake.url, tmp_path / "out", "--dataset",
-                                      dataset(tmp_path, ["ttft=0.15 itl=0.05 tokens=5"]), "--stream",
-                                      "--concurrency", "2", "--requests", "4", "--slo", "ttft=10000,tpot=10000")
+        code, result, records = bench(
+            fake.url,
+            tmp_path / "out",
+            "--dataset",
+            dataset(tmp_path, ["ttft=0.15 itl=0.05 tokens=5"]),
+            "--stream",
+            "--concurrency",
+            "2",
+            "--requests",
+            "4",
+            "--slo",
+            "ttft=10000,tpot=10000",
+        )
     assert code == 0
     lv = level(result, "concurrency=2")
     assert lv["ok"] == 4
@@ -240,8 +308,9 @@ def test_streaming_measures_ttft_tpot_and_itl_from_chunk_arrivals(tmp_path):
 def test_errors_are_counted_by_status_and_kept_out_of_latencies(tmp_path):
     prompts = ["delay=0.01", "status=500", "inbody=400", "delay=0.01"]
     with FakeLMI() as fake:
-        code, result, records = bench(fake.url, tmp_path / "out", "--dataset", dataset(tmp_path, prompts),
-                                      "--concurrency", "2", "--requests", "8")
+        code, result, records = bench(
+            fake.url, tmp_path / "out", "--dataset", dataset(tmp_path, prompts), "--concurrency", "2", "--requests", "8"
+        )
     assert code == 0
     lv = level(result, "concurrency=2")
     assert lv["status_counts"] == {"200": 4, "400": 2, "500": 2}
@@ -258,9 +327,18 @@ def test_errors_are_counted_by_status_and_kept_out_of_latencies(tmp_path):
 
 def test_goodput_counts_requests_within_the_slo(tmp_path):
     with FakeLMI() as fake:
-        code, result, _ = bench(fake.url, tmp_path / "out", "--dataset",
-                                dataset(tmp_path, ["delay=0.01", "delay=0.7"]),
-                                "--concurrency", "2", "--requests", "4", "--slo", "e2e=400")
+        code, result, _ = bench(
+            fake.url,
+            tmp_path / "out",
+            "--dataset",
+            dataset(tmp_path, ["delay=0.01", "delay=0.7"]),
+            "--concurrency",
+            "2",
+            "--requests",
+            "4",
+            "--slo",
+            "e2e=400",
+        )
     lv = level(result, "concurrency=2")
     good = lv["goodput"]
     assert good["slo_ms"] == {"e2e": 400.0}
@@ -271,9 +349,25 @@ def test_goodput_counts_requests_within_the_slo(tmp_path):
 
 def test_per_adapter_breakdown_cost_over_base_and_cold_probe(tmp_path):
     with FakeLMI(adapter_delay={"__base__": 0.0, "slow": 0.4}, cold=0.5) as fake:
-        code = main(["bench", "--url", fake.url, "--out", str(tmp_path / "out"), "--dataset",
-                     dataset(tmp_path, ["delay=0.01"]), "--adapters", "__base__,slow", "--concurrency", "1",
-                     "--requests", "4", "--warmup", "1"])
+        code = main(
+            [
+                "bench",
+                "--url",
+                fake.url,
+                "--out",
+                str(tmp_path / "out"),
+                "--dataset",
+                dataset(tmp_path, ["delay=0.01"]),
+                "--adapters",
+                "__base__,slow",
+                "--concurrency",
+                "1",
+                "--requests",
+                "4",
+                "--warmup",
+                "1",
+            ]
+        )
     result = json.loads((tmp_path / "out" / "bench.json").read_text())
     records = [json.loads(line) for line in (tmp_path / "out" / "requests.jsonl").read_text().splitlines()]
     assert code == 0
@@ -297,13 +391,32 @@ def test_open_loop_poisson_is_seeded_and_bounded(tmp_path):
     runs = []
     with FakeLMI() as fake:
         for name in ("a", "b"):
-            code, result, records = bench(fake.url, tmp_path / name, "--dataset",
-                                          dataset(tmp_path, ["delay=0.01", "delay=0.02"]), "--rate", "40,80",
-                                          "--requests", "12", "--adapters", "x,y,z", "--mix", "uniform")
+            code, result, records = bench(
+                fake.url,
+                tmp_path / name,
+                "--dataset",
+                dataset(tmp_path, ["delay=0.01", "delay=0.02"]),
+                "--rate",
+                "40,80",
+                "--requests",
+                "12",
+                "--adapters",
+                "x,y,z",
+                "--mix",
+                "uniform",
+            )
             assert code == 0
             runs.append([(r["level"], r["adapter"]) for r in records])
-        _, timed, _ = bench(fake.url, tmp_path / "timed", "--rate", "20", "--duration", "0.5",
-                            "--dataset", dataset(tmp_path, ["delay=0.01"]))
+        _, timed, _ = bench(
+            fake.url,
+            tmp_path / "timed",
+            "--rate",
+            "20",
+            "--duration",
+            "0.5",
+            "--dataset",
+            dataset(tmp_path, ["delay=0.01"]),
+        )
     assert [lv["label"] for lv in result["levels"]] == ["rate=40", "rate=80"]
     assert all(lv["requests"] == 12 and lv["ok"] == 12 for lv in result["levels"])
     assert runs[0] == runs[1]  # same seed, same adapter draws
@@ -327,8 +440,16 @@ def test_bad_url_is_reported_as_connection_errors(tmp_path, capsys):
 
 def test_server_that_dies_mid_run_is_reported(tmp_path):
     with FakeLMI(die_after=3) as fake:
-        code, result, records = bench(fake.url, tmp_path / "out", "--dataset", dataset(tmp_path, ["delay=0.01"]),
-                                      "--concurrency", "1", "--requests", "6")
+        code, result, records = bench(
+            fake.url,
+            tmp_path / "out",
+            "--dataset",
+            dataset(tmp_path, ["delay=0.01"]),
+            "--concurrency",
+            "1",
+            "--requests",
+            "6",
+        )
     assert code == 0
     lv = level(result, "concurrency=1")
     assert lv["ok"] == 3 and lv["status_counts"] == {"200": 3, "connection_error": 3}
@@ -338,8 +459,17 @@ def test_server_that_dies_mid_run_is_reported(tmp_path):
 
 def test_a_stream_cut_short_is_incomplete(tmp_path):
     with FakeLMI() as fake:
-        _, result, records = bench(fake.url, tmp_path / "out", "--dataset", dataset(tmp_path, ["cut=2 itl=0.01"]),
-                                   "--stream", "--concurrency", "1", "--requests", "2")
+        _, result, records = bench(
+            fake.url,
+            tmp_path / "out",
+            "--dataset",
+            dataset(tmp_path, ["cut=2 itl=0.01"]),
+            "--stream",
+            "--concurrency",
+            "1",
+            "--requests",
+            "2",
+        )
     lv = level(result, "concurrency=1")
     assert lv["status_counts"] == {"incomplete": 2} and lv["ok"] == 0
     assert all(r["chunks"] == 2 for r in records)
@@ -348,8 +478,16 @@ def test_a_stream_cut_short_is_incomplete(tmp_path):
 def test_compare_prints_ratios_of_two_runs_and_of_two_levels(tmp_path, capsys):
     with FakeLMI() as fake:
         for name, tokens in (("a", 4), ("b", 8)):
-            bench(fake.url, tmp_path / name, "--dataset", dataset(tmp_path, [f"delay=0.01 tokens={tokens}"]),
-                  "--concurrency", "1,2", "--requests", "4")
+            bench(
+                fake.url,
+                tmp_path / name,
+                "--dataset",
+                dataset(tmp_path, [f"delay=0.01 tokens={tokens}"]),
+                "--concurrency",
+                "1,2",
+                "--requests",
+                "4",
+            )
     capsys.readouterr()
     assert main(["bench", "compare", str(tmp_path / "a"), str(tmp_path / "b" / "bench.json")]) == 0
     text = capsys.readouterr().out
@@ -359,22 +497,26 @@ def test_compare_prints_ratios_of_two_runs_and_of_two_levels(tmp_path, capsys):
     ratio = b["levels"][0]["output_tokens_per_s"] / a["levels"][0]["output_tokens_per_s"]
     row = next(line for line in text.splitlines() if line.strip().startswith("output tokens/s"))
     assert math.isclose(float(row.split()[-1]), ratio, rel_tol=0.01)
-    assert main(["bench", "compare", str(tmp_path / "a"), str(tmp_path / "a"), "--a-level", "1",
-                 "--b-level", "2"]) == 0
+    assert main(["bench", "compare", str(tmp_path / "a"), str(tmp_path / "a"), "--a-level", "1", "--b-level", "2"]) == 0
     assert "A concurrency=1 vs B concurrency=2" in capsys.readouterr().out
     assert main(["bench", "compare", str(tmp_path / "a"), str(tmp_path / "a"), "--a-level", "16"]) == 2
     assert "has no level '16'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--concurrency", "1"], "give --requests, --duration or both"),
-    (["--requests", "2"], "give exactly one of --concurrency and --rate"),
-    (["--concurrency", "0", "--requests", "2"], "--concurrency values must be >= 1"),
-    (["--concurrency", "1", "--requests", "2", "--slo", "ttft=100"], "need --stream"),
-    (["--concurrency", "1", "--requests", "2", "--slo", "foo=1"], "not foo"),
-    (["--concurrency", "1", "--requests", "2", "--mix", "uniform", "--dataset", "/nonexistent.jsonl"],
-     "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--concurrency", "1"], "give --requests, --duration or both"),
+        (["--requests", "2"], "give exactly one of --concurrency and --rate"),
+        (["--concurrency", "0", "--requests", "2"], "--concurrency values must be >= 1"),
+        (["--concurrency", "1", "--requests", "2", "--slo", "ttft=100"], "need --stream"),
+        (["--concurrency", "1", "--requests", "2", "--slo", "foo=1"], "not foo"),
+        (
+            ["--concurrency", "1", "--requests", "2", "--mix", "uniform", "--dataset", "/nonexistent.jsonl"],
+            "does not exist",
+        ),
+    ],
+)
 def test_invalid_options_fail_before_sending(tmp_path, capsys, argv, message):
     assert main(["bench", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "o"), *argv]) == 2
     assert message in capsys.readouterr().err
@@ -384,10 +526,29 @@ def test_invalid_options_fail_before_sending(tmp_path, capsys, argv, message):
 def test_ctrl_c_stops_cleanly_and_writes_what_was_measured(tmp_path):
     with FakeLMI() as fake:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "loraship.cli", "bench", "--url", fake.url, "--out", str(tmp_path / "out"),
-             "--dataset", dataset(tmp_path, ["delay=0.05"]), "--concurrency", "2,4", "--requests", "100000",
-             "--warmup", "0", "--no-cold-probe"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [
+                sys.executable,
+                "-m",
+                "loraship.cli",
+                "bench",
+                "--url",
+                fake.url,
+                "--out",
+                str(tmp_path / "out"),
+                "--dataset",
+                dataset(tmp_path, ["delay=0.05"]),
+                "--concurrency",
+                "2,4",
+                "--requests",
+                "100000",
+                "--warmup",
+                "0",
+                "--no-cold-probe",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         try:
             deadline = time.monotonic() + 120
             while fake.count < 6 and time.monotonic() < deadline and proc.poll() is None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from servers import KINDS, server_args
 
 from loraship.build import build_model_dir
 from loraship.cli import main
 from loraship.runtime import Server, free_port
-from servers import KINDS, server_args
 
 pytestmark = pytest.mark.server
 
@@ -23,8 +23,12 @@ def tiny_adapter(model_dir, out):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["query_key_value"],
-                                            init_lora_weights=False, task_type="CAUSAL_LM"))
+    peft = get_peft_model(
+        model,
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["query_key_value"], init_lora_weights=False, task_type="CAUSAL_LM"
+        ),
+    )
     peft.save_pretrained(out)
     return out
 
@@ -32,10 +36,13 @@ def tiny_adapter(model_dir, out):
 @pytest.mark.parametrize("kind", KINDS)
 def test_bench_against_the_real_server(kind, tiny_neox, tmp_path):
     adapter = tiny_adapter(tiny_neox, tmp_path / "adapter")
-    model_dir = build_model_dir(str(tiny_neox), tmp_path / "md", {"tiny": adapter}, batch_size=2,
-                                max_batch_delay=20, max_new_tokens=16)
-    with open(tmp_path / "server.log", "w+") as log, Server(model_dir, port=free_port(), log_file=log,
-                                                                  **server_args(kind)) as srv:
+    model_dir = build_model_dir(
+        str(tiny_neox), tmp_path / "md", {"tiny": adapter}, batch_size=2, max_batch_delay=20, max_new_tokens=16
+    )
+    with (
+        open(tmp_path / "server.log", "w+") as log,
+        Server(model_dir, port=free_port(), log_file=log, **server_args(kind)) as srv,
+    ):
         try:
             srv.wait_ready(timeout=240)
         except Exception:
@@ -43,12 +50,45 @@ def test_bench_against_the_real_server(kind, tiny_neox, tmp_path):
             print(log.read()[-5000:])
             raise
         out = tmp_path / "sweep"
-        code = main(["bench", "--url", srv.url, "--out", str(out), "--concurrency", "1,2", "--requests", "4",
-                     "--max-new-tokens", "4", "--adapters", "tiny,__base__", "--warmup", "1"])
+        code = main(
+            [
+                "bench",
+                "--url",
+                srv.url,
+                "--out",
+                str(out),
+                "--concurrency",
+                "1,2",
+                "--requests",
+                "4",
+                "--max-new-tokens",
+                "4",
+                "--adapters",
+                "tiny,__base__",
+                "--warmup",
+                "1",
+            ]
+        )
         stream_out = tmp_path / "stream"
-        stream_code = main(["bench", "--url", srv.url, "--out", str(stream_out), "--concurrency", "1",
-                            "--requests", "2", "--max-new-tokens", "4", "--stream", "--warmup", "0",
-                            "--no-cold-probe"])
+        stream_code = main(
+            [
+                "bench",
+                "--url",
+                srv.url,
+                "--out",
+                str(stream_out),
+                "--concurrency",
+                "1",
+                "--requests",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--stream",
+                "--warmup",
+                "0",
+                "--no-cold-probe",
+            ]
+        )
     assert code == 0
     result = json.loads((out / "bench.json").read_text())
     assert [lv["label"] for lv in result["levels"]] == ["concurrency=1", "concurrency=2"]

@@ -13,25 +13,51 @@ from evaluation.bench.workload import Workload, WorkloadError, load_prompts, mix
 
 
 def rec(e2e=1.0, ttft=None, tokens=11, adapter="__base__", status=200, itl=(), phase="measure", stream=None):
-    return RequestRecord(index=0, phase=phase, level="concurrency=1", adapter=adapter,
-                         stream=ttft is not None if stream is None else stream, status=status, ok=status == 200,
-                         e2e=e2e, ttft=ttft, output_tokens=tokens if status == 200 else None,
-                         input_tokens=5 if status == 200 else None, itl=list(itl))
+    return RequestRecord(
+        index=0,
+        phase=phase,
+        level="concurrency=1",
+        adapter=adapter,
+        stream=ttft is not None if stream is None else stream,
+        status=status,
+        ok=status == 200,
+        e2e=e2e,
+        ttft=ttft,
+        output_tokens=tokens if status == 200 else None,
+        input_tokens=5 if status == 200 else None,
+        itl=list(itl),
+    )
 
 
 def test_distribution_is_numpys_linear_percentiles():
     d = distribution(range(1, 101))
-    assert d == {"n": 100, "mean": 50.5, "min": 1.0, "max": 100.0, "p50": 50.5, "p90": pytest.approx(90.1),
-                 "p95": pytest.approx(95.05), "p99": pytest.approx(99.01)}
-    assert distribution([None, 2.0]) == {"n": 1, "mean": 2.0, "min": 2.0, "max": 2.0,
-                                         "p50": 2.0, "p90": 2.0, "p95": 2.0, "p99": 2.0}
+    assert d == {
+        "n": 100,
+        "mean": 50.5,
+        "min": 1.0,
+        "max": 100.0,
+        "p50": 50.5,
+        "p90": pytest.approx(90.1),
+        "p95": pytest.approx(95.05),
+        "p99": pytest.approx(99.01),
+    }
+    assert distribution([None, 2.0]) == {
+        "n": 1,
+        "mean": 2.0,
+        "min": 2.0,
+        "max": 2.0,
+        "p50": 2.0,
+        "p90": 2.0,
+        "p95": 2.0,
+        "p99": 2.0,
+    }
     assert distribution([])["p99"] is None and distribution([])["n"] == 0
 
 
 def test_tpot_is_decode_time_per_token_after_the_first():
     assert rec(e2e=2.0, ttft=1.0, tokens=11).tpot == pytest.approx(0.1)
-    assert rec(e2e=2.0, ttft=None).tpot is None            # not streamed
-    assert rec(e2e=2.0, ttft=1.0, tokens=1).tpot is None   # one token: no decode step
+    assert rec(e2e=2.0, ttft=None).tpot is None  # not streamed
+    assert rec(e2e=2.0, ttft=1.0, tokens=1).tpot is None  # one token: no decode step
     assert rec(e2e=2.0, ttft=1.0, status=500).tpot is None
 
 
@@ -51,10 +77,12 @@ def test_itl_pools_every_gap_of_every_request():
 
 
 def test_goodput_needs_every_slo_met():
-    records = [rec(e2e=1.0, ttft=0.2, tokens=11),   # tpot 80 ms
-               rec(e2e=1.0, ttft=0.6, tokens=11),   # ttft too slow
-               rec(e2e=3.0, ttft=0.2, tokens=11),   # e2e and tpot too slow
-               rec(e2e=0.1, status=500)]
+    records = [
+        rec(e2e=1.0, ttft=0.2, tokens=11),  # tpot 80 ms
+        rec(e2e=1.0, ttft=0.6, tokens=11),  # ttft too slow
+        rec(e2e=3.0, ttft=0.2, tokens=11),  # e2e and tpot too slow
+        rec(e2e=0.1, status=500),
+    ]
     g = goodput(records, {"ttft": 500, "tpot": 100, "e2e": 2000}, wall_s=2.0)
     assert (g["good"], g["fraction"], g["requests_per_s"]) == (1, 0.25, 0.5)
     assert goodput(records, {}, 2.0) is None
@@ -65,8 +93,12 @@ def test_goodput_needs_every_slo_met():
 
 
 def test_adapter_cost_is_the_ratio_over_base_in_the_same_level():
-    records = [rec(e2e=1.0, adapter="__base__"), rec(e2e=3.0, adapter="__base__"),
-               rec(e2e=3.0, adapter="faq"), rec(e2e=5.0, adapter="faq")]
+    records = [
+        rec(e2e=1.0, adapter="__base__"),
+        rec(e2e=3.0, adapter="__base__"),
+        rec(e2e=3.0, adapter="faq"),
+        rec(e2e=5.0, adapter="faq"),
+    ]
     s = summarize_level(records, wall_s=2.0)
     assert s["adapters"]["faq"]["requests"] == 2 and s["adapters"]["faq"]["output_tokens_per_s"] == 11.0
     assert s["adapter_cost"]["faq"]["e2e_p50_ratio"] == 2.0
@@ -76,12 +108,22 @@ def test_adapter_cost_is_the_ratio_over_base_in_the_same_level():
 
 
 def test_cold_warm_takes_the_first_request_against_the_median_of_the_rest():
-    probe = [rec(e2e=9.0, adapter="faq", phase="probe"), rec(e2e=1.0, adapter="faq", phase="probe"),
-             rec(e2e=3.0, adapter="faq", phase="probe"),
-             rec(e2e=5.0, ttft=4.0, adapter="s", phase="probe"), rec(e2e=5.0, ttft=1.0, adapter="s", phase="probe")]
+    probe = [
+        rec(e2e=9.0, adapter="faq", phase="probe"),
+        rec(e2e=1.0, adapter="faq", phase="probe"),
+        rec(e2e=3.0, adapter="faq", phase="probe"),
+        rec(e2e=5.0, ttft=4.0, adapter="s", phase="probe"),
+        rec(e2e=5.0, ttft=1.0, adapter="s", phase="probe"),
+    ]
     cw = cold_warm(probe)
-    assert cw["faq"] == {"metric": "e2e", "cold_s": 9.0, "warm_s": 2.0, "cold_over_warm": 4.5, "cold_status": 200,
-                         "warm_samples": 2}
+    assert cw["faq"] == {
+        "metric": "e2e",
+        "cold_s": 9.0,
+        "warm_s": 2.0,
+        "cold_over_warm": 4.5,
+        "cold_status": 200,
+        "warm_samples": 2,
+    }
     assert cw["s"]["metric"] == "ttft" and cw["s"]["cold_over_warm"] == 4.0
 
 
@@ -108,8 +150,9 @@ def test_prompts_default_to_the_faq_questions_and_read_jsonl(tmp_path):
 
 
 def test_config_lists_every_problem_at_once():
-    cfg = BenchConfig(url="localhost:8080", out=None, concurrency=[0], rate=[1.0], max_new_tokens=0,
-                      slo_ms={"ttft": 5.0})
+    cfg = BenchConfig(
+        url="localhost:8080", out=None, concurrency=[0], rate=[1.0], max_new_tokens=0, slo_ms={"ttft": 5.0}
+    )
     problems = cfg.problems()
     assert len(problems) == 6
     assert parse_slo("ttft=500, e2e=2000") == {"ttft": 500.0, "e2e": 2000.0}

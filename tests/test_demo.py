@@ -1,7 +1,5 @@
 """The demo's report and step plumbing (the full lifecycle runs in `make demo`, not in tests)."""
 
-import sys
-
 import pytest
 
 from loraship.demo import Demo, StepFailed
@@ -23,12 +21,38 @@ def test_failed_step_names_itself_and_report_says_where_it_stopped(tmp_path, mon
 def test_report_renders_eval_smoke_and_gate(tmp_path):
     demo = Demo(tmp_path, 0, 1)
     demo.figures = {
-        "eval": {"metrics": {"reference_loss": {"base": 2.9, "adapters": {"faq": {
-            "value": 2.5, "delta": -0.4, "ci": [-0.5, -0.3], "n": 14, "better": 14, "worse": 0}}}}},
-        "smoke": [{"question": "Q?", "reference": "R", "__base__": {"text": "a\n### Explanation:\nb", "seconds": 1.0},
-                   "faq": {"text": "c", "seconds": 0.5, "finish_reason": "stop"}}],
-        "gate": {"verdict": "fail", "checks": [{"adapter": "faq", "metric": "reference_loss", "check": "min_gain",
-                                               "status": "fail", "threshold": 0.02, "value": 0.01, "reason": "too small"}]},
+        "eval": {
+            "metrics": {
+                "reference_loss": {
+                    "base": 2.9,
+                    "adapters": {
+                        "faq": {"value": 2.5, "delta": -0.4, "ci": [-0.5, -0.3], "n": 14, "better": 14, "worse": 0}
+                    },
+                }
+            }
+        },
+        "smoke": [
+            {
+                "question": "Q?",
+                "reference": "R",
+                "__base__": {"text": "a\n### Explanation:\nb", "seconds": 1.0},
+                "faq": {"text": "c", "seconds": 0.5, "finish_reason": "stop"},
+            }
+        ],
+        "gate": {
+            "verdict": "fail",
+            "checks": [
+                {
+                    "adapter": "faq",
+                    "metric": "reference_loss",
+                    "check": "min_gain",
+                    "status": "fail",
+                    "threshold": 0.02,
+                    "value": 0.01,
+                    "reason": "too small",
+                }
+            ],
+        },
         "rollout_refused": True,
     }
     report = demo_report(demo, 5.0)

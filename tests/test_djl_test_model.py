@@ -42,8 +42,16 @@ def expected_text(tiny_neox, tmp_path_factory) -> str:
     from handler.service import HandlerService
 
     svc = HandlerService()
-    svc.handle(init_input({"model_id": str(tiny_neox), "model_dir": str(tmp_path_factory.mktemp("md")),
-                           "device_id": "-1", "max_new_tokens": "16"}))
+    svc.handle(
+        init_input(
+            {
+                "model_id": str(tiny_neox),
+                "model_dir": str(tmp_path_factory.mktemp("md")),
+                "device_id": "-1",
+                "max_new_tokens": "16",
+            }
+        )
+    )
     code, body = read_output(svc.handle(request_input(REQUEST)))
     assert code == 200
     return body["generated_text"]

@@ -25,13 +25,17 @@ DOCS = 12
 
 # ---- metrics and statistics --------------------------------------------------------------------
 
-@pytest.mark.parametrize("pred, ref, em, f1", [
-    ("The Cat sat.", "cat sat", 1.0, 1.0),
-    ("a cat", "the dog", 0.0, 0.0),
-    ("cat sat on mat", "the cat sat", 0.0, 2 * (2 / 4) * (2 / 2) / (2 / 4 + 2 / 2)),
-    ("", "", 1.0, 1.0),
-    ("", "something", 0.0, 0.0),
-])
+
+@pytest.mark.parametrize(
+    "pred, ref, em, f1",
+    [
+        ("The Cat sat.", "cat sat", 1.0, 1.0),
+        ("a cat", "the dog", 0.0, 0.0),
+        ("cat sat on mat", "the cat sat", 0.0, 2 * (2 / 4) * (2 / 2) / (2 / 4 + 2 / 2)),
+        ("", "", 1.0, 1.0),
+        ("", "something", 0.0, 0.0),
+    ],
+)
 def test_squad_style_metrics(pred, ref, em, f1):
     assert exact_match(pred, ref) == em
     assert token_f1(pred, ref) == pytest.approx(f1)
@@ -68,6 +72,7 @@ def test_paired_bootstrap_nan_makes_everything_nan():
 
 # ---- documents ---------------------------------------------------------------------------------
 
+
 def test_documents_from_csv_jsonl_and_split(tmp_path):
     from evaluation.score import EvalError, load_documents
 
@@ -95,6 +100,7 @@ def test_documents_from_csv_jsonl_and_split(tmp_path):
 
 # ---- tasks and model types without a model ---------------------------------------------------------
 
+
 def _docs_file(tmp_path, rows) -> Path:
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"doc_id": i, **r}) + "\n" for i, r in enumerate(rows)))
@@ -117,21 +123,26 @@ def test_tasks_load_offline_and_template_comes_from_the_handler(tmp_path):
     from evaluation.score import GENERATION, REFERENCE_LOSS, TASKS_DIR
     from handler.pipelines.instruction import format_prompt, format_response
 
-    docs = _docs_file(tmp_path, [{"instruction": "What is SageMaker?", "context": "", "response": "A service."},
-                                 {"instruction": "Sum them", "context": "1 and 2", "response": "3"}])
+    docs = _docs_file(
+        tmp_path,
+        [
+            {"instruction": "What is SageMaker?", "context": "", "response": "A service."},
+            {"instruction": "Sum them", "context": "1 and 2", "response": "3"},
+        ],
+    )
     tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"docs": str(docs)})
     tasks = tm.load([GENERATION, REFERENCE_LOSS])["tasks"]
     gen, ref = tasks[GENERATION], tasks[REFERENCE_LOSS]
     for task in (gen, ref):
         task.set_config(key="num_fewshot", value=0)
-        task.build_all_requests(apply_chat_template=True, chat_template=_Chat.apply_chat_template,
-                                tokenizer_name="t")
-    assert [i.args[0] for i in gen.instances] == [format_prompt("What is SageMaker?"),
-                                                  format_prompt("Sum them", "1 and 2")]
+        task.build_all_requests(apply_chat_template=True, chat_template=_Chat.apply_chat_template, tokenizer_name="t")
+    assert [i.args[0] for i in gen.instances] == [
+        format_prompt("What is SageMaker?"),
+        format_prompt("Sum them", "1 and 2"),
+    ]
     assert gen.instances[0].args[1]["until"] == []  # the pipeline's own stop markers apply
     assert ref.instances[1].args == (format_prompt("Sum them", "1 and 2"), format_response("3"))
-    assert gen.higher_is_better() == {"rougeL": True, "token_f1": True, "exact_match": True,
-                                      "end_marker_rate": True}
+    assert gen.higher_is_better() == {"rougeL": True, "token_f1": True, "exact_match": True, "end_marker_rate": True}
     assert ref.higher_is_better() == {"reference_loss": False}
 
 
@@ -173,7 +184,10 @@ def test_endpoint_model_sends_the_raw_instruction():
     with pytest.raises(EvalError, match="context"):
         lm.apply_chat_template([{"role": "system", "content": "ctx"}, {"role": "user", "content": "q"}])
     assert lm.body("q", {"until": [], "max_gen_toks": 16, "do_sample": False}) == {
-        "inputs": "q", "parameters": {"max_new_tokens": 16, "details": True}, "adapters": "faqs"}
+        "inputs": "q",
+        "parameters": {"max_new_tokens": 16, "details": True},
+        "adapters": "faqs",
+    }
     with pytest.raises(NotImplementedError):
         lm.loglikelihood([])
     with pytest.raises(EvalError, match="cannot reach"):
@@ -181,6 +195,7 @@ def test_endpoint_model_sends_the_raw_instruction():
 
 
 # ---- adapters made here --------------------------------------------------------------------------
+
 
 def favourable_docs() -> list[dict]:
     """Short FAQ questions that all get the same short answer: learnable by a tiny random model."""
@@ -201,9 +216,15 @@ def train_tiny_adapter(base: Path, rows: list[dict], out: Path, steps: int = 60)
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(base)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.0,
-        target_modules=["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "embed_out"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            target_modules=["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "embed_out"],
+        ),
+    )
     batch = collate([encode_example(tok, r) for r in rows[:6]], tok.eos_token_id)  # the answer is constant
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     model.train()
@@ -225,8 +246,10 @@ def broken_adapter(base: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=4, lora_alpha=1024, target_modules=["query_key_value"], init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, lora_alpha=1024, target_modules=["query_key_value"], init_lora_weights=False),
+    )
     model.save_pretrained(out)
     return out
 
@@ -247,14 +270,16 @@ def _eval_args(out, *extra):
 
 # ---- end to end ------------------------------------------------------------------------------------
 
+
 def test_trained_adapter_passes_the_default_gate(good_run, tmp_path):
     assert main(_eval_args(tmp_path / "eval", "--split-from", str(good_run))) == 0
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     name = good_run.name
     assert result["variants"] == ["__base__", name]
     assert result["data"]["source"] == "split_from" and result["data"]["rows"] == DOCS
-    assert result["model"]["path"] == str(Path(json.loads((good_run / "training_manifest.json").read_text())
-                                                ["base_model"]["path"]).resolve())
+    assert result["model"]["path"] == str(
+        Path(json.loads((good_run / "training_manifest.json").read_text())["base_model"]["path"]).resolve()
+    )
     from loraship.hashing import adapter_sha256
 
     assert result["adapters"][name]["sha256"] == adapter_sha256(good_run)
@@ -263,12 +288,13 @@ def test_trained_adapter_passes_the_default_gate(good_run, tmp_path):
     assert loss["adapters"][name]["delta"] < 0 and loss["adapters"][name]["ci"][1] < 0
     assert result["metrics"]["end_marker_rate"]["adapters"][name]["value"] >= 0.5
     assert result["metrics"]["rougeL"]["adapters"][name]["delta"] > 0
-    for task, files in result["samples"].items():
+    for files in result["samples"].values():
         assert set(files) == {"__base__", name}
         lines = (tmp_path / "eval" / files[name]).read_text().splitlines()
         assert len(lines) == DOCS
-    sample = json.loads((tmp_path / "eval" / result["samples"]["loraship_generation"][name]).read_text()
-                        .splitlines()[0])
+    sample = json.loads(
+        (tmp_path / "eval" / result["samples"]["loraship_generation"][name]).read_text().splitlines()[0]
+    )
     assert sample["finish_reason"] in ("stop", "eos", "length") and "response" in sample
 
     code = main(["gate", "--eval", str(tmp_path / "eval" / "eval.json"), "--out", str(tmp_path / "gate")])
@@ -281,8 +307,14 @@ def test_trained_adapter_passes_the_default_gate(good_run, tmp_path):
 def test_broken_adapter_fails_the_default_gate(tiny_neox, broken, tmp_path):
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps(r) + "\n" for r in favourable_docs()))
-    assert main(_eval_args(tmp_path / "eval", "--model", str(tiny_neox), "--data", str(docs),
-                           "--adapter", f"broken={broken}")) == 0
+    assert (
+        main(
+            _eval_args(
+                tmp_path / "eval", "--model", str(tiny_neox), "--data", str(docs), "--adapter", f"broken={broken}"
+            )
+        )
+        == 0
+    )
     assert main(["gate", "--eval", str(tmp_path / "eval" / "eval.json"), "--out", str(tmp_path / "gate")]) == 1
     gate = json.loads((tmp_path / "gate" / "gate.json").read_text())
     assert gate["verdict"] == "fail" and gate["adapters"]["broken"]["verdict"] == "fail"
@@ -292,25 +324,41 @@ def test_broken_adapter_fails_the_default_gate(tiny_neox, broken, tmp_path):
 
 
 def test_eval_refuses_bad_input(tiny_neox, good_run, tmp_path, capsys):
-    assert main(_eval_args(tmp_path / "a", "--data", str(tmp_path / "missing.jsonl"),
-                           "--adapter", f"x={good_run}", "--model", str(tiny_neox))) == 2
+    assert (
+        main(
+            _eval_args(
+                tmp_path / "a",
+                "--data",
+                str(tmp_path / "missing.jsonl"),
+                "--adapter",
+                f"x={good_run}",
+                "--model",
+                str(tiny_neox),
+            )
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
-    assert main(_eval_args(tmp_path / "b", "--data", str(tmp_path / "missing.jsonl"),
-                           "--adapter", f"x={tmp_path}")) == 2
+    assert (
+        main(_eval_args(tmp_path / "b", "--data", str(tmp_path / "missing.jsonl"), "--adapter", f"x={tmp_path}")) == 2
+    )
     assert "adapter_config.json" in capsys.readouterr().err
 
 
 # ---- in process against the served handler -----------------------------------------------------------
 
+
 @pytest.fixture(scope="module", params=["host", "djl"])
 def served(request, tiny_neox, good_run, tmp_path_factory):
     """The tiny model and the trained adapter (as "faqs") behind each server (real DJL Serving and the host),
     one request at a time."""
-    from loraship.build import build_model_dir
     from servers import start_server
 
-    model_dir = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny", {"faqs": good_run},
-                                max_new_tokens=64)
+    from loraship.build import build_model_dir
+
+    model_dir = build_model_dir(
+        str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny", {"faqs": good_run}, max_new_tokens=64
+    )
     srv = start_server(model_dir, tmp_path_factory, kind=request.param)
     yield srv
     srv.stop()
@@ -328,15 +376,24 @@ def test_endpoint_scores_equal_in_process_scores(served, tiny_neox, good_run, tm
     assert main(_eval_args(tmp_path / "http", "--endpoint", served.url, *common)) == 0
     local = json.loads((tmp_path / "local" / "eval.json").read_text())
     http = json.loads((tmp_path / "http" / "eval.json").read_text())
-    assert http["mode"] == "endpoint" and set(http["metrics"]) == {"rougeL", "token_f1", "exact_match",
-                                                                   "end_marker_rate"}
+    assert http["mode"] == "endpoint" and set(http["metrics"]) == {
+        "rougeL",
+        "token_f1",
+        "exact_match",
+        "end_marker_rate",
+    }
     for variant in ("__base__", "faqs"):
-        ours = [json.loads(x) for x in (tmp_path / "local" / local["samples"]["loraship_generation"][variant])
-                .read_text().splitlines()]
-        theirs = [json.loads(x) for x in (tmp_path / "http" / http["samples"]["loraship_generation"][variant])
-                  .read_text().splitlines()]
-        assert [(s["response"], s["finish_reason"]) for s in ours] == \
-               [(s["response"], s["finish_reason"]) for s in theirs]
+        ours = [
+            json.loads(x)
+            for x in (tmp_path / "local" / local["samples"]["loraship_generation"][variant]).read_text().splitlines()
+        ]
+        theirs = [
+            json.loads(x)
+            for x in (tmp_path / "http" / http["samples"]["loraship_generation"][variant]).read_text().splitlines()
+        ]
+        assert [(s["response"], s["finish_reason"]) for s in ours] == [
+            (s["response"], s["finish_reason"]) for s in theirs
+        ]
     for metric, entry in http["metrics"].items():
         assert entry["base"] == local["metrics"][metric]["base"]
         assert entry["adapters"]["faqs"] == local["metrics"][metric]["adapters"]["faqs"]

@@ -20,9 +20,15 @@ from loraship.hashing import adapter_sha256
 
 
 def metric(base, value, ci, *, higher=True, n=14, task="loraship_generation"):
-    return {"task": task, "higher_is_better": higher, "n": n, "base": base,
-            "adapters": {"faqs": {"value": value, "delta": value - base, "ci": ci, "n": n,
-                                  "better": 0, "worse": 0, "same": 0}}}
+    return {
+        "task": task,
+        "higher_is_better": higher,
+        "n": n,
+        "base": base,
+        "adapters": {
+            "faqs": {"value": value, "delta": value - base, "ci": ci, "n": n, "better": 0, "worse": 0, "same": 0}
+        },
+    }
 
 
 # The figures measured on the 14 held-out FAQ rows (SmolLM2, one epoch of LoRA r=16).
@@ -45,9 +51,15 @@ def adapter(tmp_path) -> Path:
 
 
 def write_eval(tmp_path: Path, adapter: Path, metrics: dict, **extra) -> Path:
-    data = {"schema": "loraship.eval/1", "mode": "in_process", "data": {"path": "faq.csv", "sha256": "ab" * 32},
-            "adapters": {"faqs": {"path": str(adapter), "sha256": adapter_sha256(adapter)}},
-            "metrics": metrics, "bootstrap": {"confidence": 0.95}, **extra}
+    data = {
+        "schema": "loraship.eval/1",
+        "mode": "in_process",
+        "data": {"path": "faq.csv", "sha256": "ab" * 32},
+        "adapters": {"faqs": {"path": str(adapter), "sha256": adapter_sha256(adapter)}},
+        "metrics": metrics,
+        "bootstrap": {"confidence": 0.95},
+        **extra,
+    }
     path = tmp_path / "eval" / "eval.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(data))
@@ -77,18 +89,30 @@ def test_measured_faq_figures_pass_the_default_policy(tmp_path, adapter):
 
 # Each case: a change to the good figures, and the (metric, check) that must then fail.
 CASES = {
-    "loss gain too small": ({"reference_loss": metric(2.886, 2.876, [-0.02, -0.001], higher=False)},
-                            ("reference_loss", "min_gain")),
-    "loss gain not significant": ({"reference_loss": metric(2.886, 2.80, [-0.2, 0.01], higher=False)},
-                                  ("reference_loss", "significant")),
-    "loss got worse": ({"reference_loss": metric(2.886, 3.2, [0.2, 0.4], higher=False)},
-                       ("reference_loss", "min_gain")),
+    "loss gain too small": (
+        {"reference_loss": metric(2.886, 2.876, [-0.02, -0.001], higher=False)},
+        ("reference_loss", "min_gain"),
+    ),
+    "loss gain not significant": (
+        {"reference_loss": metric(2.886, 2.80, [-0.2, 0.01], higher=False)},
+        ("reference_loss", "significant"),
+    ),
+    "loss got worse": (
+        {"reference_loss": metric(2.886, 3.2, [0.2, 0.4], higher=False)},
+        ("reference_loss", "min_gain"),
+    ),
     "rambles": ({"end_marker_rate": metric(0.2, 0.3, [0.0, 0.2])}, ("end_marker_rate", "floor")),
     "significant rouge regression": ({"rougeL": metric(0.168, 0.10, [-0.1, -0.03])}, ("rougeL", "max_regression")),
     "too few samples": ({"token_f1": metric(0.2, 0.21, [-0.02, 0.04], n=5)}, ("token_f1", "min_samples")),
-    "NaN value": ({"token_f1": {**metric(0.2, 0.21, [-0.02, 0.04]),
-                                "adapters": {"faqs": {"value": None, "delta": None, "ci": [None, None], "n": 14}}}},
-                  ("token_f1", "finite")),
+    "NaN value": (
+        {
+            "token_f1": {
+                **metric(0.2, 0.21, [-0.02, 0.04]),
+                "adapters": {"faqs": {"value": None, "delta": None, "ci": [None, None], "n": 14}},
+            }
+        },
+        ("token_f1", "finite"),
+    ),
     "NaN in the CI": ({"rougeL": metric(0.168, 0.19, [float("nan"), 0.05])}, ("rougeL", "finite")),
     "missing metric": ({"rougeL": None}, ("rougeL", "present")),
     "malformed entry": ({"rougeL": "oops"}, ("rougeL", "present")),
@@ -124,8 +148,10 @@ def test_changed_adapter_files_fail_and_a_moved_adapter_can_be_pointed_at(tmp_pa
     path = write_eval(tmp_path, adapter, GOOD)
     (adapter / "adapter_model.safetensors").write_bytes(b"other weights")
     result = run_gate(path, DEFAULT_POLICY, tmp_path / "gate")
-    assert ("changed since" in next(c.reason for c in result.checks if c.check == "adapter_sha256")
-            and result.verdict == "fail")
+    assert (
+        "changed since" in next(c.reason for c in result.checks if c.check == "adapter_sha256")
+        and result.verdict == "fail"
+    )
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
     moved = tmp_path / "moved"
     adapter.rename(moved)
@@ -144,6 +170,7 @@ def test_an_eval_without_adapters_fails(tmp_path, adapter):
 
 # ---- policy files ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", sorted(DEFAULT_POLICY.parent.rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_policy_file_is_valid_and_documents_its_command(path):
     load_policy(path)
@@ -161,14 +188,26 @@ def test_default_policy_leans_on_what_is_significant_at_this_size():
 
 
 def test_bad_policy_lists_every_problem(tmp_path):
-    path = write_policy(tmp_path, {"min_samples": "ten", "metrics": {
-        "rougeL": {"max_regresion": 0.1, "floor": "high"}, "token_f1": {"min_gain": -1}},
-        "budgets": {"p99_latency_ratio": 0}, "extra": 1})
+    path = write_policy(
+        tmp_path,
+        {
+            "min_samples": "ten",
+            "metrics": {"rougeL": {"max_regresion": 0.1, "floor": "high"}, "token_f1": {"min_gain": -1}},
+            "budgets": {"p99_latency_ratio": 0},
+            "extra": 1,
+        },
+    )
     with pytest.raises(GateInputError) as err:
         load_policy(path)
     text = str(err.value)
-    for key in ("min_samples", "metrics.rougeL.max_regresion", "metrics.rougeL.floor", "metrics.token_f1.min_gain",
-                "budgets.p99_latency_ratio", "extra"):
+    for key in (
+        "min_samples",
+        "metrics.rougeL.max_regresion",
+        "metrics.rougeL.floor",
+        "metrics.token_f1.min_gain",
+        "budgets.p99_latency_ratio",
+        "extra",
+    ):
         assert key in text
     assert "5 problem" not in text and "6 problem(s)" in text
     with pytest.raises(GateInputError, match="metrics"):
@@ -176,21 +215,31 @@ def test_bad_policy_lists_every_problem(tmp_path):
 
 
 def test_custom_policy_ceiling_and_min_samples(tmp_path, adapter):
-    policy = write_policy(tmp_path, {"min_samples": 20, "metrics": {"reference_loss": {"ceiling": 2.5},
-                                                                    "rougeL": {"min_samples": 10}}})
+    policy = write_policy(
+        tmp_path, {"min_samples": 20, "metrics": {"reference_loss": {"ceiling": 2.5}, "rougeL": {"min_samples": 10}}}
+    )
     result = run_gate(write_eval(tmp_path, adapter, GOOD), policy, tmp_path / "gate")
     assert failed(result) == {("reference_loss", "ceiling"), ("reference_loss", "min_samples")}
 
 
 # ---- bench budgets -------------------------------------------------------------------------------------
 
+
 def bench(base_p99=1.0, adapter_p99=1.2, base_tokens=64, adapter_tokens=64, adapters=("__base__", "faqs")):
     figures = {"__base__": (base_p99, base_tokens), "faqs": (adapter_p99, adapter_tokens)}
-    per = {name: {"requests": 8, "ok": 8, "output_tokens": figures[name][1] * 8,
-                  "latency": {"e2e_s": {"mean": 1.0, "p50": 1.0, "p99": figures[name][0]}}}
-           for name in adapters}
-    return {"schema": "loraship.bench/1", "levels": [{"label": "concurrency=1", "adapters": per},
-                                                     {"label": "concurrency=4", "adapters": per}]}
+    per = {
+        name: {
+            "requests": 8,
+            "ok": 8,
+            "output_tokens": figures[name][1] * 8,
+            "latency": {"e2e_s": {"mean": 1.0, "p50": 1.0, "p99": figures[name][0]}},
+        }
+        for name in adapters
+    }
+    return {
+        "schema": "loraship.bench/1",
+        "levels": [{"label": "concurrency=1", "adapters": per}, {"label": "concurrency=4", "adapters": per}],
+    }
 
 
 def test_bench_figures_are_per_request_speeds():
@@ -199,13 +248,16 @@ def test_bench_figures_are_per_request_speeds():
     assert bench_figures({}) == {}
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({}, None),
-    ({"adapter_p99": 2.0}, "budget.p99_latency_ratio"),
-    ({"adapter_tokens": 32}, "budget.output_tokens_per_s_ratio"),
-    ({"adapters": ("__base__",)}, "budget.p99_latency_ratio"),
-    ({"adapters": ("faqs",)}, "budget.output_tokens_per_s_ratio"),
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, None),
+        ({"adapter_p99": 2.0}, "budget.p99_latency_ratio"),
+        ({"adapter_tokens": 32}, "budget.output_tokens_per_s_ratio"),
+        ({"adapters": ("__base__",)}, "budget.p99_latency_ratio"),
+        ({"adapters": ("faqs",)}, "budget.output_tokens_per_s_ratio"),
+    ],
+)
 def test_performance_budgets(tmp_path, adapter, kwargs, expected):
     bench_path = tmp_path / "bench.json"
     bench_path.write_text(json.dumps(bench(**kwargs)))
@@ -219,25 +271,41 @@ def test_performance_budgets(tmp_path, adapter, kwargs, expected):
 
 
 def test_required_bench_fails_without_one(tmp_path, adapter):
-    policy = write_policy(tmp_path, {"metrics": {"rougeL": {"max_regression": 0.02}},
-                                     "budgets": {"p99_latency_ratio": 1.5, "require_bench": True}})
+    policy = write_policy(
+        tmp_path,
+        {"metrics": {"rougeL": {"max_regression": 0.02}}, "budgets": {"p99_latency_ratio": 1.5, "require_bench": True}},
+    )
     result = run_gate(write_eval(tmp_path, adapter, GOOD), policy, tmp_path / "gate")
     assert failed(result) == {(None, "budget.p99_latency_ratio")}
 
 
 # ---- outputs and the command -----------------------------------------------------------------------------
 
+
 def test_junit_and_markdown_with_worst_samples(tmp_path, adapter):
-    path = write_eval(tmp_path, adapter, {**GOOD, "rougeL": metric(0.5, 0.2, [-0.4, -0.2])},
-                      samples={"loraship_generation": {"__base__": "samples/g.base.jsonl",
-                                                       "faqs": "samples/g.faqs.jsonl"}})
+    path = write_eval(
+        tmp_path,
+        adapter,
+        {**GOOD, "rougeL": metric(0.5, 0.2, [-0.4, -0.2])},
+        samples={"loraship_generation": {"__base__": "samples/g.base.jsonl", "faqs": "samples/g.faqs.jsonl"}},
+    )
     samples = path.parent / "samples"
     samples.mkdir()
     for variant, scores in (("base", [0.9, 0.5, 0.1]), ("faqs", [0.1, 0.5, 0.2])):
-        samples.joinpath(f"g.{variant}.jsonl").write_text("".join(
-            json.dumps({"doc_id": i, "rougeL": s, "response": f"{variant} answer {i}",
-                        "doc": {"instruction": f"question {i}", "response": "reference", "row": i + 1}}) + "\n"
-            for i, s in enumerate(scores)))
+        samples.joinpath(f"g.{variant}.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "doc_id": i,
+                        "rougeL": s,
+                        "response": f"{variant} answer {i}",
+                        "doc": {"instruction": f"question {i}", "response": "reference", "row": i + 1},
+                    }
+                )
+                + "\n"
+                for i, s in enumerate(scores)
+            )
+        )
     result = run_gate(path, DEFAULT_POLICY, tmp_path / "gate")
     assert result.verdict == "fail"
     suite = ET.parse(tmp_path / "gate" / "junit.xml").getroot().find("testsuite")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from harness import batch_input, init_input, read_output, request_input
 
 pytestmark = pytest.mark.gpu
@@ -27,8 +26,9 @@ def model_dir(gpu_base, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("gpu-model-dir")
     for seed, name in ((1, "one"), (2, "two")):
-        save_random_adapter(Path(gpu_base), folder / "adapters" / name, seed=seed, r=8, alpha=16,
-                            target_modules=LLAMA_TARGETS)
+        save_random_adapter(
+            Path(gpu_base), folder / "adapters" / name, seed=seed, r=8, alpha=16, target_modules=LLAMA_TARGETS
+        )
     return folder
 
 
@@ -42,8 +42,9 @@ def _service(gpu_base, model_dir, **props):
 
 
 def _ask(svc, adapter: str, question: str = QUESTION, tokens: int = 16):
-    return request_input({"inputs": question, "adapters": adapter,
-                          "parameters": {"max_new_tokens": tokens, "details": True}})
+    return request_input(
+        {"inputs": question, "adapters": adapter, "parameters": {"max_new_tokens": tokens, "details": True}}
+    )
 
 
 def _bnb_linear_types(model) -> set[str]:
@@ -95,28 +96,47 @@ def test_quantized_serving_with_mixed_adapter_batch(gpu_base, model_dir, quantiz
     names = ["two", "__base__", "one"]
     with torch.no_grad():
         mixed = model(**enc, adapter_names=names).logits[:, -1].float()
-        alone = torch.cat([model(**{k: v[i:i + 1] for k, v in enc.items()}, adapter_names=[n]).logits[:, -1]
-                           for i, n in enumerate(names)]).float()
+        alone = torch.cat(
+            [
+                model(**{k: v[i : i + 1] for k, v in enc.items()}, adapter_names=[n]).logits[:, -1]
+                for i, n in enumerate(names)
+            ]
+        ).float()
     err = (mixed - alone).abs().max().item()
     gap = min((alone[i] - alone[j]).abs().max().item() for i, j in ((0, 1), (1, 2), (0, 2)))
     assert err < 0.1 * gap, f"mixed-batch logits off by {err}, adapters differ by {gap} ({quantize})"
+
 
 def _train(gpu_base, out: Path, *overrides: str) -> dict:
     from training.config import load_config
     from training.recipe import DEFAULT_CONFIG, train
 
-    cfg = load_config(DEFAULT_CONFIG, [f"model.path={gpu_base}", "train.max_steps=6", "train.batch_size=4",
-                                       "train.grad_accum=2", "train.eval_every=3", "train.checkpoint_every=3",
-                                       "optim.lr=0.001", *overrides])
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        [
+            f"model.path={gpu_base}",
+            "train.max_steps=6",
+            "train.batch_size=4",
+            "train.grad_accum=2",
+            "train.eval_every=3",
+            "train.checkpoint_every=3",
+            "optim.lr=0.001",
+            *overrides,
+        ],
+    )
     return train(cfg, out)
 
 
-@pytest.mark.parametrize("overrides", [
-    ("model.precision=bf16-mixed",),
-    ("model.precision=fp16-mixed",),
-    ("model.quantize=8bit", "model.precision=bf16-mixed"),
-    ("model.quantize=4bit", "model.precision=bf16-mixed", "model.gradient_checkpointing=true"),
-], ids=["bf16", "fp16", "8bit", "4bit-qlora-ckpt"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("model.precision=bf16-mixed",),
+        ("model.precision=fp16-mixed",),
+        ("model.quantize=8bit", "model.precision=bf16-mixed"),
+        ("model.quantize=4bit", "model.precision=bf16-mixed", "model.gradient_checkpointing=true"),
+    ],
+    ids=["bf16", "fp16", "8bit", "4bit-qlora-ckpt"],
+)
 def test_gpu_training_produces_a_servable_adapter(gpu_base, overrides, tmp_path):
     if any("quantize" in o for o in overrides):
         pytest.importorskip("bitsandbytes")
@@ -127,8 +147,11 @@ def test_gpu_training_produces_a_servable_adapter(gpu_base, overrides, tmp_path)
     assert manifest["run"]["steps"] == 6 and manifest["run"]["device"].startswith("cuda")
     assert results["peak_cuda_mb"] > 0
     assert torch.isfinite(torch.tensor([results["train_loss_last_step"], results["eval_loss"]])).all()
-    print(f"\n{' '.join(overrides)}: {results['train_tokens_per_s']} tokens/s, "
-          f"peak CUDA {results['peak_cuda_mb']} MB, eval loss {results['eval_loss_base']:.3f} -> {results['eval_loss']:.3f}")
+    print(
+        f"\n{' '.join(overrides)}: {results['train_tokens_per_s']} tokens/s, "
+        f"peak CUDA {results['peak_cuda_mb']} MB, "
+        f"eval loss {results['eval_loss_base']:.3f} -> {results['eval_loss']:.3f}"
+    )
 
     # The adapter serves, on a bf16 base and on the quantized base it was trained against.
     quantize = {"8bit": "bitsandbytes8", "4bit": "bitsandbytes4"}.get(manifest["config"]["model"]["quantize"], "")
@@ -136,4 +159,3 @@ def test_gpu_training_produces_a_servable_adapter(gpu_base, overrides, tmp_path)
         svc = _service(gpu_base, tmp_path, quantize=q, adapter_checkpoint="run", adapter_name="faq")
         code, body = read_output(svc.handle(_ask(svc, "faq")))
         assert code == 200 and body["details"]["adapter"] == "faq", body
-

@@ -1,7 +1,6 @@
 """The handler driven in-process with DJL's own Input/Output classes (no server)."""
 
 import pytest
-
 from harness import batch_input, init_input, read_output, request_input
 
 
@@ -10,14 +9,25 @@ def service(tiny_neox):
     from handler.service import HandlerService
 
     svc = HandlerService()
-    assert svc.handle(init_input({"model_id": str(tiny_neox), "model_dir": str(tiny_neox),
-                                  "device_id": "-1", "max_new_tokens": "64"})) is None
+    assert (
+        svc.handle(
+            init_input(
+                {"model_id": str(tiny_neox), "model_dir": str(tiny_neox), "device_id": "-1", "max_new_tokens": "64"}
+            )
+        )
+        is None
+    )
     return svc
 
 
 def test_generates_response_without_template(service):
-    code, body = read_output(service.handle(request_input(
-        {"inputs": "What is Amazon SageMaker?", "parameters": {"max_new_tokens": 12, "details": True}})))
+    code, body = read_output(
+        service.handle(
+            request_input(
+                {"inputs": "What is Amazon SageMaker?", "parameters": {"max_new_tokens": 12, "details": True}}
+            )
+        )
+    )
     assert code == 200
     assert isinstance(body["generated_text"], str)
     assert "### Instruction" not in body["generated_text"] and "### Response" not in body["generated_text"]
@@ -26,7 +36,9 @@ def test_generates_response_without_template(service):
 
 
 def test_list_input_gives_list_output(service):
-    code, body = read_output(service.handle(request_input({"inputs": ["a?", "b?"], "parameters": {"max_new_tokens": 4}})))
+    code, body = read_output(
+        service.handle(request_input({"inputs": ["a?", "b?"], "parameters": {"max_new_tokens": 4}}))
+    )
     assert code == 200 and isinstance(body, list) and len(body) == 2
     assert all("generated_text" in b for b in body)
 
@@ -55,8 +67,9 @@ def test_bad_request_in_batch_does_not_fail_neighbours(service):
 
 
 def test_prompt_too_long_names_both_counts(service):
-    code, body = read_output(service.handle(request_input(
-        {"inputs": "word " * 600, "parameters": {"max_new_tokens": 64}})))
+    code, body = read_output(
+        service.handle(request_input({"inputs": "word " * 600, "parameters": {"max_new_tokens": 64}}))
+    )
     assert code == 400
     assert "max_new_tokens is 64" in body["error"] and "limit of 512" in body["error"]
 
@@ -69,8 +82,9 @@ def test_unknown_adapter_is_404_listing_known(service):
 def test_stream_yields_json_lines_then_details(service):
     import json
 
-    out = service.handle(request_input({"inputs": "What is SageMaker?", "stream": True,
-                                        "parameters": {"max_new_tokens": 8}}))
+    out = service.handle(
+        request_input({"inputs": "What is SageMaker?", "stream": True, "parameters": {"max_new_tokens": 8}})
+    )
     assert out.properties["content-type"] == "application/jsonlines"
     lines = [json.loads(chunk) for chunk in out.stream_content]
     final = lines[-1]
@@ -83,8 +97,11 @@ def test_invalid_options_fail_init_listing_every_problem(tiny_neox):
     from handler.service import HandlerService
 
     with pytest.raises(ConfigError) as err:
-        HandlerService().handle(init_input({"model_id": str(tiny_neox), "dtype": "fp8", "max_new_tokens": "x",
-                                            "trust_remote_code": "maybe"}))
+        HandlerService().handle(
+            init_input(
+                {"model_id": str(tiny_neox), "dtype": "fp8", "max_new_tokens": "x", "trust_remote_code": "maybe"}
+            )
+        )
     msg = str(err.value)
     assert "option.dtype" in msg and "option.max_new_tokens" in msg and "option.trust_remote_code" in msg
 
@@ -97,20 +114,40 @@ def test_chat_pipeline_end_to_end_with_the_default_tokenizer(tmp_path):
     from loraship.models import prepare_default
 
     tok = AutoTokenizer.from_pretrained(prepare_default())
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=32, eos_token_id=tok.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=32,
+        eos_token_id=tok.eos_token_id,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     svc = HandlerService()
     svc.handle(init_input({"model_id": str(tmp_path), "model_dir": str(tmp_path), "pipeline": "chat"}))
-    code, body = read_output(svc.handle(request_input(
-        {"messages": [{"role": "user", "content": "Hello"}], "parameters": {"max_new_tokens": 5, "details": True}})))
+    code, body = read_output(
+        svc.handle(
+            request_input(
+                {
+                    "messages": [{"role": "user", "content": "Hello"}],
+                    "parameters": {"max_new_tokens": 5, "details": True},
+                }
+            )
+        )
+    )
     assert code == 200 and body["details"]["generated_tokens"] <= 5
     code, body = read_output(svc.handle(request_input({"inputs": "Hello"})))
     assert code == 400 and body["field"] == "messages"
 
 
 def test_a_data_query_parameter_does_not_replace_the_body(service):
-    code, body = read_output(service.handle(request_input(
-        {"inputs": "What is SageMaker?", "parameters": {"max_new_tokens": 3}}, query={"data": "{broken"})))
+    code, body = read_output(
+        service.handle(
+            request_input(
+                {"inputs": "What is SageMaker?", "parameters": {"max_new_tokens": 3}}, query={"data": "{broken"}
+            )
+        )
+    )
     assert code == 200 and "generated_text" in body

@@ -13,8 +13,15 @@ import pytest
 
 from loraship.build import build_model_dir
 from loraship.cli import main
-from loraship.package import (PackageError, adapter_sha256, handler_options, merge_properties,
-                              package_model_dir, read_archive, read_properties)
+from loraship.package import (
+    PackageError,
+    adapter_sha256,
+    handler_options,
+    merge_properties,
+    package_model_dir,
+    read_archive,
+    read_properties,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_PROFILE = ROOT / "docker" / "serving.gpu.properties"
@@ -28,8 +35,9 @@ def tiny_adapter(tiny_neox, tmp_path_factory) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_neox),
-                           LoraConfig(r=2, init_lora_weights=False, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_neox), LoraConfig(r=2, init_lora_weights=False, task_type="CAUSAL_LM")
+    )
     folder = tmp_path_factory.mktemp("adapter") / "faq"
     model.save_pretrained(folder)
     (folder / "checkpoint-000010").mkdir()
@@ -57,11 +65,29 @@ def test_archive_has_the_sagemaker_layout_and_a_manifest(model_dir, tmp_path):
     art = package_model_dir(model_dir, tmp_path / "model.tar.gz", include_model=True)
     entries = members(art.path)
     assert {n.split("/")[0] for n in entries} == {
-        "serving.properties", "model.py", "handler", "requirements.txt", "adapters", "model", "manifest.json"}
-    assert not [n for n in entries if "__pycache__" in n or n.endswith(".pyc") or "checkpoint-" in n
-                or "/.cache" in n or n.endswith("optimizer.pt")]
-    assert {"adapters/faq/adapter_config.json", "adapters/faq/adapter_model.safetensors",
-            "model/config.json", "handler/service.py"} <= set(entries)
+        "serving.properties",
+        "model.py",
+        "handler",
+        "requirements.txt",
+        "adapters",
+        "model",
+        "manifest.json",
+    }
+    assert not [
+        n
+        for n in entries
+        if "__pycache__" in n
+        or n.endswith(".pyc")
+        or "checkpoint-" in n
+        or "/.cache" in n
+        or n.endswith("optimizer.pt")
+    ]
+    assert {
+        "adapters/faq/adapter_config.json",
+        "adapters/faq/adapter_model.safetensors",
+        "model/config.json",
+        "handler/service.py",
+    } <= set(entries)
     for m in entries.values():
         assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
         assert m.mode == (0o755 if m.isdir() else 0o644)
@@ -86,7 +112,8 @@ def test_same_inputs_give_the_same_sha256(model_dir, tmp_path):
 
 
 def test_adapter_sha256_is_the_same_for_the_training_folder_the_model_dir_and_the_archive(
-        model_dir, tiny_adapter, tmp_path):
+    model_dir, tiny_adapter, tmp_path
+):
     art = package_model_dir(model_dir, tmp_path / "m.tar.gz", include_model=True)
     expected = adapter_sha256(tiny_adapter)
     assert adapter_sha256(model_dir / "adapters" / "faq") == expected
@@ -109,6 +136,7 @@ def test_a_local_model_outside_the_model_dir_is_refused_with_the_way_out(model_d
 def test_included_model_is_served_from_the_extracted_archive(model_dir, tmp_path):
     """The archive alone loads in the handler (as in /opt/ml/model) and answers a request."""
     from harness import init_input, read_output, request_input
+
     from handler.service import HandlerService
 
     art = package_model_dir(model_dir, tmp_path / "model.tar.gz", include_model=True)
@@ -120,11 +148,23 @@ def test_included_model_is_served_from_the_extracted_archive(model_dir, tmp_path
     opts = handler_options(props, extracted)
     assert opts.resolve(opts.model_id) == str(extracted / "model")
     svc = HandlerService()
-    svc.handle(init_input({**{k[7:]: v for k, v in props.items() if k.startswith("option.")},
-                           "model_dir": str(extracted), "device_id": "-1"}))
+    svc.handle(
+        init_input(
+            {
+                **{k[7:]: v for k, v in props.items() if k.startswith("option.")},
+                "model_dir": str(extracted),
+                "device_id": "-1",
+            }
+        )
+    )
     assert svc.adapters.names() == ["faq"]
-    code, body = read_output(svc.handle(request_input(
-        {"inputs": "What is Amazon SageMaker?", "parameters": {"max_new_tokens": 4}, "adapters": "faq"})))
+    code, body = read_output(
+        svc.handle(
+            request_input(
+                {"inputs": "What is Amazon SageMaker?", "parameters": {"max_new_tokens": 4}, "adapters": "faq"}
+            )
+        )
+    )
     assert code == 200 and isinstance(body["generated_text"], str)
 
 
@@ -143,20 +183,30 @@ def _set(md, key, value):
 BROKEN = {
     "bad dtype": (lambda md: _set(md, "option.dtype", "float8"), "option.dtype must be one of"),
     "no entry point": (lambda md: (md / "model.py").unlink(), "option.entryPoint=model.py is not a file"),
-    "entry point without handle": (lambda md: (md / "model.py").write_text("import handler\n"),
-                                   "no module-level handle"),
+    "entry point without handle": (
+        lambda md: (md / "model.py").write_text("import handler\n"),
+        "no module-level handle",
+    ),
     "entry point does not compile": (lambda md: (md / "model.py").write_text("def handle(:\n"), "does not compile"),
     "no handler package": (lambda md: shutil.rmtree(md / "handler"), "has no handler/ folder"),
-    "adapter without weights": (lambda md: (md / "adapters" / "faq" / "adapter_model.safetensors").unlink(),
-                                "adapters/faq: adapter source"),
-    "adapter without config": (lambda md: (md / "adapters" / "faq" / "adapter_config.json").unlink(),
-                               "has no adapter_config.json"),
-    "unpinned requirements": (lambda md: (md / "requirements.txt").write_text("transformers\npeft==0.1\n"),
-                              "must pin exact versions (name==version): transformers"),
+    "adapter without weights": (
+        lambda md: (md / "adapters" / "faq" / "adapter_model.safetensors").unlink(),
+        "adapters/faq: adapter source",
+    ),
+    "adapter without config": (
+        lambda md: (md / "adapters" / "faq" / "adapter_config.json").unlink(),
+        "has no adapter_config.json",
+    ),
+    "unpinned requirements": (
+        lambda md: (md / "requirements.txt").write_text("transformers\npeft==0.1\n"),
+        "must pin exact versions (name==version): transformers",
+    ),
     "other engine": (lambda md: _set(md, "engine", "MPI"), "engine=MPI"),
     "unknown pipeline": (lambda md: _set(md, "option.pipeline", "nope"), "option.pipeline=nope is unknown"),
-    "model folder without config": (lambda md: _set(md, "option.model_id", str(md / "handler")),
-                                    "is not a model folder with config.json"),
+    "model folder without config": (
+        lambda md: _set(md, "option.model_id", str(md / "handler")),
+        "is not a model folder with config.json",
+    ),
     "checkpoint outside": (lambda md: _set(md, "option.adapter_checkpoint", "/tmp"), "outside the model dir"),
 }
 
@@ -191,7 +241,11 @@ def test_every_problem_is_reported_at_once(model_dir):
     (model_dir / "adapters" / "faq" / "adapter_model.safetensors").unlink()
     with pytest.raises(PackageError) as err:
         package_model_dir(model_dir, None)
-    assert "requirements.txt" in str(err.value) and "adapters/faq" in str(err.value) and "--include-model" in str(err.value)
+    assert (
+        "requirements.txt" in str(err.value)
+        and "adapters/faq" in str(err.value)
+        and "--include-model" in str(err.value)
+    )
 
 
 def test_a_failed_write_leaves_no_file_and_keeps_the_old_archive(model_dir, tmp_path, monkeypatch):

@@ -54,8 +54,11 @@ def test_dockerfile_starts_from_the_pinned_lmi_image():
 
 def test_container_handler_is_byte_identical_to_the_model_dirs(tiny_neox, tmp_path):
     """What the Dockerfile copies from the repo is exactly the handler `loraship build` ships."""
-    patterns = [ln.strip() for ln in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")]
+    patterns = [
+        ln.strip()
+        for ln in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     copied: dict[str, Path] = {}
     for word, rest in dockerfile_instructions():
         if word != "COPY" or rest.startswith("--from"):
@@ -68,8 +71,11 @@ def test_container_handler_is_byte_identical_to_the_model_dirs(tiny_neox, tmp_pa
                 if not ignored(rel, patterns):
                     copied[Path(dest, path.relative_to(base)).as_posix()] = path
     md = build_model_dir(str(tiny_neox), tmp_path / "md")
-    shipped = {Path("/opt/loraship/handler", p.relative_to(md / "handler")).as_posix(): p
-               for p in (md / "handler").rglob("*") if p.is_file()}
+    shipped = {
+        Path("/opt/loraship/handler", p.relative_to(md / "handler")).as_posix(): p
+        for p in (md / "handler").rglob("*")
+        if p.is_file()
+    }
     assert sorted(copied) == sorted(shipped)
     for dest, path in copied.items():
         assert path.read_bytes() == shipped[dest].read_bytes(), dest
@@ -105,8 +111,12 @@ def _compose_client() -> bool:
 @pytest.mark.skipif(not _compose_client(), reason="no `docker compose` client on this machine")
 def test_docker_compose_config_accepts_the_file(tmp_path):
     """Only where a Compose v2 client exists; the file's structure is checked above without one."""
-    r = subprocess.run([shutil.which("docker"), "compose", "-f", str(DOCKER / "compose.yaml"), "config", "-q"],
-                       capture_output=True, text=True, env={"MODEL_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [shutil.which("docker"), "compose", "-f", str(DOCKER / "compose.yaml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env={"MODEL_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -125,7 +135,9 @@ def test_gpu_profile_is_valid_for_the_handler(quantize, tiny_neox, tmp_path):
 
 
 def test_make_container_up_wraps_docker_compose(tmp_path):
-    r = subprocess.run(["make", "-n", "container-up", f"MODEL_DIR={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        ["make", "-n", "container-up", f"MODEL_DIR={tmp_path}"], cwd=ROOT, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert f'MODEL_DIR="{tmp_path}" docker compose -f docker/compose.yaml up --build' in r.stdout
     r = subprocess.run(["make", "container-up"], cwd=ROOT, capture_output=True, text=True)
@@ -134,6 +146,14 @@ def test_make_container_up_wraps_docker_compose(tmp_path):
 
 def test_readme_documents_the_way_to_sagemaker():
     text = (DOCKER / "README.md").read_text()
-    for needle in ("## To SageMaker", "djl-deepspeed", "0.22.1", LMI_TAG, "loraship package", "loraship rollout",
-                   "make container-up", "gate.json"):
+    for needle in (
+        "## To SageMaker",
+        "djl-deepspeed",
+        "0.22.1",
+        LMI_TAG,
+        "loraship package",
+        "loraship rollout",
+        "make container-up",
+        "gate.json",
+    ):
         assert needle in text, needle

@@ -2,9 +2,16 @@ import pytest
 
 from handler.errors import ConfigError
 from handler.pipelines import get_pipeline, known_pipelines
-from handler.pipelines.instruction import (END_KEY, INSTRUCTION_KEY, INTRO_BLURB, RESPONSE_KEY,
-                                           InstructionTextGenerationPipeline, extract_response,
-                                           format_prompt, format_response)
+from handler.pipelines.instruction import (
+    END_KEY,
+    INSTRUCTION_KEY,
+    INTRO_BLURB,
+    RESPONSE_KEY,
+    InstructionTextGenerationPipeline,
+    extract_response,
+    format_prompt,
+    format_response,
+)
 
 
 def test_prompt_is_the_dolly_template():
@@ -22,12 +29,15 @@ def test_training_example_is_prompt_plus_response_and_end_marker():
     assert (format_prompt("Q") + format_response(" A ")).endswith(f"{RESPONSE_KEY}\nA\n\n{END_KEY}")
 
 
-@pytest.mark.parametrize("generated, expected, stopped", [
-    ("Answer.\n\n### End\nrubbish", "Answer.", True),
-    ("Answer.", "Answer.", False),
-    ("  Answer.\n### Instruction:\nnext", "Answer.", True),
-    ("### End", "", True),
-])
+@pytest.mark.parametrize(
+    "generated, expected, stopped",
+    [
+        ("Answer.\n\n### End\nrubbish", "Answer.", True),
+        ("Answer.", "Answer.", False),
+        ("  Answer.\n### Instruction:\nnext", "Answer.", True),
+        ("### End", "", True),
+    ],
+)
 def test_extract_response(generated, expected, stopped):
     assert extract_response(generated) == (expected, stopped)
 
@@ -40,8 +50,10 @@ def test_pipeline_registry_knows_instruction_and_lists_names_on_error():
 
 
 def test_pipeline_by_module_path():
-    assert get_pipeline("handler.pipelines.instruction:InstructionTextGenerationPipeline") is \
-        InstructionTextGenerationPipeline
+    assert (
+        get_pipeline("handler.pipelines.instruction:InstructionTextGenerationPipeline")
+        is InstructionTextGenerationPipeline
+    )
     with pytest.raises(ConfigError, match="cannot load pipeline"):
         get_pipeline("handler.pipelines.instruction:Missing")
 
@@ -64,7 +76,9 @@ class _ChatTok:
     eos_token = "<|im_end|>"
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + ("<assistant>" if add_generation_prompt else "")
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + (
+            "<assistant>" if add_generation_prompt else ""
+        )
 
 
 def test_chat_pipeline_uses_the_tokenizer_template_and_validates_messages():

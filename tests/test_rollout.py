@@ -14,14 +14,12 @@ import tarfile
 
 import pytest
 import requests
-
 from moto_aws import REGION, AwsClients, fake_aws, moto_server
 
 from loraship.build import build_model_dir
 from loraship.cli import main
 from loraship.package import adapter_sha256, package_model_dir
-from loraship.rollout import (LMI_ACCOUNT, LMI_TAG, RolloutFailed, RolloutOptions, RolloutRefused, lmi_image_uri,
-                              rollout)
+from loraship.rollout import LMI_ACCOUNT, LMI_TAG, RolloutFailed, RolloutOptions, RolloutRefused, lmi_image_uri, rollout
 
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
 BUCKET = "loraship-artifacts"
@@ -69,10 +67,20 @@ def aws(moto_url, monkeypatch, tmp_path):
 
         def smoke_replies(self, *bodies):
             """Queue what moto's InvokeEndpoint answers next, one reply per smoke request."""
-            results = [{"Body": b if isinstance(b, str) else json.dumps(b), "ContentType": "application/json",
-                        "InvokedProductionVariant": "AllTraffic", "CustomAttributes": ""} for b in bodies]
-            r = requests.post(f"{moto_url}/moto-api/static/sagemaker/endpoint-results",
-                              json={"account_id": "123456789012", "region": REGION, "results": results}, timeout=10)
+            results = [
+                {
+                    "Body": b if isinstance(b, str) else json.dumps(b),
+                    "ContentType": "application/json",
+                    "InvokedProductionVariant": "AllTraffic",
+                    "CustomAttributes": "",
+                }
+                for b in bodies
+            ]
+            r = requests.post(
+                f"{moto_url}/moto-api/static/sagemaker/endpoint-results",
+                json={"account_id": "123456789012", "region": REGION, "results": results},
+                timeout=10,
+            )
             r.raise_for_status()
 
         def endpoint(self, name="faq-endpoint"):
@@ -98,8 +106,9 @@ def model_dir(tiny_neox, tmp_path_factory):
 
     torch.manual_seed(1)
     adapter = tmp_path_factory.mktemp("adapter") / "faq"
-    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_neox),
-                   LoraConfig(r=2, init_lora_weights=False, task_type="CAUSAL_LM")).save_pretrained(adapter)
+    get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_neox), LoraConfig(r=2, init_lora_weights=False, task_type="CAUSAL_LM")
+    ).save_pretrained(adapter)
     return build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "md", {"faq": adapter})
 
 
@@ -118,8 +127,17 @@ def write_gate(path, verdict="pass", adapters=None, model_dir=None):
     if adapters is None:
         adapters = {"faq": {"sha256": adapter_sha256(model_dir / "adapters" / "faq"), "verdict": verdict}}
     checks = [{"adapter": "faq", "metric": "rougeL", "check": "non_inferiority", "status": verdict}]
-    path.write_text(json.dumps({"verdict": verdict, "checks": checks, "adapters": adapters,
-                                "policy_sha256": "ab" * 32, "eval_sha256": "cd" * 32}))
+    path.write_text(
+        json.dumps(
+            {
+                "verdict": verdict,
+                "checks": checks,
+                "adapters": adapters,
+                "policy_sha256": "ab" * 32,
+                "eval_sha256": "cd" * 32,
+            }
+        )
+    )
     return path
 
 
@@ -129,9 +147,19 @@ def gate(model_dir, tmp_path):
 
 
 def options(aws, artifact, gate, **kw):
-    return RolloutOptions(artifact=artifact, gate_report=gate, bucket=BUCKET, endpoint_name="faq-endpoint",
-                          instance_type=kw.pop("instance_type", GPU), role=ROLE, region=REGION,
-                          endpoint_url=aws.url, poll=0.01, timeout=10, **kw)
+    return RolloutOptions(
+        artifact=artifact,
+        gate_report=gate,
+        bucket=BUCKET,
+        endpoint_name="faq-endpoint",
+        instance_type=kw.pop("instance_type", GPU),
+        role=ROLE,
+        region=REGION,
+        endpoint_url=aws.url,
+        poll=0.01,
+        timeout=10,
+        **kw,
+    )
 
 
 def assert_untouched(aws):
@@ -140,6 +168,7 @@ def assert_untouched(aws):
 
 
 # -- refusals: nothing is touched ------------------------------------------------------------------
+
 
 def test_a_failed_gate_is_refused(aws, artifacts, model_dir, tmp_path):
     failed = write_gate(tmp_path / "gate.json", verdict="fail", model_dir=model_dir)
@@ -177,13 +206,32 @@ def test_bad_inputs_are_refused_together(aws, artifacts, gate):
 
 
 def test_dry_run_prints_the_plan_and_touches_nothing(aws, artifacts, gate, capsys):
-    argv = ["rollout", "--artifact", str(artifacts[0]), "--gate-report", str(gate), "--bucket", BUCKET,
-            "--endpoint-name", "faq-endpoint", "--instance-type", "ml.g5.2xlarge", "--role", ROLE,
-            "--region", REGION, "--autoscale", "1:4", "--dry-run"]
+    argv = [
+        "rollout",
+        "--artifact",
+        str(artifacts[0]),
+        "--gate-report",
+        str(gate),
+        "--bucket",
+        BUCKET,
+        "--endpoint-name",
+        "faq-endpoint",
+        "--instance-type",
+        "ml.g5.2xlarge",
+        "--role",
+        ROLE,
+        "--region",
+        REGION,
+        "--autoscale",
+        "1:4",
+        "--dry-run",
+    ]
     assert main(argv) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert plan["image_uri"] == f"{LMI_ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/djl-inference:{LMI_TAG}"
-    assert plan["s3_uri"].startswith(f"s3://{BUCKET}/loraship/faq-endpoint/") and plan["instance_type"] == "ml.g5.2xlarge"
+    assert (
+        plan["s3_uri"].startswith(f"s3://{BUCKET}/loraship/faq-endpoint/") and plan["instance_type"] == "ml.g5.2xlarge"
+    )
     assert plan["adapters"] == {"faq": json.loads(gate.read_text())["adapters"]["faq"]["sha256"]}
     assert plan["autoscale"]["metric"] == "SageMakerVariantInvocationsPerInstance"
     assert [r.get("adapters") for r in plan["smoke_requests"]] == [None, "faq"]
@@ -191,6 +239,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(aws, artifacts, gate, capsy
 
 
 # -- the real thing against moto -------------------------------------------------------------------
+
 
 def test_creates_the_endpoint_smoke_tests_it_and_autoscales(aws, artifacts, gate):
     aws.smoke_replies(OK, OK)
@@ -210,7 +259,9 @@ def test_creates_the_endpoint_smoke_tests_it_and_autoscales(aws, artifacts, gate
     assert head["ContentLength"] == os.path.getsize(artifacts[0])
     assert [s["target"] for s in result["smoke"]] == ["base model", "faq"]
     rid = "endpoint/faq-endpoint/variant/AllTraffic"
-    (target,) = aws.scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])["ScalableTargets"]
+    (target,) = aws.scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])[
+        "ScalableTargets"
+    ]
     assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 4)
     (policy,) = aws.scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)["ScalingPolicies"]
     spec = policy["TargetTrackingScalingPolicyConfiguration"]
@@ -261,9 +312,13 @@ def test_rollback_restores_the_autoscaling_an_instance_type_change_suspended(aws
     with pytest.raises(RolloutFailed):
         rollout(options(aws, artifacts[1], gate, instance_type="ml.g4dn.2xlarge"))
     assert aws.endpoint()["EndpointConfigName"] == first["endpoint_config_name"]
-    (target,) = aws.scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])["ScalableTargets"]
+    (target,) = aws.scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])[
+        "ScalableTargets"
+    ]
     assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 3)
-    assert len(aws.scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)["ScalingPolicies"]) == 1
+    assert (
+        len(aws.scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)["ScalingPolicies"]) == 1
+    )
     # The same change succeeding keeps the scaling the endpoint had.
     aws.smoke_replies(OK, OK)
     result = rollout(options(aws, artifacts[1], gate, instance_type="ml.g4dn.2xlarge"))
@@ -273,9 +328,27 @@ def test_rollback_restores_the_autoscaling_an_instance_type_change_suspended(aws
 def test_cli_rollout_finds_moto_through_aws_endpoint_url(aws, artifacts, gate, monkeypatch, capsys):
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws.url)
     aws.smoke_replies(OK, OK)
-    argv = ["rollout", "--artifact", str(artifacts[0]), "--gate-report", str(gate), "--bucket", BUCKET,
-            "--endpoint-name", "faq-endpoint", "--instance-type", GPU, "--role", ROLE, "--region", REGION,
-            "--poll", "0.01", "--timeout", "10"]
+    argv = [
+        "rollout",
+        "--artifact",
+        str(artifacts[0]),
+        "--gate-report",
+        str(gate),
+        "--bucket",
+        BUCKET,
+        "--endpoint-name",
+        "faq-endpoint",
+        "--instance-type",
+        GPU,
+        "--role",
+        ROLE,
+        "--region",
+        REGION,
+        "--poll",
+        "0.01",
+        "--timeout",
+        "10",
+    ]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["action"] == "created"
     aws.smoke_replies(OK, "oops")
@@ -285,6 +358,7 @@ def test_cli_rollout_finds_moto_through_aws_endpoint_url(aws, artifacts, gate, m
 
 
 # -- the image ---------------------------------------------------------------------------------------
+
 
 def test_the_sdk_lookup_and_the_pinned_pattern_agree():
     """The fallback (no SDK) gives what the SDK gives, for every region it claims to know."""
@@ -305,7 +379,9 @@ def test_without_the_sdk_the_pinned_pattern_is_used(monkeypatch):
     for name in ("sagemaker", "sagemaker.core", "sagemaker.core.image_uris"):
         monkeypatch.setitem(sys.modules, name, None)
     assert lmi_image_uri("eu-west-1") == (
-        f"{LMI_ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/djl-inference:{LMI_TAG}", "pinned pattern")
+        f"{LMI_ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/djl-inference:{LMI_TAG}",
+        "pinned pattern",
+    )
     with pytest.raises(RolloutRefused, match="--image-uri"):
         lmi_image_uri("af-south-1")
 

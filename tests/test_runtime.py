@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from servers import server_args
+from tiny_models import save_random_adapter
 
 from loraship import runtime
 from loraship.build import build_model_dir
 from loraship.cli import main
 from loraship.runtime import RuntimeMissing, djl_command, model_name, resolve_server, server_env
-from servers import server_args
-from tiny_models import save_random_adapter
 
 
 @pytest.fixture
@@ -29,8 +29,9 @@ def fake_home(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("folder, name", [("md-ad", "md_ad"), ("md", "md"), ("_x.y", "_x_y"), ("modèle", "mod_le"),
-                                          ("a b", "a_b")])
+@pytest.mark.parametrize(
+    "folder, name", [("md-ad", "md_ad"), ("md", "md"), ("_x.y", "_x_y"), ("modèle", "mod_le"), ("a b", "a_b")]
+)
 def test_model_names_follow_djl(folder, name):
     assert model_name(Path("/tmp") / folder) == name
 
@@ -65,14 +66,18 @@ def test_djl_command_is_lmis(fake_home, tmp_path, monkeypatch):
     cmd = djl_command(fake_home, state, md, "127.0.0.1", 8123)
     assert cmd[-3:] == ["ai.djl.serving.ModelServer", "-f", str(state / "home" / "conf" / "config.properties")]
     assert cmd[cmd.index("-cp") + 1] == str(fake_home / "lib" / "*")
-    jvm = cmd[1:cmd.index("-cp")]
+    jvm = cmd[1 : cmd.index("-cp")]
     assert jvm[0] == f"-Dlog4j.configurationFile={fake_home / 'conf' / 'log4j2.xml'}"
     assert jvm[1:5] == ["-Xmx1g", "-Xms1g", "-XX:+ExitOnOutOfMemoryError", "-Dai.djl.util.cuda.fork=true"]
     assert "-Dskip_oom_check=true" in jvm and f"-Djava.io.tmpdir={state / 'tmp'}" in jvm
     assert jvm[-2:] == ["-Dextra=1", "-Xmx2g"]  # after LMI's: later flags win
     conf = (state / "home" / "conf" / "config.properties").read_text().splitlines()
-    assert conf == ["inference_address=http://127.0.0.1:8123", "management_address=http://127.0.0.1:8123",
-                    f"model_store={md.resolve()}", "load_models=ALL"]
+    assert conf == [
+        "inference_address=http://127.0.0.1:8123",
+        "management_address=http://127.0.0.1:8123",
+        f"model_store={md.resolve()}",
+        "load_models=ALL",
+    ]
     monkeypatch.setattr(runtime, "has_nvidia_gpu", lambda: True)
     assert "-Dskip_oom_check=true" not in djl_command(fake_home, state, md, "127.0.0.1", 8123)
 
@@ -93,13 +98,35 @@ def test_serve_command_on_real_djl(tiny_neox, tmp_path):
     root = tmp_path / "adapters"
     for seed, name in enumerate(("alpha", "beta", "gamma"), start=1):
         save_random_adapter(tiny_neox, root / name, seed=seed)
-    md = build_model_dir(str(tiny_neox), tmp_path / "my-model", {"alpha": root / "alpha", "beta": root / "beta"},
-                         max_new_tokens=16, options={"adapter_roots": str(root)})
+    md = build_model_dir(
+        str(tiny_neox),
+        tmp_path / "my-model",
+        {"alpha": root / "alpha", "beta": root / "beta"},
+        max_new_tokens=16,
+        options={"adapter_roots": str(root)},
+    )
     port = runtime.free_port()
-    cmd = [sys.executable, "-m", "loraship.cli", "serve", str(md), "--server", "djl", "--djl-home", str(home),
-           "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "loraship.cli",
+        "serve",
+        str(md),
+        "--server",
+        "djl",
+        "--djl-home",
+        str(home),
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
     lines = []
     try:
         deadline = time.monotonic() + 240

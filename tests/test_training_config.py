@@ -34,40 +34,53 @@ def test_default_config_keeps_the_tutorial_split():
 
 
 def test_all_problems_are_reported_at_once_with_their_keys(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 lr: 0.1
 model: {path: 3, precision: fp8}
 lora: {r: "8", rank: 4}
 train: {epochs: 1.5, batch_size: true}
 optim: {betas: [0.9, "x"]}
-""")
+""",
+    )
     with pytest.raises(ConfigError) as err:
         load_config(path)
     msg = str(err.value)
     assert "8 problem(s)" in msg
-    for key in ("  - lr: unknown key", "model.path: expected a string", "model.precision: expected 'fp32'",
-                "lora.r: expected an integer, got '8'", "lora.rank: unknown key", "train.epochs: expected an integer",
-                "train.batch_size: expected an integer, got True", "optim.betas: expected a list of a number"):
+    for key in (
+        "  - lr: unknown key",
+        "model.path: expected a string",
+        "model.precision: expected 'fp32'",
+        "lora.r: expected an integer, got '8'",
+        "lora.rank: unknown key",
+        "train.epochs: expected an integer",
+        "train.batch_size: expected an integer, got True",
+        "optim.betas: expected a list of a number",
+    ):
         assert key in msg
 
 
-@pytest.mark.parametrize("overrides, problem", [
-    (["lora.r=0"], "lora.r: must be >= 1"),
-    (["lora.dropout=1.0"], "lora.dropout: must be in [0, 1)"),
-    (["lora.target_modules=[]"], "lora.target_modules: an empty list"),
-    (["data.test_size=1.5"], "data.test_size: a fraction must be in (0, 1)"),
-    (["data.test_size=0"], "data.test_size: a row count must be >= 1"),
-    (["data.columns={instruction: q}"], "data.columns: needs a column for 'response'"),
-    (["data.columns={instruction: 0, response: 1, answer: 2}"], "data.columns: unknown field(s) answer"),
-    (["optim.betas=[0.9]"], "optim.betas: needs two values"),
-    (["optim.lr=0"], "optim.lr: must be > 0"),
-    (["train.batch_size=0"], "train.batch_size: must be >= 1"),
-    (["train.max_steps=0"], "train.max_steps: must be >= 1 or null"),
-    (["train.checkpoint_every=-1"], "train.checkpoint_every: must be >= 0"),
-    (["nope.x=1"], "nope: unknown key"),
-    (["train=3"], "train: expected a mapping"),
-    (["train.max_steps"], "--set takes KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        (["lora.r=0"], "lora.r: must be >= 1"),
+        (["lora.dropout=1.0"], "lora.dropout: must be in [0, 1)"),
+        (["lora.target_modules=[]"], "lora.target_modules: an empty list"),
+        (["data.test_size=1.5"], "data.test_size: a fraction must be in (0, 1)"),
+        (["data.test_size=0"], "data.test_size: a row count must be >= 1"),
+        (["data.columns={instruction: q}"], "data.columns: needs a column for 'response'"),
+        (["data.columns={instruction: 0, response: 1, answer: 2}"], "data.columns: unknown field(s) answer"),
+        (["optim.betas=[0.9]"], "optim.betas: needs two values"),
+        (["optim.lr=0"], "optim.lr: must be > 0"),
+        (["train.batch_size=0"], "train.batch_size: must be >= 1"),
+        (["train.max_steps=0"], "train.max_steps: must be >= 1 or null"),
+        (["train.checkpoint_every=-1"], "train.checkpoint_every: must be >= 0"),
+        (["nope.x=1"], "nope: unknown key"),
+        (["train=3"], "train: expected a mapping"),
+        (["train.max_steps"], "--set takes KEY=VALUE"),
+    ],
+)
 def test_value_rules(overrides, problem):
     with pytest.raises(ConfigError, match="problem") as err:
         load_config(DEFAULT_CONFIG, overrides)
@@ -75,8 +88,16 @@ def test_value_rules(overrides, problem):
 
 
 def test_overrides_are_typed_by_yaml(tmp_path):
-    cfg = load_config(DEFAULT_CONFIG, ["train.max_steps=5", "optim.lr=1e-3", "model.gradient_checkpointing=true",
-                                       "lora.target_modules=[q_proj, v_proj]", "lora.alpha=8"])
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        [
+            "train.max_steps=5",
+            "optim.lr=1e-3",
+            "model.gradient_checkpointing=true",
+            "lora.target_modules=[q_proj, v_proj]",
+            "lora.alpha=8",
+        ],
+    )
     assert cfg.train.max_steps == 5 and cfg.optim.lr == 1e-3 and cfg.model.gradient_checkpointing is True
     assert cfg.lora.target_modules == ["q_proj", "v_proj"]
     assert cfg.lora.alpha == 8.0 and isinstance(cfg.lora.alpha, float)

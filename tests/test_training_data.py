@@ -5,12 +5,25 @@ from transformers import AutoTokenizer
 
 from handler.pipelines.instruction import END_KEY, format_prompt, format_response
 from loraship.paths import faq_csv
-from training.data import (IGNORE_INDEX, DataError, check_rows, collate, encode_example, encode_rows, read_qa_csv,
-                           read_rows, split_rows)
+from training.data import (
+    IGNORE_INDEX,
+    DataError,
+    check_rows,
+    collate,
+    encode_example,
+    encode_rows,
+    read_qa_csv,
+    read_rows,
+    split_rows,
+)
 
 DOLLY = [
-    {"instruction": "Summarise the text.", "context": "SageMaker is a managed ML service.",
-     "response": "A managed ML service.", "category": "summarization"},
+    {
+        "instruction": "Summarise the text.",
+        "context": "SageMaker is a managed ML service.",
+        "response": "A managed ML service.",
+        "category": "summarization",
+    },
     {"instruction": "Name a colour.", "context": "", "response": "Blue.", "category": "open_qa"},
 ]
 
@@ -50,17 +63,23 @@ def test_tutorial_split_is_deterministic_and_pinned():
 
 def test_csv_with_header_bom_and_dolly_columns(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_bytes("\ufeffinstruction,context,response\nQ1,C1,A1\n\"Q2\nmore\",,A2\n".encode())
+    path.write_bytes('\ufeffinstruction,context,response\nQ1,C1,A1\n"Q2\nmore",,A2\n'.encode())
     rows = read_rows(path)
-    assert [(r["instruction"], r["context"], r["response"], r["row"]) for r in rows] == \
-        [("Q1", "C1", "A1", 2), ("Q2\nmore", "", "A2", 3)]
+    assert [(r["instruction"], r["context"], r["response"], r["row"]) for r in rows] == [
+        ("Q1", "C1", "A1", 2),
+        ("Q2\nmore", "", "A2", 3),
+    ]
 
 
 def test_csv_named_columns_and_optional_context(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("question,answer\nQ,A\n")
-    assert read_qa_csv(path, {"instruction": "question", "response": "answer", "context": "ctx"})[0] == \
-        {"instruction": "Q", "context": "", "response": "A", "row": 2}
+    assert read_qa_csv(path, {"instruction": "question", "response": "answer", "context": "ctx"})[0] == {
+        "instruction": "Q",
+        "context": "",
+        "response": "A",
+        "row": 2,
+    }
     with pytest.raises(DataError, match="no header row"):
         read_qa_csv(path, {"instruction": "question", "response": "answer"}, header=False)
     with pytest.raises(DataError, match="has no column"):
@@ -86,12 +105,15 @@ def test_dolly_jsonl_puts_context_in_the_prompt(tmp_path, tiny_llama):
     assert "Input:\nSageMaker is a managed ML service." in prompt
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "line 2 is not JSON"),
-    ("[1, 2]", "line 2 is a list"),
-    ('{"instruction": "Q"}', "line 2 has no key 'response'"),
-    ('{"instruction": "Q", "response": 3}', "line 2: 'response' is a int"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "line 2 is not JSON"),
+        ("[1, 2]", "line 2 is a list"),
+        ('{"instruction": "Q"}', "line 2 has no key 'response'"),
+        ('{"instruction": "Q", "response": 3}', "line 2: 'response' is a int"),
+    ],
+)
 def test_jsonl_errors_name_the_line(tmp_path, line, message):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(DOLLY[1]) + "\n" + line + "\n")

@@ -49,7 +49,7 @@ def held_out_loss(model, tokenizer, out: Path) -> float:
     total = count = 0.0
     with torch.no_grad():
         for i in range(0, len(examples), 4):
-            loss_sum, n = loss_fn(**collate(examples[i:i + 4], tokenizer.eos_token_id))
+            loss_sum, n = loss_fn(**collate(examples[i : i + 4], tokenizer.eos_token_id))
             total, count = total + float(loss_sum), count + int(n)
     return total / count
 
@@ -67,8 +67,10 @@ def test_completion_loss_equals_the_full_logits_loss(base, request):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     batch = collate(encode_rows(tokenizer, read_qa_csv(faq_csv())[:4])[0], tokenizer.eos_token_id)
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
-                           LoraConfig(r=4, init_lora_weights=False, lora_dropout=0.0, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(r=4, init_lora_weights=False, lora_dropout=0.0, task_type="CAUSAL_LM"),
+    )
     loss_sum, n = CompletionLoss(model)(**batch)
     (loss_sum / n).backward()
     ours = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
@@ -107,8 +109,16 @@ def test_tiny_run_writes_a_servable_adapter_and_its_record(tiny_neox, tmp_path):
     out = tmp_path / "run"
     manifest = train(tiny_config(tiny_neox, "train.eval_every=2"), out)
     assert validate_adapter_dir(str(out))["target_modules"] == ["query_key_value"]
-    for name in ("adapter_model.safetensors", "adapter_config.json", "loss_curve.png", "metrics.jsonl",
-                 "training_config.yaml", "split/train.jsonl", "split/test.jsonl", MANIFEST):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "loss_curve.png",
+        "metrics.jsonl",
+        "training_config.yaml",
+        "split/train.jsonl",
+        "split/test.jsonl",
+        MANIFEST,
+    ):
         assert (out / name).is_file(), name
     assert not (out / "tokenizer.json").exists()  # the tokenizer did not change
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -197,8 +207,16 @@ def test_resume_after_sigkill_reaches_the_same_step_and_weights(tiny_llama, tmp_
     """A run killed with SIGKILL after its first checkpoint, resumed, ends where an uninterrupted
     run ends: same step count, same adapter weights (so the same data order, RNG and optimizer)."""
     steps = 40
-    args = [f"model.path={tiny_llama}", f"train.max_steps={steps}", "train.batch_size=2", "train.grad_accum=1",
-            "train.checkpoint_every=1", "train.eval_every=0", "data.max_length=512", "optim.lr=0.02"]
+    args = [
+        f"model.path={tiny_llama}",
+        f"train.max_steps={steps}",
+        "train.batch_size=2",
+        "train.grad_accum=1",
+        "train.checkpoint_every=1",
+        "train.eval_every=0",
+        "data.max_length=512",
+        "optim.lr=0.02",
+    ]
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "loraship.cli", "train", "--output", str(out)]
     for a in args:
@@ -247,14 +265,40 @@ def test_accelerate_launch_two_processes_matches_one(tiny_llama, tmp_path):
     2 processes x batch 2 take the same steps as 1 process x batch 4."""
     import socket
 
-    args = [f"model.path={tiny_llama}", "train.max_steps=4", "train.grad_accum=1", "train.eval_every=0",
-            "data.max_length=512", "optim.lr=0.5", "optim.name=sgd", "lora.dropout=0.0"]
+    args = [
+        f"model.path={tiny_llama}",
+        "train.max_steps=4",
+        "train.grad_accum=1",
+        "train.eval_every=0",
+        "data.max_length=512",
+        "optim.lr=0.5",
+        "optim.name=sgd",
+        "lora.dropout=0.0",
+    ]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(port), "-m", "loraship.cli", "train", "--output", str(tmp_path / "ddp")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "loraship.cli",
+        "train",
+        "--output",
+        str(tmp_path / "ddp"),
+    ]
     for a in args + ["train.batch_size=2"]:
         command += ["--set", a]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

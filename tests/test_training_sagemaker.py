@@ -24,24 +24,43 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from moto_aws import AwsClients, fake_aws, moto_server
+from safetensors.torch import load_file
 
 from loraship.cli import main
 from training.config import load_config
 from training.recipe import DEFAULT_CONFIG
-from training.sagemaker import (CHECKPOINT_DIR, DEFAULT_MODEL_PACKAGE, ENTRYPOINT, JobFailed, JobOptions,
-                                SubmitRefused, make_plan, run_job)
-from training.sagemaker_entry import (StepFailed, drop_incomplete_checkpoints, export_model, main as entry_main,
-                                      resume_flags, train_and_export)
+from training.sagemaker import (
+    CHECKPOINT_DIR,
+    DEFAULT_MODEL_PACKAGE,
+    ENTRYPOINT,
+    JobFailed,
+    JobOptions,
+    SubmitRefused,
+    make_plan,
+    run_job,
+)
+from training.sagemaker_entry import (
+    StepFailed,
+    drop_incomplete_checkpoints,
+    export_model,
+    resume_flags,
+    train_and_export,
+)
+from training.sagemaker_entry import main as entry_main
 
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
 BUCKET = "loraship-training"
 GPU = "ml.g5.2xlarge"
 #: A tiny run: two optimizer steps, a checkpoint after the first.
-FAST = ["train.max_steps=2", "train.batch_size=2", "train.grad_accum=1", "train.eval_every=0",
-        "train.checkpoint_every=1", "data.test_size=4"]
+FAST = [
+    "train.max_steps=2",
+    "train.batch_size=2",
+    "train.grad_accum=1",
+    "train.eval_every=0",
+    "train.checkpoint_every=1",
+    "data.test_size=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +120,27 @@ def faq_subset(tmp_path) -> Path:
 
 
 def cli(aws, *args, job="faq-job"):
-    return main(["train", "--sagemaker", "--role", ROLE, "--bucket", BUCKET, "--instance-type", GPU,
-                 "--job-name", job, "--endpoint-url", aws.url, *args])
+    return main(
+        [
+            "train",
+            "--sagemaker",
+            "--role",
+            ROLE,
+            "--bucket",
+            BUCKET,
+            "--instance-type",
+            GPU,
+            "--job-name",
+            job,
+            "--endpoint-url",
+            aws.url,
+            *args,
+        ]
+    )
 
 
 # -- dry run and submission ------------------------------------------------------------------------
+
 
 def test_dry_run_prints_the_request_and_creates_nothing(aws, capsys):
     assert cli(aws, "--dry-run", "--set", "train.epochs=1", "--spot", "--max-run", "3600") == 0
@@ -117,25 +152,39 @@ def test_dry_run_prints_the_request_and_creates_nothing(aws, capsys):
     assert req["AlgorithmSpecification"]["TrainingImage"].endswith("/pytorch-training:2.8.0-gpu-py312")
     assert req["AlgorithmSpecification"]["ContainerEntrypoint"] == ENTRYPOINT
     assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in req["InputDataConfig"]} == {
-        "train": f"{root}/data/", "code": f"{root}/code/"}
+        "train": f"{root}/data/",
+        "code": f"{root}/code/",
+    }
     assert req["OutputDataConfig"] == {"S3OutputPath": f"{root}/output"}
     assert req["CheckpointConfig"] == {"S3Uri": f"{root}/checkpoints", "LocalPath": CHECKPOINT_DIR}
     assert req["EnableManagedSpotTraining"] is True
     assert req["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
     # The default model is prepared inside the job from the same pinned package.
-    assert req["HyperParameters"] == {"config": "/opt/ml/input/data/code/training_config.yaml",
-                                      "default_model_package": DEFAULT_MODEL_PACKAGE}
+    assert req["HyperParameters"] == {
+        "config": "/opt/ml/input/data/code/training_config.yaml",
+        "default_model_package": DEFAULT_MODEL_PACKAGE,
+    }
     assert plan["resolved_config"]["train"]["epochs"] == 1
     assert plan["resolved_config"]["data"]["path"] == "/opt/ml/input/data/train/amazon_sagemaker_faqs.csv"
     assert plan["model_artifact"] == f"{root}/output/faq-job/output/model.tar.gz"
-    assert [u["s3_uri"] for u in plan["uploads"]] == [f"{root}/data/amazon_sagemaker_faqs.csv",
-                                                      f"{root}/code/source.tar.gz", f"{root}/code/training_config.yaml"]
+    assert [u["s3_uri"] for u in plan["uploads"]] == [
+        f"{root}/data/amazon_sagemaker_faqs.csv",
+        f"{root}/code/source.tar.gz",
+        f"{root}/code/training_config.yaml",
+    ]
     assert aws.keys() == [] and aws.jobs() == []
 
 
 def test_a_cpu_instance_gets_the_cpu_image_and_a_hub_id_passes_through(aws):
-    plan = make_plan(JobOptions(config=DEFAULT_CONFIG, overrides=["model.path=HuggingFaceTB/SmolLM2-135M-Instruct"],
-                                role=ROLE, bucket=BUCKET, instance_type="ml.m5.xlarge"))
+    plan = make_plan(
+        JobOptions(
+            config=DEFAULT_CONFIG,
+            overrides=["model.path=HuggingFaceTB/SmolLM2-135M-Instruct"],
+            role=ROLE,
+            bucket=BUCKET,
+            instance_type="ml.m5.xlarge",
+        )
+    )
     assert plan.image_uri.endswith("/pytorch-training:2.8.0-cpu-py312")
     assert plan.resolved_config["model"]["path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "default_model_package" not in plan.request["HyperParameters"]
@@ -149,29 +198,51 @@ def test_a_quantized_config_installs_the_gpu_extra_in_the_job(aws):
 
 def test_a_region_without_an_image_names_image_uri(aws):
     opts = JobOptions(config=DEFAULT_CONFIG, role=ROLE, bucket=BUCKET, region="xx-nowhere-1")
-    with pytest.raises(SubmitRefused, match="no PyTorch 2.8.0 training image for ml.g5.2xlarge in xx-nowhere-1.*"
-                                            "pass --image-uri"):
+    with pytest.raises(
+        SubmitRefused, match="no PyTorch 2.8.0 training image for ml.g5.2xlarge in xx-nowhere-1.*pass --image-uri"
+    ):
         make_plan(opts)
     opts.image_uri = "123456789012.dkr.ecr.xx-nowhere-1.amazonaws.com/mine:1"
     assert make_plan(opts).request["AlgorithmSpecification"]["TrainingImage"] == opts.image_uri
 
 
 def test_submission_uploads_the_inputs_and_creates_the_job(aws, tiny_neox, faq_subset, capsys):
-    assert cli(aws, "--set", f"data.path={faq_subset}", "--set", f"model.path={tiny_neox}",
-               "--set", "train.max_steps=7", "--set", "lora.r=4") == 0
+    assert (
+        cli(
+            aws,
+            "--set",
+            f"data.path={faq_subset}",
+            "--set",
+            f"model.path={tiny_neox}",
+            "--set",
+            "train.max_steps=7",
+            "--set",
+            "lora.r=4",
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     root = "loraship/train/faq-job"
-    model_files = sorted(f"{root}/model/{p.relative_to(tiny_neox).as_posix()}"
-                         for p in tiny_neox.rglob("*") if p.is_file())
-    assert aws.keys() == sorted([f"{root}/code/source.tar.gz", f"{root}/code/training_config.yaml",
-                                 f"{root}/data/faq-subset.csv", *model_files])
+    model_files = sorted(
+        f"{root}/model/{p.relative_to(tiny_neox).as_posix()}" for p in tiny_neox.rglob("*") if p.is_file()
+    )
+    assert aws.keys() == sorted(
+        [f"{root}/code/source.tar.gz", f"{root}/code/training_config.yaml", f"{root}/data/faq-subset.csv", *model_files]
+    )
     assert aws.read(f"{root}/data/faq-subset.csv") == faq_subset.read_bytes()
 
     with tarfile.open(fileobj=io.BytesIO(aws.read(f"{root}/code/source.tar.gz"))) as tar:
         names = set(tar.getnames())
-    assert {"training/sagemaker_entry.py", "training/recipe.py", "training/configs/sagemaker_faqs.yaml",
-            "training/data/LICENSE-amazon-faqs.txt", "handler/pipelines/instruction.py", "loraship/cli.py",
-            "setup.cfg", "pyproject.toml"} <= names
+    assert {
+        "training/sagemaker_entry.py",
+        "training/recipe.py",
+        "training/configs/sagemaker_faqs.yaml",
+        "training/data/LICENSE-amazon-faqs.txt",
+        "handler/pipelines/instruction.py",
+        "loraship/cli.py",
+        "setup.cfg",
+        "pyproject.toml",
+    } <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
     # The resolved config: the overrides applied, the paths pointing at the job's channels, and
@@ -181,8 +252,9 @@ def test_submission_uploads_the_inputs_and_creates_the_job(aws, tiny_neox, faq_s
     assert resolved["train"]["max_steps"] == 7 and resolved["lora"]["r"] == 4
     assert resolved["data"]["path"] == "/opt/ml/input/data/train/faq-subset.csv"
     assert resolved["model"]["path"] == "/opt/ml/input/data/model"
-    local = load_config(DEFAULT_CONFIG, [f"data.path={faq_subset}", f"model.path={tiny_neox}",
-                                         "train.max_steps=7", "lora.r=4"]).to_dict()
+    local = load_config(
+        DEFAULT_CONFIG, [f"data.path={faq_subset}", f"model.path={tiny_neox}", "train.max_steps=7", "lora.r=4"]
+    ).to_dict()
     for section in ("data", "model"):
         del local[section]["path"], resolved[section]["path"]
     assert resolved == local
@@ -192,8 +264,10 @@ def test_submission_uploads_the_inputs_and_creates_the_job(aws, tiny_neox, faq_s
     assert job["RoleArn"] == ROLE
     assert job["ResourceConfig"]["InstanceType"] == GPU
     assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]} == {
-        "train": f"s3://{BUCKET}/{root}/data/", "code": f"s3://{BUCKET}/{root}/code/",
-        "model": f"s3://{BUCKET}/{root}/model/"}
+        "train": f"s3://{BUCKET}/{root}/data/",
+        "code": f"s3://{BUCKET}/{root}/code/",
+        "model": f"s3://{BUCKET}/{root}/model/",
+    }
     assert job["OutputDataConfig"]["S3OutputPath"] == f"s3://{BUCKET}/{root}/output"
     assert job["CheckpointConfig"] == {"S3Uri": f"s3://{BUCKET}/{root}/checkpoints", "LocalPath": CHECKPOINT_DIR}
     assert job["HyperParameters"] == {"config": "/opt/ml/input/data/code/training_config.yaml"}
@@ -228,20 +302,27 @@ def test_a_missing_bucket_is_refused_before_any_upload(aws, capsys):
     assert aws.jobs() == []
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--role", "sagemaker-execution"], "--role 'sagemaker-execution' must be an IAM role ARN"),
-    (["--instance-type", "g5.2xlarge"], "--instance-type 'g5.2xlarge' must be a SageMaker type ml.<family>.<size>"),
-    (["--instance-type", "ml.m5.xlarge", "--set", "model.quantize=4bit"],
-     "model.quantize=4bit needs a CUDA GPU (bitsandbytes) and ml.m5.xlarge has none"),
-    (["--instance-type", "ml.c5.xlarge", "--set", "model.precision=fp16-mixed"],
-     "model.precision=fp16-mixed needs a CUDA GPU and ml.c5.xlarge has none"),
-    (["--set", "data.path=no/such/file.csv"], "no/such/file.csv is not a file"),
-    (["--set", "train.nope=1"], "train.nope: unknown key"),
-    (["--bucket", "My_Bucket"], "--bucket 'My_Bucket' is not a bucket name"),
-    (["--bucket", "s3://loraship-training"], "is not a bucket name"),
-    (["--job-name", "faq_job"], "--job-name 'faq_job'"),
-    (["--set", "model.path=./no-such-model"], "model.path: model './no-such-model' is neither"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--role", "sagemaker-execution"], "--role 'sagemaker-execution' must be an IAM role ARN"),
+        (["--instance-type", "g5.2xlarge"], "--instance-type 'g5.2xlarge' must be a SageMaker type ml.<family>.<size>"),
+        (
+            ["--instance-type", "ml.m5.xlarge", "--set", "model.quantize=4bit"],
+            "model.quantize=4bit needs a CUDA GPU (bitsandbytes) and ml.m5.xlarge has none",
+        ),
+        (
+            ["--instance-type", "ml.c5.xlarge", "--set", "model.precision=fp16-mixed"],
+            "model.precision=fp16-mixed needs a CUDA GPU and ml.c5.xlarge has none",
+        ),
+        (["--set", "data.path=no/such/file.csv"], "no/such/file.csv is not a file"),
+        (["--set", "train.nope=1"], "train.nope: unknown key"),
+        (["--bucket", "My_Bucket"], "--bucket 'My_Bucket' is not a bucket name"),
+        (["--bucket", "s3://loraship-training"], "is not a bucket name"),
+        (["--job-name", "faq_job"], "--job-name 'faq_job'"),
+        (["--set", "model.path=./no-such-model"], "model.path: model './no-such-model' is neither"),
+    ],
+)
 def test_bad_inputs_fail_before_anything_is_uploaded(aws, capsys, args, message):
     assert cli(aws, *args) == 2
     err = capsys.readouterr().err
@@ -252,15 +333,18 @@ def test_bad_inputs_fail_before_anything_is_uploaded(aws, capsys, args, message)
 def test_without_the_sdk_the_error_says_what_to_install(aws, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "sagemaker.core", None)  # as if sagemaker-core were not installed
     assert cli(aws) == 2
-    assert "--sagemaker needs the SageMaker SDK (sagemaker-core): pip install 'loraship[sagemaker]'" in \
-        capsys.readouterr().err
+    assert (
+        "--sagemaker needs the SageMaker SDK (sagemaker-core): pip install 'loraship[sagemaker]'"
+        in capsys.readouterr().err
+    )
     assert aws.keys() == [] and aws.jobs() == []
 
 
 def test_the_sdk_is_imported_only_for_a_sagemaker_run():
     code = "import sys, loraship.cli, training.sagemaker; print(sorted({'sagemaker', 'boto3'} & set(sys.modules)))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip() == "[]"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
 def test_problems_are_reported_together(aws, capsys):
@@ -269,18 +353,22 @@ def test_problems_are_reported_together(aws, capsys):
     assert "--instance-type 'p4d'" in err and "--role 'nope'" in err and "--bucket is required" in err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--bucket", BUCKET], "--bucket: only with --sagemaker"),
-    (["--dry-run", "--wait"], "--wait, --dry-run: only with --sagemaker"),
-    (["--sagemaker", "--resume"], "--resume and --overwrite are for local runs"),
-    (["--sagemaker", "--output", "out"], "--output with --sagemaker is where --wait puts the adapter: add --wait"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bucket", BUCKET], "--bucket: only with --sagemaker"),
+        (["--dry-run", "--wait"], "--wait, --dry-run: only with --sagemaker"),
+        (["--sagemaker", "--resume"], "--resume and --overwrite are for local runs"),
+        (["--sagemaker", "--output", "out"], "--output with --sagemaker is where --wait puts the adapter: add --wait"),
+    ],
+)
 def test_cli_flags_that_do_not_fit_together(capsys, args, message):
     assert main(["train", *args]) == 2
     assert f"loraship train: error: {message}" in capsys.readouterr().err
 
 
 # -- the entry script, here with temporary folders for /opt/ml -----------------------------------
+
 
 def test_resume_decision_and_incomplete_checkpoints(tmp_path):
     out = tmp_path / "run"
@@ -301,17 +389,29 @@ def test_resume_decision_and_incomplete_checkpoints(tmp_path):
 
 def test_export_copies_the_run_without_checkpoints(tmp_path):
     out, model = tmp_path / "run", tmp_path / "model"
-    with pytest.raises(StepFailed, match="without adapter_model.safetensors, adapter_config.json, "
-                                         "training_manifest.json"):
+    with pytest.raises(
+        StepFailed, match="without adapter_model.safetensors, adapter_config.json, training_manifest.json"
+    ):
         export_model(out, model)
     (out / "checkpoint-000003").mkdir(parents=True)
     (out / "split").mkdir()
-    for name in ("adapter_model.safetensors", "adapter_config.json", "training_manifest.json", "split/test.jsonl",
-                 ".loss_curve.png.tmp", "checkpoint-000003/state.pt"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "training_manifest.json",
+        "split/test.jsonl",
+        ".loss_curve.png.tmp",
+        "checkpoint-000003/state.pt",
+    ):
         (out / name).write_text(name)
     export_model(out, model)
     assert sorted(p.relative_to(model).as_posix() for p in model.rglob("*")) == [
-        "adapter_config.json", "adapter_model.safetensors", "split", "split/test.jsonl", "training_manifest.json"]
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "split",
+        "split/test.jsonl",
+        "training_manifest.json",
+    ]
 
 
 def test_a_failed_step_becomes_the_jobs_failure_reason(tmp_path):
@@ -364,6 +464,7 @@ def test_a_restarted_job_resumes_from_the_synced_checkpoint(job_run, tmp_path):
 
 # -- --wait ----------------------------------------------------------------------------------------
 
+
 def model_tarball(folder: Path) -> bytes:
     """/opt/ml/model as SageMaker archives it: its contents at the top of model.tar.gz."""
     buf = io.BytesIO()
@@ -413,15 +514,30 @@ def test_wait_refuses_a_non_empty_output_before_submitting(aws, tmp_path, capsys
 
 
 def test_wait_prints_each_status_change_and_reports_a_failure(aws, job_statuses, tmp_path):
-    job_statuses(("InProgress", "Starting"), ("InProgress", "Starting"), ("InProgress", "Training"),
-                 ("Failed", "Failed", "AlgorithmError: loraship train exited with 2"))
+    job_statuses(
+        ("InProgress", "Starting"),
+        ("InProgress", "Starting"),
+        ("InProgress", "Training"),
+        ("Failed", "Failed", "AlgorithmError: loraship train exited with 2"),
+    )
     logged = []
-    opts = JobOptions(config=DEFAULT_CONFIG, role=ROLE, bucket=BUCKET, endpoint_url=aws.url, job_name="faq-job",
-                      wait=True, output=tmp_path / "adapter", poll=0)
+    opts = JobOptions(
+        config=DEFAULT_CONFIG,
+        role=ROLE,
+        bucket=BUCKET,
+        endpoint_url=aws.url,
+        job_name="faq-job",
+        wait=True,
+        output=tmp_path / "adapter",
+        poll=0,
+    )
     with pytest.raises(JobFailed, match="training job faq-job is Failed: AlgorithmError: loraship train exited"):
         run_job(opts, log=logged.append)
     assert [m for m in logged if m.startswith("faq-job:")] == [
-        "faq-job: InProgress (Starting)", "faq-job: InProgress (Training)", "faq-job: Failed"]
+        "faq-job: InProgress (Starting)",
+        "faq-job: InProgress (Training)",
+        "faq-job: Failed",
+    ]
     assert not (tmp_path / "adapter").exists()
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPTNeoXConfig, LlamaConfig, PreTrainedTokenizerFast, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig, PreTrainedTokenizerFast
 
 from handler.pipelines.instruction import END_KEY, INSTRUCTION_KEY, INTRO_BLURB, RESPONSE_KEY
-from training.data import read_qa_csv
 from loraship.paths import faq_csv
+from training.data import read_qa_csv
 
 EOS = "<|endoftext|>"
 
@@ -22,8 +22,9 @@ def train_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
 
@@ -34,9 +35,17 @@ def save_tiny_model(folder: Path, arch: str = "gpt_neox", seed: int = 0) -> Path
 
     torch.manual_seed(seed)
     tokenizer = train_tokenizer()
-    common = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
-                  bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
     if arch == "gpt_neox":
         config = GPTNeoXConfig(**common)
     elif arch == "llama":
@@ -50,8 +59,9 @@ def save_tiny_model(folder: Path, arch: str = "gpt_neox", seed: int = 0) -> Path
     return folder
 
 
-def save_random_adapter(base: Path, folder: Path, seed: int = 1, r: int = 4, alpha: int = 16,
-                        target_modules=None) -> Path:
+def save_random_adapter(
+    base: Path, folder: Path, seed: int = 1, r: int = 4, alpha: int = 16, target_modules=None
+) -> Path:
     """A LoRA adapter with random (non-zero) A and B, so it visibly changes the base model's output."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -60,8 +70,9 @@ def save_random_adapter(base: Path, folder: Path, seed: int = 1, r: int = 4, alp
     model = AutoModelForCausalLM.from_pretrained(base)
     if target_modules is None:
         target_modules = ["query_key_value"] if model.config.model_type == "gpt_neox" else ["q_proj", "v_proj"]
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules,
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules, init_lora_weights=False)
+    )
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

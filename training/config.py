@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Union
 
 import yaml
 
@@ -26,12 +26,16 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
                    |[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+                   |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def _yaml(text: str):
@@ -64,14 +68,15 @@ class DataArgs:
     """The data file; a relative path in a config file is relative to that file's folder."""
     format: Literal["auto", "csv", "jsonl"] = "auto"
     """File format; 'auto' picks by suffix (.csv, .jsonl / .json)."""
-    header: Union[bool, Literal["auto"]] = "auto"
+    header: bool | Literal["auto"] = "auto"
     """CSV only: whether the first row names the columns; 'auto' says yes when it holds the
     instruction and response columns that ``columns`` names."""
-    columns: dict[str, Union[str, int]] = field(
-        default_factory=lambda: {"instruction": "instruction", "context": "context", "response": "response"})
+    columns: dict[str, str | int] = field(
+        default_factory=lambda: {"instruction": "instruction", "context": "context", "response": "response"}
+    )
     """Which column holds each field (instruction, response, optional context): a name (CSV header
     or JSON key) or a 0-based CSV position. Dolly-15k rows need no mapping."""
-    test_size: Union[int, float] = 14
+    test_size: int | float = 14
     """Held-out rows: a count, or a fraction in (0, 1). They are never trained on."""
     seed: int = 0
     """Seed of the train/test split (the same permutation as ``datasets.Dataset.train_test_split``)."""
@@ -118,7 +123,7 @@ class LoraArgs:
     """Scale of the update (alpha / r multiplies it)."""
     dropout: float = 0.05
     """Dropout on the LoRA branch's input."""
-    target_modules: Optional[list[str]] = None
+    target_modules: list[str] | None = None
     """Module names to adapt; null picks per architecture (GPT-NeoX: query_key_value, Llama and
     kin: q_proj, k_proj, v_proj, o_proj)."""
 
@@ -145,7 +150,7 @@ class OptimArgs:
     """Decoupled weight decay on the LoRA matrices."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """AdamW's betas."""
-    max_grad_norm: Optional[float] = 1.0
+    max_grad_norm: float | None = 1.0
     """Clip the gradient norm to this; null does not clip."""
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     """Learning-rate schedule over the run (transformers.get_scheduler)."""
@@ -171,7 +176,7 @@ class OptimArgs:
 class TrainArgs:
     epochs: int = 1
     """Passes over the training rows (ignored when max_steps is set)."""
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     """Optimizer steps to run; null runs ``epochs`` full passes."""
     batch_size: int = 4
     """Examples per forward pass (per process): activation memory grows linearly with it."""
@@ -306,8 +311,7 @@ def _matches(value, hint) -> bool:
     if origin is list:
         return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
     if origin is dict:
-        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1])
-                                               for k, v in value.items())
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
@@ -331,5 +335,12 @@ def _hint_name(hint) -> str:
 
 
 def _type_name(value) -> str:
-    return {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
-            list: "list", dict: "mapping"}.get(type(value), type(value).__name__)
+    return {
+        type(None): "null",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "mapping",
+    }.get(type(value), type(value).__name__)

@@ -52,8 +52,10 @@ def read_qa_csv(path: str | Path, columns: dict | None = None, header: bool | st
         positions.update({field: head.index(col) for field, col in names.items() if col in head})
         records = records[1:]
     elif names:
-        raise DataError(f"{path}: columns {sorted(names.values())} are named, but the file has no header row "
-                        "(map fields to 0-based positions instead)")
+        raise DataError(
+            f"{path}: columns {sorted(names.values())} are named, but the file has no header row "
+            "(map fields to 0-based positions instead)"
+        )
     rows = []
     for n, rec in records:
         need = max(positions[f] for f in REQUIRED) + 1
@@ -93,8 +95,9 @@ def read_jsonl(path: str | Path, columns: dict | None = None) -> list[dict]:
     return rows
 
 
-def read_rows(path: str | Path, format: str = "auto", columns: dict | None = None,
-              header: bool | str = "auto") -> list[dict]:
+def read_rows(
+    path: str | Path, format: str = "auto", columns: dict | None = None, header: bool | str = "auto"
+) -> list[dict]:
     """Rows of a CSV or JSON Lines file; ``format="auto"`` goes by the suffix. ``columns``
     defaults to Dolly-15k's names (instruction, context, response) for both formats."""
     path = Path(path)
@@ -114,11 +117,13 @@ def check_rows(rows: list[dict], *, drop_empty: bool = False, source: str = "dat
     """Rows with an empty instruction or response: an error naming them, or dropped and counted."""
     empty = [r for r in rows if not r["instruction"] or not r["response"]]
     if empty and not drop_empty:
-        where = ", ".join(f"row {r['row']} ({'instruction' if not r['instruction'] else 'response'})"
-                          for r in empty[:10])
+        where = ", ".join(
+            f"row {r['row']} ({'instruction' if not r['instruction'] else 'response'})" for r in empty[:10]
+        )
         more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
-        raise DataError(f"{source}: empty instruction or response in {where}{more}; "
-                        "set data.drop_empty=true to drop such rows")
+        raise DataError(
+            f"{source}: empty instruction or response in {where}{more}; set data.drop_empty=true to drop such rows"
+        )
     kept = [r for r in rows if r["instruction"] and r["response"]]
     return kept, len(empty)
 
@@ -147,9 +152,11 @@ def encode_example(tokenizer, row: dict) -> dict:
     completion = tokenizer(format_response(row["response"]), add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         completion = completion + [tokenizer.eos_token_id]
-    return {"input_ids": list(prompt) + list(completion),
-            "labels": [IGNORE_INDEX] * len(prompt) + list(completion),
-            "row": row.get("row")}
+    return {
+        "input_ids": list(prompt) + list(completion),
+        "labels": [IGNORE_INDEX] * len(prompt) + list(completion),
+        "row": row.get("row"),
+    }
 
 
 def encode_rows(tokenizer, rows: list[dict], max_length: int | None = None) -> tuple[list[dict], list[int]]:
@@ -185,5 +192,9 @@ def collate(examples: list[dict], pad_id: int) -> dict:
 
 
 def _row(fields: dict, n: int) -> dict:
-    return {"instruction": fields.get("instruction", ""), "context": fields.get("context", ""),
-            "response": fields.get("response", ""), "row": n}
+    return {
+        "instruction": fields.get("instruction", ""),
+        "context": fields.get("context", ""),
+        "response": fields.get("response", ""),
+        "row": n,
+    }

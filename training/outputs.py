@@ -62,11 +62,14 @@ def prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
         shutil.rmtree(out)
         return None
     if finished:
-        raise TrainingError(f"{out} already holds a finished adapter ({MANIFEST}); pass --overwrite to "
-                            "train again into it, or choose another --output")
+        raise TrainingError(
+            f"{out} already holds a finished adapter ({MANIFEST}); pass --overwrite to "
+            "train again into it, or choose another --output"
+        )
     if not resume:
-        raise TrainingError(f"{out} holds an unfinished run; pass --resume to continue it or --overwrite "
-                            "to start again")
+        raise TrainingError(
+            f"{out} holds an unfinished run; pass --resume to continue it or --overwrite to start again"
+        )
     for stale in out.glob(f"{CHECKPOINT_PREFIX}*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
     return latest_checkpoint(out)
@@ -74,9 +77,8 @@ def prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
 
 def checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a half-written one still ends in ``.tmp``)."""
-    found = [p for p in out.glob(f"{CHECKPOINT_PREFIX}*")
-             if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    found = [p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -84,8 +86,7 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(out: Path, step: int, trainable: dict, optimizer_state: dict, state: dict,
-                    keep: int) -> Path:
+def save_checkpoint(out: Path, step: int, trainable: dict, optimizer_state: dict, state: dict, keep: int) -> Path:
     """Write ``checkpoint-<step>``: trainable weights, optimizer, and the loop state (schedule,
     RNG, position, metrics); then drop all but the newest ``keep``."""
     import torch
@@ -153,8 +154,16 @@ def library_versions() -> dict:
     import platform
 
     versions = {"python": platform.python_version()}
-    for dist in ("loraship", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors",
-                 "bitsandbytes"):
+    for dist in (
+        "loraship",
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "tokenizers",
+        "safetensors",
+        "bitsandbytes",
+    ):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

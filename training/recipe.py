@@ -29,13 +29,22 @@ import torch.nn.functional as F
 import yaml
 
 from handler.pipelines.instruction import END_KEY, INSTRUCTION_KEY, RESPONSE_KEY
+from loraship.hashing import file_sha256, tree_sha256
 
 from .config import ConfigError, LoraArgs, ModelArgs, OptimArgs, TrainConfig, load_config
 from .data import IGNORE_INDEX, DataError, check_rows, collate, encode_rows, read_rows, split_rows
-from loraship.hashing import file_sha256, tree_sha256
-
-from .outputs import (CONFIG, MANIFEST, TrainingError, atomic_write_text, library_versions, load_checkpoint,
-                      plot_losses, prepare_output, save_checkpoint, write_jsonl)
+from .outputs import (
+    CONFIG,
+    MANIFEST,
+    TrainingError,
+    atomic_write_text,
+    library_versions,
+    load_checkpoint,
+    plot_losses,
+    prepare_output,
+    save_checkpoint,
+    write_jsonl,
+)
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS_DIR / "sagemaker_faqs.yaml"
@@ -43,8 +52,10 @@ MARKERS = [INSTRUCTION_KEY, RESPONSE_KEY, END_KEY]
 DEFAULT_TARGETS = {
     "gpt_neox": ["query_key_value"],
     "gpt2": ["c_attn"],
-    **{t: ["q_proj", "k_proj", "v_proj", "o_proj"]
-       for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2")},
+    **{
+        t: ["q_proj", "k_proj", "v_proj", "o_proj"]
+        for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2")
+    },
 }
 """LoRA on the attention projections, per ``config.model_type``, as the Dolly tutorial did."""
 
@@ -52,6 +63,7 @@ DEFAULT_TARGETS = {
 @dataclass
 class LoopState:
     """Everything about the loop's progress that a checkpoint carries besides weights and optimizer."""
+
     step: int = 0
     train_tokens: int = 0
     train_time: float = 0.0
@@ -98,13 +110,15 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False, overwri
     # The process group (PartialState), if `accelerate launch` made one, is kept.
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}
-                              [cfg.model.precision])
+    accelerator = Accelerator(
+        mixed_precision={"fp32": "no", "bf16-mixed": "bf16", "fp16-mixed": "fp16"}[cfg.model.precision]
+    )
     main = accelerator.is_main_process
     checkpoint = _setup_output(out, cfg, resume=resume, overwrite=overwrite) if main else None
     accelerator.wait_for_everyone()
     if not main and resume:
         from .outputs import latest_checkpoint
+
         checkpoint = latest_checkpoint(out)
     set_seed(cfg.seed)
 
@@ -115,9 +129,12 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False, overwri
     tokenizer, new_token_ids = _setup_tokenizer(model_path, cfg.template.special_tokens)
     data = _setup_data(cfg, tokenizer, out if main else None)
     if main:
-        print(f"loraship train: {data['rows']} rows: {len(data['train'])} to train on "
-              f"({len(data['dropped_too_long'])} longer than {cfg.data.max_length} tokens and "
-              f"{data['dropped_empty']} empty dropped), {data['test_rows']} held out -> {out}", flush=True)
+        print(
+            f"loraship train: {data['rows']} rows: {len(data['train'])} to train on "
+            f"({len(data['dropped_too_long'])} longer than {cfg.data.max_length} tokens and "
+            f"{data['dropped_empty']} empty dropped), {data['test_rows']} held out -> {out}",
+            flush=True,
+        )
     model = _setup_model(cfg.model, model_path, len(tokenizer), accelerator.local_process_index)
     model = _setup_lora(cfg.lora, model, new_token_ids)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -148,13 +165,13 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False, overwri
     bar = _progress(total_steps, state.step, disable=not main)
     while state.step < total_steps:
         epoch, done_in_epoch = divmod(state.step, steps_per_epoch)
-        batches = _epoch_batches(len(data["train"]), epoch, cfg, accelerator.process_index,
-                                 accelerator.num_processes)
+        batches = _epoch_batches(len(data["train"]), epoch, cfg, accelerator.process_index, accelerator.num_processes)
         for group in _step_groups(batches, cfg.train.grad_accum)[done_in_epoch:]:
             t0 = time.perf_counter()
             micro = [collate([data["train"][i] for i in b], pad_id) for b in group]
-            loss, tokens = _train_step(accelerator, loss_fn, optimizer, scheduler, micro, trainable,
-                                       cfg.optim.max_grad_norm)
+            loss, tokens = _train_step(
+                accelerator, loss_fn, optimizer, scheduler, micro, trainable, cfg.optim.max_grad_norm
+            )
             state.step += 1
             state.train_time += time.perf_counter() - t0
             state.train_tokens += tokens
@@ -165,8 +182,7 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False, overwri
                 loss = evaluate_now()
                 if main:
                     bar.write(f"step {state.step}: held-out loss {loss:.4f}")
-            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0 \
-                    and state.step < total_steps:
+            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0 and state.step < total_steps:
                 state.wall_time = wall_before + time.perf_counter() - started
                 _checkpoint(accelerator, out, model, optimizer, scheduler, state, cfg.train.keep_checkpoints)
             if state.step >= total_steps:
@@ -178,22 +194,37 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False, overwri
     # ---- save
     manifest = None
     if main:
-        manifest = _save(out, cfg, model, tokenizer, bool(new_token_ids), model_path, data, state,
-                         total_steps=total_steps, steps_per_epoch=steps_per_epoch, resumed_from=resumed_from,
-                         processes=accelerator.num_processes, device=str(accelerator.device),
-                         final_eval=final_eval)
+        manifest = _save(
+            out,
+            cfg,
+            model,
+            tokenizer,
+            bool(new_token_ids),
+            model_path,
+            data,
+            state,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            resumed_from=resumed_from,
+            processes=accelerator.num_processes,
+            device=str(accelerator.device),
+            final_eval=final_eval,
+        )
     accelerator.wait_for_everyone()
     return manifest
 
 
 # ---- setup helpers, one object each
 
+
 def _check_hardware(args: ModelArgs) -> None:
     """Fail before loading anything when the config asks for what this machine lacks."""
     if args.quantize != "none":
         if not torch.cuda.is_available():
-            raise TrainingError(f"model.quantize={args.quantize} loads the base with bitsandbytes, which needs a "
-                                "CUDA GPU; this machine has none: set model.quantize=none")
+            raise TrainingError(
+                f"model.quantize={args.quantize} loads the base with bitsandbytes, which needs a "
+                "CUDA GPU; this machine has none: set model.quantize=none"
+            )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise TrainingError(f"model.quantize={args.quantize} needs bitsandbytes: pip install 'loraship[gpu]'")
     if args.precision == "fp16-mixed" and not torch.cuda.is_available():
@@ -241,8 +272,15 @@ def _setup_data(cfg: TrainConfig, tokenizer, out: Path | None) -> dict:
     test, _ = encode_rows(tokenizer, test_rows)
     if not train:
         raise DataError(f"all {len(train_rows)} training rows are longer than data.max_length={args.max_length}")
-    return {"train": train, "test": test, "rows": len(rows) + n_empty, "dropped_empty": n_empty,
-            "train_rows": len(train_rows), "test_rows": len(test_rows), "dropped_too_long": too_long}
+    return {
+        "train": train,
+        "test": test,
+        "rows": len(rows) + n_empty,
+        "dropped_empty": n_empty,
+        "train_rows": len(train_rows),
+        "test_rows": len(test_rows),
+        "dropped_too_long": too_long,
+    }
 
 
 def _setup_model(args: ModelArgs, model_path: str, vocab_size: int, device_index: int):
@@ -255,8 +293,12 @@ def _setup_model(args: ModelArgs, model_path: str, vocab_size: int, device_index
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_8bit=args.quantize == "8bit", load_in_4bit=args.quantize == "4bit",
-            bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+            load_in_8bit=args.quantize == "8bit",
+            load_in_4bit=args.quantize == "4bit",
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
         kwargs["device_map"] = {"": device_index}
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     model.config.use_cache = False
@@ -267,8 +309,9 @@ def _setup_model(args: ModelArgs, model_path: str, vocab_size: int, device_index
     if args.quantize != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=ckpt_kwargs)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=args.gradient_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs
+        )
     elif args.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5.x on
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
@@ -285,10 +328,19 @@ def _setup_lora(args: LoraArgs, model, new_token_ids: list[int]):
     targets = args.target_modules or DEFAULT_TARGETS.get(model.config.model_type)
     if not targets:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise TrainingError(f"no default LoRA target modules for model type {model.config.model_type!r}; set "
-                            f"lora.target_modules (its Linear layers: {', '.join(linear)})")
-    config = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=list(targets),
-                        bias="none", task_type="CAUSAL_LM", trainable_token_indices=new_token_ids or None)
+        raise TrainingError(
+            f"no default LoRA target modules for model type {model.config.model_type!r}; set "
+            f"lora.target_modules (its Linear layers: {', '.join(linear)})"
+        )
+    config = LoraConfig(
+        r=args.r,
+        lora_alpha=args.alpha,
+        lora_dropout=args.dropout,
+        target_modules=list(targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+        trainable_token_indices=new_token_ids or None,
+    )
     return get_peft_model(model, config)
 
 
@@ -301,11 +353,11 @@ def _setup_optimizer(args: OptimArgs, params: list):
 def _setup_scheduler(args: OptimArgs, optimizer, total_steps: int):
     from transformers import get_scheduler
 
-    return get_scheduler(args.scheduler, optimizer, num_warmup_steps=args.warmup_steps,
-                         num_training_steps=total_steps)
+    return get_scheduler(args.scheduler, optimizer, num_warmup_steps=args.warmup_steps, num_training_steps=total_steps)
 
 
 # ---- loop helpers
+
 
 def _steps_per_epoch(n_train: int, cfg: TrainConfig, world: int) -> int:
     per_rank = n_train // world if world > 1 else n_train
@@ -322,11 +374,11 @@ def _epoch_batches(n_train: int, epoch: int, cfg: TrainConfig, rank: int, world:
     order = torch.randperm(n_train, generator=g).tolist()
     order = order[: len(order) - len(order) % world][rank::world]
     bs = cfg.train.batch_size
-    return [order[i:i + bs] for i in range(0, len(order), bs)]
+    return [order[i : i + bs] for i in range(0, len(order), bs)]
 
 
 def _step_groups(batches: list, grad_accum: int) -> list[list]:
-    return [batches[i:i + grad_accum] for i in range(0, len(batches), grad_accum)]
+    return [batches[i : i + grad_accum] for i in range(0, len(batches), grad_accum)]
 
 
 def _train_step(accelerator, loss_fn, optimizer, scheduler, micro: list[dict], params, max_grad_norm):
@@ -335,8 +387,13 @@ def _train_step(accelerator, loss_fn, optimizer, scheduler, micro: list[dict], p
     # Divide by the step's label count over all micro-batches and processes, so every response
     # token weighs the same wherever it landed (a mean of per-batch means would not). DDP averages
     # gradients over processes, hence the factor num_processes.
-    local = torch.tensor([sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro),
-                          sum(int(m["attention_mask"].sum()) for m in micro)], device=accelerator.device)
+    local = torch.tensor(
+        [
+            sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro),
+            sum(int(m["attention_mask"].sum()) for m in micro),
+        ],
+        device=accelerator.device,
+    )
     n_labels, tokens = accelerator.reduce(local, "sum").tolist()
     scale = accelerator.num_processes / n_labels
     total = torch.zeros(1, dtype=torch.float64, device=accelerator.device)
@@ -361,10 +418,10 @@ def _evaluate(accelerator, loss_fn, examples: list[dict], batch_size: int, pad_i
     """Mean teacher-forced loss per response token over the held-out rows (all processes together)."""
     module = accelerator.unwrap_model(loss_fn)
     module.eval()
-    shard = examples[accelerator.process_index::accelerator.num_processes]
+    shard = examples[accelerator.process_index :: accelerator.num_processes]
     sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     for i in range(0, len(shard), batch_size):
-        batch = {k: v.to(accelerator.device) for k, v in collate(shard[i:i + batch_size], pad_id).items()}
+        batch = {k: v.to(accelerator.device) for k, v in collate(shard[i : i + batch_size], pad_id).items()}
         loss_sum, count = module(**batch)
         sums += torch.stack([loss_sum.double(), count.double()])
     module.train()
@@ -385,16 +442,27 @@ def _trainable_state(model) -> dict:
 def _checkpoint(accelerator, out, model, optimizer, scheduler, state: LoopState, keep: int) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        rng = {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
         try:
             import numpy as np
+
             rng["numpy"] = np.random.get_state()
         except ImportError:
             pass
-        loop = {"step": state.step, "processes": accelerator.num_processes, "train_tokens": state.train_tokens, "train_time": state.train_time,
-                "wall_time": state.wall_time, "metrics": state.metrics, "scheduler": scheduler.state_dict(),
-                "rng": rng}
+        loop = {
+            "step": state.step,
+            "processes": accelerator.num_processes,
+            "train_tokens": state.train_tokens,
+            "train_time": state.train_time,
+            "wall_time": state.wall_time,
+            "metrics": state.metrics,
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+        }
         save_checkpoint(out, state.step, _trainable_state(model), optimizer.state_dict(), loop, keep)
     accelerator.wait_for_everyone()
 
@@ -404,8 +472,10 @@ def _restore(path: Path, model, optimizer, scheduler, processes: int) -> LoopSta
     weights, optimizer_state, loop = load_checkpoint(path)
     if loop["processes"] != processes:
         # Each process's share of an epoch depends on how many there are.
-        raise TrainingError(f"checkpoint {path} was written by {loop['processes']} process(es); resume it with "
-                            f"as many (this run has {processes})")
+        raise TrainingError(
+            f"checkpoint {path} was written by {loop['processes']} process(es); resume it with "
+            f"as many (this run has {processes})"
+        )
     params = _trainable_state(model)
     missing = sorted(set(params) - set(weights))
     if missing:
@@ -422,15 +492,31 @@ def _restore(path: Path, model, optimizer, scheduler, processes: int) -> LoopSta
         torch.cuda.set_rng_state_all(rng["cuda"])
     if "numpy" in rng:
         import numpy as np
+
         np.random.set_state(rng["numpy"])
-    return LoopState(step=loop["step"], train_tokens=loop["train_tokens"], train_time=loop["train_time"],
-                     wall_time=loop["wall_time"], metrics=list(loop["metrics"]))
+    return LoopState(
+        step=loop["step"],
+        train_tokens=loop["train_tokens"],
+        train_time=loop["train_time"],
+        wall_time=loop["wall_time"],
+        metrics=list(loop["metrics"]),
+    )
 
 
 # ---- save
 
-def _save(out: Path, cfg: TrainConfig, model, tokenizer, tokenizer_changed: bool, model_path: str, data: dict,
-          state: LoopState, **run) -> dict:
+
+def _save(
+    out: Path,
+    cfg: TrainConfig,
+    model,
+    tokenizer,
+    tokenizer_changed: bool,
+    model_path: str,
+    data: dict,
+    state: LoopState,
+    **run,
+) -> dict:
     """Adapter (and tokenizer) moved into place file by file, then the loss curve, and the
     manifest last: its presence means the run finished."""
     tmp = Path(tempfile.mkdtemp(prefix=".save-", dir=out))
@@ -451,22 +537,33 @@ def _save(out: Path, cfg: TrainConfig, model, tokenizer, tokenizer_changed: bool
     plot_losses(state.metrics, out / "loss_curve.png")
     evals = [m["eval_loss"] for m in state.metrics if "eval_loss" in m]
     train_losses = [m["train_loss"] for m in state.metrics if "train_loss" in m]
-    last_epoch = train_losses[-run["steps_per_epoch"]:]
+    last_epoch = train_losses[-run["steps_per_epoch"] :]
     folder = _model_folder(model_path)
     manifest = {
-        "base_model": {"spec": cfg.model.path, "path": model_path,
-                       "sha256": tree_sha256(folder) if folder else None},
-        "data": {"path": cfg.data.path, "sha256": file_sha256(Path(cfg.data.path)), "rows": data["rows"],
-                 "dropped_empty": data["dropped_empty"], "train_rows": data["train_rows"],
-                 "test_rows": data["test_rows"], "train_examples": len(data["train"]),
-                 "dropped_too_long": len(data["dropped_too_long"]),
-                 "dropped_too_long_rows": sorted(data["dropped_too_long"]),
-                 "split": {"train": "split/train.jsonl", "test": "split/test.jsonl"}},
+        "base_model": {"spec": cfg.model.path, "path": model_path, "sha256": tree_sha256(folder) if folder else None},
+        "data": {
+            "path": cfg.data.path,
+            "sha256": file_sha256(Path(cfg.data.path)),
+            "rows": data["rows"],
+            "dropped_empty": data["dropped_empty"],
+            "train_rows": data["train_rows"],
+            "test_rows": data["test_rows"],
+            "train_examples": len(data["train"]),
+            "dropped_too_long": len(data["dropped_too_long"]),
+            "dropped_too_long_rows": sorted(data["dropped_too_long"]),
+            "split": {"train": "split/train.jsonl", "test": "split/test.jsonl"},
+        },
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "versions": library_versions(),
-        "run": {"steps": state.step, "total_steps": run["total_steps"], "steps_per_epoch": run["steps_per_epoch"],
-                "resumed_from_step": run["resumed_from"], "processes": run["processes"], "device": run["device"]},
+        "run": {
+            "steps": state.step,
+            "total_steps": run["total_steps"],
+            "steps_per_epoch": run["steps_per_epoch"],
+            "resumed_from_step": run["resumed_from"],
+            "processes": run["processes"],
+            "device": run["device"],
+        },
         "results": {
             "eval_loss_base": evals[0] if evals else None,
             "eval_loss": run["final_eval"],
@@ -479,8 +576,11 @@ def _save(out: Path, cfg: TrainConfig, model, tokenizer, tokenizer_changed: bool
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         },
-        "adapter": {"file": "adapter_model.safetensors", "sha256": file_sha256(out / "adapter_model.safetensors"),
-                    "tokenizer_saved": tokenizer_changed},
+        "adapter": {
+            "file": "adapter_model.safetensors",
+            "sha256": file_sha256(out / "adapter_model.safetensors"),
+            "tokenizer_saved": tokenizer_changed,
+        },
         "loss_curve": "loss_curve.png",
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -507,8 +607,9 @@ def _diff(before, after, prefix: str = "") -> list[str]:
     return [] if before == after else [f"{prefix.rstrip('.')} ({before!r} -> {after!r})"]
 
 
-def run_cli(config: str | None, output: str | None, overrides: list[str], *, resume: bool = False,
-            overwrite: bool = False) -> int:
+def run_cli(
+    config: str | None, output: str | None, overrides: list[str], *, resume: bool = False, overwrite: bool = False
+) -> int:
     """``loraship train``: load and check the config, train, print the figures; 2 on a usage error."""
     config_path = Path(config) if config else DEFAULT_CONFIG
     out = Path(output) if output else Path("runs") / config_path.stem
@@ -520,8 +621,10 @@ def run_cli(config: str | None, output: str | None, overrides: list[str], *, res
         return 2
     if manifest is not None:
         r = manifest["results"]
-        print(f"loraship train: adapter in {out.resolve()}\n"
-              f"  held-out loss per response token: base {r['eval_loss_base']:.4f} -> adapter {r['eval_loss']:.4f}\n"
-              f"  {manifest['run']['steps']} steps, {r['train_tokens_per_s']} tokens/s, "
-              f"wall {r['wall_time_s']:.0f}s, peak RSS {r['peak_rss_mb']:.0f} MB")
+        print(
+            f"loraship train: adapter in {out.resolve()}\n"
+            f"  held-out loss per response token: base {r['eval_loss_base']:.4f} -> adapter {r['eval_loss']:.4f}\n"
+            f"  {manifest['run']['steps']} steps, {r['train_tokens_per_s']} tokens/s, "
+            f"wall {r['wall_time_s']:.0f}s, peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
     return 0

@@ -57,9 +57,12 @@ CHANNELS = "/opt/ml/input/data"
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
 SOURCE_TARBALL = "source.tar.gz"
 #: The container's entrypoint: unpack the code channel and run the entry script with the image's Python.
-ENTRYPOINT = ["/bin/bash", "-c",
-              f"mkdir -p /opt/ml/code && tar -xzf {CHANNELS}/code/{SOURCE_TARBALL} -C /opt/ml/code "
-              "&& cd /opt/ml/code && exec python3 -m training.sagemaker_entry"]
+ENTRYPOINT = [
+    "/bin/bash",
+    "-c",
+    f"mkdir -p /opt/ml/code && tar -xzf {CHANNELS}/code/{SOURCE_TARBALL} -C /opt/ml/code "
+    "&& cd /opt/ml/code && exec python3 -m training.sagemaker_entry",
+]
 TERMINAL = ("Completed", "Failed", "Stopped")
 _INSTANCE_TYPE = re.compile(r"^ml\.([a-z][a-z0-9-]*)\.([a-z0-9]+)$")
 _JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -125,15 +128,24 @@ class Plan:
 
     def summary(self) -> dict:
         uploads = [{"s3_uri": self.uri(k), "from": str(p)} for k, p in self.files]
-        uploads += [{"s3_uri": self.uri(f"{self.root}/code/{SOURCE_TARBALL}"),
-                     "from": f"{', '.join(SOURCE)} of {REPO_ROOT}"},
-                    {"s3_uri": self.uri(f"{self.root}/code/{CONFIG}"), "from": "resolved_config"}]
-        return {"training_job_name": self.job_name, "region": self.region, "image_uri": self.image_uri,
-                "image_source": self.image_source, "uploads": uploads, "resolved_config": self.resolved_config,
-                "model_artifact": self.artifact_uri, "create_training_job": self.request}
+        uploads += [
+            {"s3_uri": self.uri(f"{self.root}/code/{SOURCE_TARBALL}"), "from": f"{', '.join(SOURCE)} of {REPO_ROOT}"},
+            {"s3_uri": self.uri(f"{self.root}/code/{CONFIG}"), "from": "resolved_config"},
+        ]
+        return {
+            "training_job_name": self.job_name,
+            "region": self.region,
+            "image_uri": self.image_uri,
+            "image_source": self.image_source,
+            "uploads": uploads,
+            "resolved_config": self.resolved_config,
+            "model_artifact": self.artifact_uri,
+            "create_training_job": self.request,
+        }
 
 
 # -- checks and the plan ---------------------------------------------------------------------------
+
 
 def has_cuda(instance_type: str) -> bool:
     """Whether an instance family has NVIDIA GPUs: ml.g* and ml.p*. The CPU families (m, c, t, r)
@@ -146,8 +158,10 @@ def bucket_problems(bucket: str | None) -> list[str]:
     if not bucket:
         return ["--bucket is required: the S3 bucket for the job's inputs and outputs"]
     if not _BUCKET.match(bucket) or ".." in bucket:
-        return [f"--bucket {bucket!r} is not a bucket name: 3-63 lowercase letters, digits, '.' and '-', "
-                "starting and ending with a letter or digit (no s3:// or key)"]
+        return [
+            f"--bucket {bucket!r} is not a bucket name: 3-63 lowercase letters, digits, '.' and '-', "
+            "starting and ending with a letter or digit (no s3:// or key)"
+        ]
     try:
         ipaddress.IPv4Address(bucket)
         return [f"--bucket {bucket!r} is formatted as an IP address, which S3 does not allow"]
@@ -168,19 +182,28 @@ def _sdk():
         from sagemaker.core import image_uris, shapes
         from sagemaker.core.utils.utils import serialize
     except ImportError:
-        raise SubmitRefused("--sagemaker needs the SageMaker SDK (sagemaker-core): "
-                            "pip install 'loraship[sagemaker]'") from None
+        raise SubmitRefused(
+            "--sagemaker needs the SageMaker SDK (sagemaker-core): pip install 'loraship[sagemaker]'"
+        ) from None
     return image_uris, shapes, serialize
 
 
 def training_image(image_uris, region: str, instance_type: str) -> str:
     """The PyTorch training DLC for the region, GPU or CPU by instance type."""
     try:
-        return image_uris.retrieve("pytorch", region=region, version=PYTORCH_VERSION, py_version=PY_VERSION,
-                                   instance_type=instance_type, image_scope="training")
+        return image_uris.retrieve(
+            "pytorch",
+            region=region,
+            version=PYTORCH_VERSION,
+            py_version=PY_VERSION,
+            instance_type=instance_type,
+            image_scope="training",
+        )
     except ValueError as exc:
-        raise SubmitRefused(f"the SageMaker SDK has no PyTorch {PYTORCH_VERSION} training image for "
-                            f"{instance_type} in {region} ({exc}): pass --image-uri") from None
+        raise SubmitRefused(
+            f"the SageMaker SDK has no PyTorch {PYTORCH_VERSION} training image for "
+            f"{instance_type} in {region} ({exc}): pass --image-uri"
+        ) from None
 
 
 def make_plan(opts: JobOptions) -> Plan:
@@ -188,8 +211,9 @@ def make_plan(opts: JobOptions) -> Plan:
     problems = []
     cuda = True
     if not _INSTANCE_TYPE.match(opts.instance_type or ""):
-        problems.append(f"--instance-type {opts.instance_type!r} must be a SageMaker type ml.<family>.<size>, "
-                        "e.g. ml.g5.2xlarge")
+        problems.append(
+            f"--instance-type {opts.instance_type!r} must be a SageMaker type ml.<family>.<size>, e.g. ml.g5.2xlarge"
+        )
     else:
         cuda = has_cuda(opts.instance_type)
     if not opts.role:
@@ -205,15 +229,19 @@ def make_plan(opts: JobOptions) -> Plan:
     if not region:
         problems.append("no region: pass --region or set AWS_DEFAULT_REGION")
     if not (REPO_ROOT / "setup.cfg").is_file():
-        problems.append(f"no source tree at {REPO_ROOT} (setup.cfg is missing): --sagemaker uploads loraship's "
-                        "source, so run it from a checkout installed with pip install -e .")
+        problems.append(
+            f"no source tree at {REPO_ROOT} (setup.cfg is missing): --sagemaker uploads loraship's "
+            "source, so run it from a checkout installed with pip install -e ."
+        )
     job = opts.job_name or default_job_name(Path(opts.config))
     output = None
     if opts.wait:
         output = Path(opts.output) if opts.output else Path("runs") / "sagemaker" / job
         if output.exists() and (not output.is_dir() or any(output.iterdir())):
-            problems.append(f"--output {output} exists and is not an empty folder; --wait extracts the adapter "
-                            "there, so choose another")
+            problems.append(
+                f"--output {output} exists and is not an empty folder; --wait extracts the adapter "
+                "there, so choose another"
+            )
 
     model_folder = None
     data = None
@@ -227,11 +255,15 @@ def make_plan(opts: JobOptions) -> Plan:
         if not data.is_file():
             problems.append(f"data.path: {data} is not a file")
         if not cuda and cfg.model.quantize != "none":
-            problems.append(f"model.quantize={cfg.model.quantize} needs a CUDA GPU (bitsandbytes) and "
-                            f"{opts.instance_type} has none: use an ml.g* or ml.p* instance, or model.quantize=none")
+            problems.append(
+                f"model.quantize={cfg.model.quantize} needs a CUDA GPU (bitsandbytes) and "
+                f"{opts.instance_type} has none: use an ml.g* or ml.p* instance, or model.quantize=none"
+            )
         if not cuda and cfg.model.precision == "fp16-mixed":
-            problems.append(f"model.precision=fp16-mixed needs a CUDA GPU and {opts.instance_type} has none: use an "
-                            "ml.g* or ml.p* instance, or bf16-mixed / fp32")
+            problems.append(
+                f"model.precision=fp16-mixed needs a CUDA GPU and {opts.instance_type} has none: use an "
+                "ml.g* or ml.p* instance, or bf16-mixed / fp32"
+            )
         if cfg.model.path != DEFAULT:
             try:
                 found = resolve_model(cfg.model.path)  # a folder's absolute path, else the hub id
@@ -255,8 +287,11 @@ def make_plan(opts: JobOptions) -> Plan:
     channels = {"train": f"{root}/data/", "code": f"{root}/code/"}
     hyperparameters = {"config": f"{CHANNELS}/code/{CONFIG}"}
     if model_folder:
-        files += [(f"{root}/model/{f.relative_to(model_folder).as_posix()}", f)
-                  for f in sorted(model_folder.rglob("*")) if f.is_file()]
+        files += [
+            (f"{root}/model/{f.relative_to(model_folder).as_posix()}", f)
+            for f in sorted(model_folder.rglob("*"))
+            if f.is_file()
+        ]
         resolved["model"]["path"] = f"{CHANNELS}/model"
         channels["model"] = f"{root}/model/"
     elif cfg.model.path == DEFAULT:
@@ -265,8 +300,16 @@ def make_plan(opts: JobOptions) -> Plan:
         hyperparameters["extras"] = "gpu"  # bitsandbytes
 
     def channel(name: str, key: str):
-        return shapes.Channel(channel_name=name, data_source=shapes.DataSource(s3_data_source=shapes.S3DataSource(
-            s3_data_type="S3Prefix", s3_uri=f"s3://{opts.bucket}/{key}", s3_data_distribution_type="FullyReplicated")))
+        return shapes.Channel(
+            channel_name=name,
+            data_source=shapes.DataSource(
+                s3_data_source=shapes.S3DataSource(
+                    s3_data_type="S3Prefix",
+                    s3_uri=f"s3://{opts.bucket}/{key}",
+                    s3_data_distribution_type="FullyReplicated",
+                )
+            ),
+        )
 
     stopping = {"max_runtime_in_seconds": opts.max_run}
     if opts.spot:
@@ -274,23 +317,38 @@ def make_plan(opts: JobOptions) -> Plan:
     # The SDK's shapes type-check the request and its serialiser writes the wire dict; boto3 sends
     # that dict, not TrainingJob.create, which adds SageMaker config-file defaults at call time and
     # takes no endpoint_url: so --dry-run prints exactly what is sent.
-    request = serialize({
-        "TrainingJobName": job,
-        "RoleArn": opts.role,
-        "AlgorithmSpecification": shapes.AlgorithmSpecification(
-            training_image=image, training_input_mode="File", container_entrypoint=ENTRYPOINT),
-        "HyperParameters": hyperparameters,
-        "InputDataConfig": [channel(name, key) for name, key in channels.items()],
-        "OutputDataConfig": shapes.OutputDataConfig(s3_output_path=f"s3://{opts.bucket}/{root}/output"),
-        "ResourceConfig": shapes.ResourceConfig(instance_type=opts.instance_type, instance_count=1,
-                                                volume_size_in_gb=VOLUME_GB),
-        "StoppingCondition": shapes.StoppingCondition(**stopping),
-        "CheckpointConfig": shapes.CheckpointConfig(s3_uri=f"s3://{opts.bucket}/{root}/checkpoints",
-                                                    local_path=CHECKPOINT_DIR),
-        "EnableManagedSpotTraining": opts.spot,
-    })
-    return Plan(job_name=job, region=region, image_uri=image, image_source=image_source, bucket=opts.bucket,
-                root=root, files=files, resolved_config=resolved, request=request, output=output)
+    request = serialize(
+        {
+            "TrainingJobName": job,
+            "RoleArn": opts.role,
+            "AlgorithmSpecification": shapes.AlgorithmSpecification(
+                training_image=image, training_input_mode="File", container_entrypoint=ENTRYPOINT
+            ),
+            "HyperParameters": hyperparameters,
+            "InputDataConfig": [channel(name, key) for name, key in channels.items()],
+            "OutputDataConfig": shapes.OutputDataConfig(s3_output_path=f"s3://{opts.bucket}/{root}/output"),
+            "ResourceConfig": shapes.ResourceConfig(
+                instance_type=opts.instance_type, instance_count=1, volume_size_in_gb=VOLUME_GB
+            ),
+            "StoppingCondition": shapes.StoppingCondition(**stopping),
+            "CheckpointConfig": shapes.CheckpointConfig(
+                s3_uri=f"s3://{opts.bucket}/{root}/checkpoints", local_path=CHECKPOINT_DIR
+            ),
+            "EnableManagedSpotTraining": opts.spot,
+        }
+    )
+    return Plan(
+        job_name=job,
+        region=region,
+        image_uri=image,
+        image_source=image_source,
+        bucket=opts.bucket,
+        root=root,
+        files=files,
+        resolved_config=resolved,
+        request=request,
+        output=output,
+    )
 
 
 def _default_region() -> str | None:
@@ -317,6 +375,7 @@ def build_source(dest: Path, root: Path = REPO_ROOT) -> list[str]:
 
 # -- doing it --------------------------------------------------------------------------------------
 
+
 def _client_error(exc) -> str:
     err = getattr(exc, "response", {}).get("Error", {})
     return f"{err.get('Code', type(exc).__name__)}: {err.get('Message', exc)}"
@@ -328,8 +387,10 @@ def _clients(plan: Plan, endpoint_url: str | None):
 
     session = boto3.session.Session(region_name=plan.region)
     config = Config(retries={"mode": "standard", "max_attempts": 5})
-    return (session.client("s3", endpoint_url=endpoint_url, config=config),
-            session.client("sagemaker", endpoint_url=endpoint_url, config=config))
+    return (
+        session.client("s3", endpoint_url=endpoint_url, config=config),
+        session.client("sagemaker", endpoint_url=endpoint_url, config=config),
+    )
 
 
 def _job_exists(sm, name: str) -> bool:
@@ -353,8 +414,9 @@ def submit(plan: Plan, s3, sm, log) -> str:
         s3.head_bucket(Bucket=plan.bucket)
         taken = _job_exists(sm, plan.job_name)
     except (ClientError, BotoCoreError) as exc:  # no bucket, no credentials, no network: nothing touched yet
-        raise SubmitRefused(f"cannot use bucket {plan.bucket} or SageMaker in {plan.region}: "
-                            f"{_client_error(exc)}") from None
+        raise SubmitRefused(
+            f"cannot use bucket {plan.bucket} or SageMaker in {plan.region}: {_client_error(exc)}"
+        ) from None
     if taken:
         raise SubmitRefused(f"training job {plan.job_name} already exists: choose another --job-name")
     uploaded = []
@@ -363,8 +425,11 @@ def submit(plan: Plan, s3, sm, log) -> str:
             source = Path(tmp) / SOURCE_TARBALL
             build_source(source)
             config = Path(tmp) / CONFIG
-            config.write_text(f"# Resolved by loraship train --sagemaker for training job {plan.job_name}.\n"
-                              + yaml.safe_dump(plan.resolved_config, sort_keys=False), encoding="utf-8")
+            config.write_text(
+                f"# Resolved by loraship train --sagemaker for training job {plan.job_name}.\n"
+                + yaml.safe_dump(plan.resolved_config, sort_keys=False),
+                encoding="utf-8",
+            )
             code = [(f"{plan.root}/code/{SOURCE_TARBALL}", source), (f"{plan.root}/code/{CONFIG}", config)]
             for key, path in plan.files + code:
                 log(f"uploading {path} to {plan.uri(key)}")
@@ -409,7 +474,7 @@ def fetch_adapter(s3, artifact_uri: str, output: Path) -> dict:
 
     from botocore.exceptions import ClientError
 
-    bucket, _, key = artifact_uri[len("s3://"):].partition("/")
+    bucket, _, key = artifact_uri[len("s3://") :].partition("/")
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}-", dir=output.parent) as tmp:
         archive, extracted = Path(tmp) / "model.tar.gz", Path(tmp) / "model"
@@ -439,11 +504,18 @@ def run_job(opts: JobOptions, *, dry_run: bool = False, log=None) -> dict:
         return {"dry_run": True, **plan.summary()}
     s3, sm = _clients(plan, opts.endpoint_url)
     arn = submit(plan, s3, sm, log)
-    result = {"dry_run": False, "training_job_name": plan.job_name, "training_job_arn": arn,
-              "inputs": plan.uri(f"{plan.root}/"), "checkpoints": plan.request["CheckpointConfig"]["S3Uri"],
-              "model_artifact": plan.artifact_uri}
-    result["fetch_later"] = (f"aws sagemaker describe-training-job --training-job-name {plan.job_name}; once "
-                             f"Completed: aws s3 cp {plan.artifact_uri} - | tar -xz -C DIR")
+    result = {
+        "dry_run": False,
+        "training_job_name": plan.job_name,
+        "training_job_arn": arn,
+        "inputs": plan.uri(f"{plan.root}/"),
+        "checkpoints": plan.request["CheckpointConfig"]["S3Uri"],
+        "model_artifact": plan.artifact_uri,
+    }
+    result["fetch_later"] = (
+        f"aws sagemaker describe-training-job --training-job-name {plan.job_name}; once "
+        f"Completed: aws s3 cp {plan.artifact_uri} - | tar -xz -C DIR"
+    )
     if not opts.wait:
         return result
     try:
@@ -453,12 +525,18 @@ def run_job(opts: JobOptions, *, dry_run: bool = False, log=None) -> dict:
         raise
     result["status"] = job["TrainingJobStatus"]
     if job["TrainingJobStatus"] != "Completed":
-        raise JobFailed(f"training job {plan.job_name} is {job['TrainingJobStatus']}: "
-                        f"{job.get('FailureReason') or 'no reason given'}")
+        raise JobFailed(
+            f"training job {plan.job_name} is {job['TrainingJobStatus']}: "
+            f"{job.get('FailureReason') or 'no reason given'}"
+        )
     artifact = job.get("ModelArtifacts", {}).get("S3ModelArtifacts") or plan.artifact_uri
     log(f"downloading {artifact} into {plan.output}")
     manifest = fetch_adapter(s3, artifact, plan.output)
     del result["fetch_later"]
-    result.update(model_artifact=artifact, adapter=str(plan.output),
-                  eval_loss_base=manifest["results"]["eval_loss_base"], eval_loss=manifest["results"]["eval_loss"])
+    result.update(
+        model_artifact=artifact,
+        adapter=str(plan.output),
+        eval_loss_base=manifest["results"]["eval_loss_base"],
+        eval_loss=manifest["results"]["eval_loss"],
+    )
     return result

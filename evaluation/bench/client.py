@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 import requests
 
 CONNECTION_ERROR = "connection_error"  # refused, reset or closed before a reply (bad URL, dead server)
-TIMEOUT = "timeout"                    # no reply within --timeout
-INCOMPLETE = "incomplete"              # a stream that broke off before its final line
-BAD_REPLY = "bad_reply"                # a 200 whose body is not the expected JSON
+TIMEOUT = "timeout"  # no reply within --timeout
+INCOMPLETE = "incomplete"  # a stream that broke off before its final line
+BAD_REPLY = "bad_reply"  # a 200 whose body is not the expected JSON
 CONNECT_TIMEOUT = 10.0
 
 
@@ -25,22 +25,22 @@ CONNECT_TIMEOUT = 10.0
 class RequestRecord:
     """One request as measured by the client; a line of requests.jsonl. Times are in seconds."""
 
-    index: int                      # order of sending within its phase and level
-    phase: str                      # "probe" (cold/warm adapter probe), "warmup" or "measure"
-    level: str | None               # "concurrency=4" / "rate=2" for measured requests
-    adapter: str                    # the name sent; "__base__" for the base model
+    index: int  # order of sending within its phase and level
+    phase: str  # "probe" (cold/warm adapter probe), "warmup" or "measure"
+    level: str | None  # "concurrency=4" / "rate=2" for measured requests
+    adapter: str  # the name sent; "__base__" for the base model
     stream: bool
-    sent_at: float = 0.0            # seconds since the start of the run
-    status: int | str = 0           # see the module docstring
+    sent_at: float = 0.0  # seconds since the start of the run
+    status: int | str = 0  # see the module docstring
     http_status: int | None = None
     ok: bool = False
     error: str | None = None
-    input_tokens: int | None = None   # details.prompt_tokens
+    input_tokens: int | None = None  # details.prompt_tokens
     output_tokens: int | None = None  # details.generated_tokens
-    ttft: float | None = None         # streaming only: first token chunk's arrival
-    e2e: float | None = None          # last byte of the reply (errors included)
+    ttft: float | None = None  # streaming only: first token chunk's arrival
+    e2e: float | None = None  # last byte of the reply (errors included)
     itl: list[float] = field(default_factory=list)  # streaming: gaps between token chunks' arrivals
-    chunks: int = 0                   # token chunks received (a chunk may hold several tokens)
+    chunks: int = 0  # token chunks received (a chunk may hold several tokens)
     finish_reason: str | None = None
     server_seconds: float | None = None  # details.inference_seconds
 
@@ -57,7 +57,7 @@ class RequestRecord:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RequestRecord":
+    def from_dict(cls, d: dict) -> RequestRecord:
         d = {k: v for k, v in d.items() if k != "tpot"}
         return cls(**d)
 
@@ -65,8 +65,15 @@ class RequestRecord:
 class Client:
     """Sends generation requests with one HTTP session per thread (keep-alive, like a real client)."""
 
-    def __init__(self, url: str, endpoint: str = "/invocations", *, max_new_tokens: int = 64,
-                 stream: bool = False, timeout: float = 300.0):
+    def __init__(
+        self,
+        url: str,
+        endpoint: str = "/invocations",
+        *,
+        max_new_tokens: int = 64,
+        stream: bool = False,
+        timeout: float = 300.0,
+    ):
         self.url = url.rstrip("/") + "/" + endpoint.lstrip("/")
         self.max_new_tokens = max_new_tokens
         self.stream = stream
@@ -75,9 +82,16 @@ class Client:
 
     def body(self, prompt: str, adapter: str) -> dict:
         """min_new_tokens = max_new_tokens, so every request asks for the same amount of work."""
-        return {"inputs": prompt, "adapters": adapter, "stream": self.stream,
-                "parameters": {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.max_new_tokens,
-                               "details": True}}
+        return {
+            "inputs": prompt,
+            "adapters": adapter,
+            "stream": self.stream,
+            "parameters": {
+                "max_new_tokens": self.max_new_tokens,
+                "min_new_tokens": self.max_new_tokens,
+                "details": True,
+            },
+        }
 
     def _session(self) -> requests.Session:
         if not hasattr(self._local, "session"):
@@ -89,8 +103,12 @@ class Client:
         start = time.perf_counter()
         rec.sent_at = start - t0
         try:
-            resp = self._session().post(self.url, json=self.body(prompt, rec.adapter), stream=rec.stream,
-                                        timeout=(CONNECT_TIMEOUT, self.timeout))
+            resp = self._session().post(
+                self.url,
+                json=self.body(prompt, rec.adapter),
+                stream=rec.stream,
+                timeout=(CONNECT_TIMEOUT, self.timeout),
+            )
             rec.http_status = resp.status_code
             streamed = rec.stream and resp.status_code == 200 and "jsonlines" in resp.headers.get("content-type", "")
             if streamed:

@@ -77,8 +77,10 @@ def _describe(run: dict) -> str:
     batch = f"batch_size {model.get('batchSize')}" if isinstance(model, dict) else "batch_size ?"
     commit = (run["versions"].get("git_commit") or "?")[:10]
     adapters = ",".join(run["config"]["adapters"])
-    return f"{run['_path']}: {batch}, adapters {adapters}, stream {run['config']['stream']}, " \
-           f"max_new_tokens {run['config']['max_new_tokens']}, commit {commit}, started {run['started_at']}"
+    return (
+        f"{run['_path']}: {batch}, adapters {adapters}, stream {run['config']['stream']}, "
+        f"max_new_tokens {run['config']['max_new_tokens']}, commit {commit}, started {run['started_at']}"
+    )
 
 
 def compare_text(a: dict, b: dict, level_a: str | None = None, level_b: str | None = None) -> str:

@@ -19,7 +19,7 @@ from .client import Client, RequestRecord
 class Level:
     """One point of a sweep: a concurrency (closed loop) or an arrival rate in requests/s (open loop)."""
 
-    mode: str      # "concurrency" | "rate"
+    mode: str  # "concurrency" | "rate"
     value: float
 
     @property
@@ -32,7 +32,7 @@ class LevelRun:
     level: Level
     records: list[RequestRecord] = field(default_factory=list)
     wall_s: float = 0.0
-    abandoned: int = 0          # in flight when the run was stopped
+    abandoned: int = 0  # in flight when the run was stopped
     interrupted: bool = False
 
 
@@ -96,9 +96,18 @@ def _join(threads: list[threading.Thread]) -> None:
             t.join(0.2)
 
 
-def run_level(client: Client, items, level: Level, *, t0: float, requests: int | None = None,
-              duration: float | None = None, stop: threading.Event, phase: str = "measure",
-              seed: int = 0) -> LevelRun:
+def run_level(
+    client: Client,
+    items,
+    level: Level,
+    *,
+    t0: float,
+    requests: int | None = None,
+    duration: float | None = None,
+    stop: threading.Event,
+    phase: str = "measure",
+    seed: int = 0,
+) -> LevelRun:
     """Run one level; on KeyboardInterrupt set ``stop`` and return what was measured."""
     progress = _Progress(requests, f"{phase} {level.label}")
     tracker = _Tracker(progress)
@@ -128,8 +137,11 @@ def _closed_loop(client, items, concurrency, tracker, t0, requests, deadline, st
     def next_job():
         nonlocal count
         with lock:
-            if stop.is_set() or (requests is not None and count >= requests) or \
-                    (deadline is not None and time.perf_counter() >= deadline):
+            if (
+                stop.is_set()
+                or (requests is not None and count >= requests)
+                or (deadline is not None and time.perf_counter() >= deadline)
+            ):
                 return None
             prompt, adapter = next(items)
             rec = RequestRecord(index=count, phase=phase, level=label, adapter=adapter, stream=client.stream)

@@ -63,8 +63,15 @@ def _throughput(plt, levels: list[dict], path: Path) -> str:
         ax.set_ylim(bottom=0)
     for lv in levels:
         if lv["errors"]:
-            ax1.annotate(f"{lv['errors']} err", (lv["value"], lv["requests_per_s"] or 0), color="tab:red",
-                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+            ax1.annotate(
+                f"{lv['errors']} err",
+                (lv["value"], lv["requests_per_s"] or 0),
+                color="tab:red",
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=8,
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -99,13 +106,20 @@ def _cdf(plt, levels: list[dict], records: list[RequestRecord], metric: str, pat
     adapters = sorted({r.adapter for r in records})
     for ax, lv in zip(axes.flat, levels):
         for name in adapters:
-            values = sorted(getattr(r, metric) * 1000 for r in records
-                            if r.level == lv["label"] and r.adapter == name and getattr(r, metric) is not None)
+            values = sorted(
+                getattr(r, metric) * 1000
+                for r in records
+                if r.level == lv["label"] and r.adapter == name and getattr(r, metric) is not None
+            )
             if values:
                 # matplotlib hides legend labels that start with "_", as "__base__" does.
                 shown = "base model" if name == BASE else name
-                ax.step([values[0], *values], [0.0, *((i + 1) / len(values) for i in range(len(values)))],
-                        where="post", label=f"{shown} (n={len(values)})")
+                ax.step(
+                    [values[0], *values],
+                    [0.0, *((i + 1) / len(values) for i in range(len(values)))],
+                    where="post",
+                    label=f"{shown} (n={len(values)})",
+                )
         ax.set_title(f"{metric.upper()} CDF, {lv['label']}")
         ax.set_xlabel(f"{metric.upper()} (ms)")
         ax.set_ylabel("fraction of requests")
@@ -113,7 +127,7 @@ def _cdf(plt, levels: list[dict], records: list[RequestRecord], metric: str, pat
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(levels):]:
+    for ax in list(axes.flat)[len(levels) :]:
         ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

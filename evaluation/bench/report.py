@@ -17,13 +17,17 @@ def write_outputs(result: dict, records: list[RequestRecord], out: Path) -> None
     with open(out / "requests.jsonl", "w", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(rec.to_dict()) + "\n")
-    result["files"] = {"requests": "requests.jsonl", "summary": "summary.md",
-                       "plots": write_plots(result, records, out)}
+    result["files"] = {
+        "requests": "requests.jsonl",
+        "summary": "summary.md",
+        "plots": write_plots(result, records, out),
+    }
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out / "summary.md").write_text(summary_markdown(result), encoding="utf-8")
 
 
 # -- summary.md ------------------------------------------------------------------------------------
+
 
 def ms(seconds: float | None) -> str:
     if seconds is None:
@@ -52,16 +56,19 @@ def server_line(result: dict) -> str:
         return f"Server: {url} did not answer /ping ({srv['ping'].get('error')})."
     model = srv.get("model_summary")
     if isinstance(model, dict):
-        desc = (f"model `{model.get('modelName')}` (batch_size {model.get('batchSize')}, max_batch_delay "
-                f"{model.get('maxBatchDelayMillis')} ms, {model.get('workers')} worker(s), adapters "
-                f"{', '.join(model.get('adapters') or []) or 'none'})")
+        desc = (
+            f"model `{model.get('modelName')}` (batch_size {model.get('batchSize')}, max_batch_delay "
+            f"{model.get('maxBatchDelayMillis')} ms, {model.get('workers')} worker(s), adapters "
+            f"{', '.join(model.get('adapters') or []) or 'none'})"
+        )
     else:
         desc = f"model `{srv.get('model_name')}` (GET /models/{{m}}: HTTP {srv['model'].get('status')})"
     metrics = srv["metrics"]
     m = "available" if metrics["available"] else f"unavailable (HTTP {metrics['status'] or metrics.get('error')})"
     after = result.get("server_after", {}).get("ping", {})
-    alive = "" if after.get("status") == 200 else \
-        f" After the run /ping gave {after.get('status') or after.get('error')}."
+    alive = (
+        "" if after.get("status") == 200 else f" After the run /ping gave {after.get('status') or after.get('error')}."
+    )
     return f"Server: {url}, {desc}; /server/metrics {m}.{alive}"
 
 
@@ -87,8 +94,11 @@ def summary_markdown(result: dict) -> str:
         f"{num((mach.get('load_average_after') or [None])[0], '.1f')} after; loraship {ver['loraship']} @ {commit}.",
         "",
         "Latencies in ms over successful requests; throughput over each level's wall-clock time. "
-        + ("TTFT, TPOT and ITL are measured from streamed chunks (ITL per chunk)." if cfg["stream"]
-           else "TTFT, TPOT and ITL need --stream."),
+        + (
+            "TTFT, TPOT and ITL are measured from streamed chunks (ITL per chunk)."
+            if cfg["stream"]
+            else "TTFT, TPOT and ITL need --stream."
+        ),
         "",
         "## Throughput and latency",
         "",
@@ -99,39 +109,86 @@ def summary_markdown(result: dict) -> str:
     for lv in levels:
         lat = lv["latency"]
         good = lv["goodput"]
-        rows.append([lv["label"] + (" (stopped)" if lv["interrupted"] else ""), lv["requests"], lv["ok"],
-                     pct(lv["error_rate"]), num(lv["requests_per_s"]), num(lv["output_tokens_per_s"], ".1f"),
-                     num(good["requests_per_s"]) if good else "-",
-                     *(ms(lat["e2e_s"][q]) for q in ("mean", "p50", "p90", "p95", "p99")),
-                     ms(lat["ttft_s"]["p50"]), ms(lat["ttft_s"]["p99"]), ms(lat["tpot_s"]["p50"]),
-                     ms(lat["itl_s"]["p50"])])
+        rows.append(
+            [
+                lv["label"] + (" (stopped)" if lv["interrupted"] else ""),
+                lv["requests"],
+                lv["ok"],
+                pct(lv["error_rate"]),
+                num(lv["requests_per_s"]),
+                num(lv["output_tokens_per_s"], ".1f"),
+                num(good["requests_per_s"]) if good else "-",
+                *(ms(lat["e2e_s"][q]) for q in ("mean", "p50", "p90", "p95", "p99")),
+                ms(lat["ttft_s"]["p50"]),
+                ms(lat["ttft_s"]["p99"]),
+                ms(lat["tpot_s"]["p50"]),
+                ms(lat["itl_s"]["p50"]),
+            ]
+        )
     if rows:
-        lines += table(["level", "sent", "ok", "error rate", "req/s", "out tok/s", "goodput req/s", "E2E mean",
-                        "E2E p50", "p90", "p95", "p99", "TTFT p50", "TTFT p99", "TPOT p50", "ITL p50"], rows)
+        lines += table(
+            [
+                "level",
+                "sent",
+                "ok",
+                "error rate",
+                "req/s",
+                "out tok/s",
+                "goodput req/s",
+                "E2E mean",
+                "E2E p50",
+                "p90",
+                "p95",
+                "p99",
+                "TTFT p50",
+                "TTFT p99",
+                "TPOT p50",
+                "ITL p50",
+            ],
+            rows,
+        )
         lines.append("")
     if cfg["slo_ms"]:
-        lines += ["Goodput: requests that succeeded and met every SLO "
-                  + ", ".join(f"{k} <= {v:g} ms" for k, v in cfg["slo_ms"].items()) + "."]
+        lines += [
+            "Goodput: requests that succeeded and met every SLO "
+            + ", ".join(f"{k} <= {v:g} ms" for k, v in cfg["slo_ms"].items())
+            + "."
+        ]
         notes = {lv["goodput"].get("note") for lv in levels if lv["goodput"] and lv["goodput"].get("note")}
         lines += [f"Goodput n/a: {n}." for n in notes] + [""]
     if len(levels) > 1 and levels[0]["output_tokens_per_s"]:
         first = levels[0]
         lines += [f"## Scaling against {first['label']}", ""]
-        lines += table(["level", "out tok/s", f"x {first['label']}", "E2E p50", f"x {first['label']}"],
-                       [[lv["label"], num(lv["output_tokens_per_s"], ".1f"),
-                         num(_ratio(lv["output_tokens_per_s"], first["output_tokens_per_s"])),
-                         ms(lv["latency"]["e2e_s"]["p50"]),
-                         num(_ratio(lv["latency"]["e2e_s"]["p50"], first["latency"]["e2e_s"]["p50"]))]
-                        for lv in levels])
+        lines += table(
+            ["level", "out tok/s", f"x {first['label']}", "E2E p50", f"x {first['label']}"],
+            [
+                [
+                    lv["label"],
+                    num(lv["output_tokens_per_s"], ".1f"),
+                    num(_ratio(lv["output_tokens_per_s"], first["output_tokens_per_s"])),
+                    ms(lv["latency"]["e2e_s"]["p50"]),
+                    num(_ratio(lv["latency"]["e2e_s"]["p50"], first["latency"]["e2e_s"]["p50"])),
+                ]
+                for lv in levels
+            ],
+        )
         lines.append("")
-    error_rows = [[lv["label"], status, count, (lv["error_examples"].get(status) or "")[:120].replace("|", "/")]
-                  for lv in levels for status, count in lv["status_counts"].items() if status != "200"]
+    error_rows = [
+        [lv["label"], status, count, (lv["error_examples"].get(status) or "")[:120].replace("|", "/")]
+        for lv in levels
+        for status, count in lv["status_counts"].items()
+        if status != "200"
+    ]
     lines += ["## Errors", ""]
     lines += table(["level", "status", "count", "example"], error_rows) if error_rows else ["None."]
     lines.append("")
     lines += _adapter_sections(result)
-    lines += ["## Files", "", "- bench.json (schema: evaluation/bench/README.md)",
-              "- requests.jsonl (one line per request)"]
+    lines += [
+        "## Files",
+        "",
+        "- bench.json (schema: evaluation/bench/README.md)",
+        "- requests.jsonl (one line per request)",
+    ]
     lines += [f"- {p}" for p in result.get("files", {}).get("plots", [])]
     return "\n".join(lines) + "\n"
 
@@ -147,23 +204,53 @@ def _adapter_sections(result: dict) -> list[str]:
     for lv in levels:
         for name, st in lv["adapters"].items():
             cost = lv["adapter_cost"].get(name, {})
-            rows.append([lv["label"], name, st["requests"], pct(st["error_rate"]),
-                         num(st["output_tokens_per_s"], ".1f"), ms(st["latency"]["e2e_s"]["p50"]),
-                         ms(st["latency"]["e2e_s"]["p99"]), ms(st["latency"]["ttft_s"]["p50"]),
-                         num(cost.get("e2e_p50_ratio")) if cost else "-",
-                         num(cost.get("ttft_p50_ratio")) if cost else "-"])
+            rows.append(
+                [
+                    lv["label"],
+                    name,
+                    st["requests"],
+                    pct(st["error_rate"]),
+                    num(st["output_tokens_per_s"], ".1f"),
+                    ms(st["latency"]["e2e_s"]["p50"]),
+                    ms(st["latency"]["e2e_s"]["p99"]),
+                    ms(st["latency"]["ttft_s"]["p50"]),
+                    num(cost.get("e2e_p50_ratio")) if cost else "-",
+                    num(cost.get("ttft_p50_ratio")) if cost else "-",
+                ]
+            )
     if rows:
         lines += ["## Per adapter", "", "Ratios are the adapter over `__base__` in the same level (equal load).", ""]
-        lines += table(["level", "adapter", "sent", "error rate", "out tok/s", "E2E p50", "E2E p99", "TTFT p50",
-                        "E2E p50 / base", "TTFT p50 / base"], rows)
+        lines += table(
+            [
+                "level",
+                "adapter",
+                "sent",
+                "error rate",
+                "out tok/s",
+                "E2E p50",
+                "E2E p99",
+                "TTFT p50",
+                "E2E p50 / base",
+                "TTFT p50 / base",
+            ],
+            rows,
+        )
         lines.append("")
     cw = result.get("cold_warm") or {}
     if cw:
-        lines += ["## Cold vs warm", "",
-                  "Each adapter's first request of this run, sent alone before any load, against the median of "
-                  "the next ones. It is cold only if the server had not served that adapter before the run.", ""]
-        lines += table(["adapter", "metric", "cold", "warm", "cold / warm", "cold status"],
-                       [[name, c["metric"], ms(c["cold_s"]), ms(c["warm_s"]), num(c["cold_over_warm"]),
-                         c["cold_status"]] for name, c in cw.items()])
+        lines += [
+            "## Cold vs warm",
+            "",
+            "Each adapter's first request of this run, sent alone before any load, against the median of "
+            "the next ones. It is cold only if the server had not served that adapter before the run.",
+            "",
+        ]
+        lines += table(
+            ["adapter", "metric", "cold", "warm", "cold / warm", "cold status"],
+            [
+                [name, c["metric"], ms(c["cold_s"]), ms(c["warm_s"]), num(c["cold_over_warm"]), c["cold_status"]]
+                for name, c in cw.items()
+            ],
+        )
         lines.append("")
     return lines

@@ -39,11 +39,11 @@ class BenchConfig:
 
     url: str
     out: Path
-    concurrency: list[int] = field(default_factory=list)   # closed-loop sweep ...
-    rate: list[float] = field(default_factory=list)         # ... or open-loop arrival rates (req/s)
-    requests: int | None = None                             # per level; with duration, whichever ends first
-    duration: float | None = None                           # seconds per level
-    model: str | None = None                                # for GET /models/{m}; default: the first listed
+    concurrency: list[int] = field(default_factory=list)  # closed-loop sweep ...
+    rate: list[float] = field(default_factory=list)  # ... or open-loop arrival rates (req/s)
+    requests: int | None = None  # per level; with duration, whichever ends first
+    duration: float | None = None  # seconds per level
+    model: str | None = None  # for GET /models/{m}; default: the first listed
     endpoint: str = "/invocations"
     dataset: str | None = None
     adapters: list[str] = field(default_factory=lambda: [BASE])
@@ -110,6 +110,7 @@ def parse_slo(text: str | None) -> dict[str, float]:
 
 # -- snapshots -------------------------------------------------------------------------------------
 
+
 def _get_json(url: str, timeout: float = 10.0) -> dict:
     """A GET as a record: status and JSON body, or why it failed; never raises."""
     try:
@@ -137,8 +138,10 @@ def server_snapshot(url: str, model: str | None) -> dict:
     snap["model"] = _get_json(f"{base}/models/{model}") if model else none
     snap["adapters"] = _get_json(f"{base}/models/{model}/adapters") if model else none
     snap["metrics"] = _get_json(base + "/server/metrics")
-    snap["model_summary"] = model_summary(snap["model"].get("body") if snap["model"]["available"] else None,
-                                          snap["adapters"].get("body") if snap["adapters"]["available"] else None)
+    snap["model_summary"] = model_summary(
+        snap["model"].get("body") if snap["model"]["available"] else None,
+        snap["adapters"].get("body") if snap["adapters"]["available"] else None,
+    )
     snap["serving_properties"] = _read_serving_properties(snap["model_summary"])
     return snap
 
@@ -159,9 +162,15 @@ def model_summary(describe, adapters) -> dict | None:
     url = m.get("modelUrl")
     parsed = urllib.parse.urlparse(url) if isinstance(url, str) else None
     model_dir = urllib.parse.unquote(parsed.path) if parsed and parsed.scheme == "file" else None
-    return {"modelName": m.get("modelName"), "status": m.get("status"), "batchSize": m.get("batchSize"),
-            "maxBatchDelayMillis": m.get("maxBatchDelayMillis"), "workers": len(workers), "adapters": names,
-            "modelDir": model_dir}
+    return {
+        "modelName": m.get("modelName"),
+        "status": m.get("status"),
+        "batchSize": m.get("batchSize"),
+        "maxBatchDelayMillis": m.get("maxBatchDelayMillis"),
+        "workers": len(workers),
+        "adapters": names,
+        "modelDir": model_dir,
+    }
 
 
 def _read_serving_properties(summary) -> str | None:
@@ -196,9 +205,13 @@ def versions() -> dict:
     import loraship
 
     status = _git("status", "--porcelain")
-    return {"loraship": loraship.__version__, "git_commit": _git("rev-parse", "HEAD"),
-            "git_dirty": bool(status) if status is not None else None, "python": platform.python_version(),
-            **{pkg: _version(pkg) for pkg in ("requests", "urllib3", "numpy", "matplotlib", "tqdm")}}
+    return {
+        "loraship": loraship.__version__,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "python": platform.python_version(),
+        **{pkg: _version(pkg) for pkg in ("requests", "urllib3", "numpy", "matplotlib", "tqdm")},
+    }
 
 
 def load_average() -> list[float] | None:
@@ -212,20 +225,33 @@ def machine() -> dict:
     except (ValueError, OSError, AttributeError):
         mem = None
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "cpus_usable": usable, "memory_gib": mem, "load_average": load_average()}
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "memory_gib": mem,
+        "load_average": load_average(),
+    }
 
 
 # -- the run ---------------------------------------------------------------------------------------
 
+
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _level_result(run: LevelRun, slo_ms: dict) -> dict:
-    return {"mode": run.level.mode, "value": run.level.value, "label": run.level.label,
-            "interrupted": run.interrupted, "abandoned": run.abandoned,
-            **summarize_level(run.records, run.wall_s, slo_ms)}
+    return {
+        "mode": run.level.mode,
+        "value": run.level.value,
+        "label": run.level.label,
+        "interrupted": run.interrupted,
+        "abandoned": run.abandoned,
+        **summarize_level(run.records, run.wall_s, slo_ms),
+    }
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
@@ -237,18 +263,28 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         raise BenchError("; ".join(problems))
     prompts = load_prompts(cfg.dataset)
     workload = Workload(prompts, cfg.adapters, cfg.mix, cfg.seed)
-    client = Client(cfg.url, cfg.endpoint, max_new_tokens=cfg.max_new_tokens, stream=cfg.stream,
-                    timeout=cfg.timeout)
-    result = {"schema": SCHEMA, "command": cfg.command, "started_at": _now(), "finished_at": None,
-              "interrupted": False, "versions": versions(), "machine": machine(),
-              "config": {**asdict(cfg), "out": str(cfg.out), "prompts": len(prompts)}}
+    client = Client(cfg.url, cfg.endpoint, max_new_tokens=cfg.max_new_tokens, stream=cfg.stream, timeout=cfg.timeout)
+    result = {
+        "schema": SCHEMA,
+        "command": cfg.command,
+        "started_at": _now(),
+        "finished_at": None,
+        "interrupted": False,
+        "versions": versions(),
+        "machine": machine(),
+        "config": {**asdict(cfg), "out": str(cfg.out), "prompts": len(prompts)},
+    }
     result["server"] = server_snapshot(cfg.url, cfg.model)
     if not result["server"]["reachable"]:
-        log(f"loraship bench: warning: {cfg.url}/ping did not answer ({result['server']['ping'].get('error')}); "
-            "requests will be sent and their failures recorded")
+        log(
+            f"loraship bench: warning: {cfg.url}/ping did not answer ({result['server']['ping'].get('error')}); "
+            "requests will be sent and their failures recorded"
+        )
     if not result["server"]["metrics"]["available"]:
-        log(f"loraship bench: /server/metrics unavailable (HTTP {result['server']['metrics']['status']}); "
-            "recorded as such")
+        log(
+            f"loraship bench: /server/metrics unavailable (HTTP {result['server']['metrics']['status']}); "
+            "recorded as such"
+        )
 
     stop = threading.Event()
     t0 = time.perf_counter()
@@ -259,14 +295,30 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             probe = _probe(client, workload, cfg, t0, stop)
             all_records += probe
         if cfg.warmup and not stop.is_set():
-            warm = run_level(client, workload.items("warmup"), Level("concurrency", min(cfg.warmup, _top(cfg))),
-                             t0=t0, requests=cfg.warmup, stop=stop, phase="warmup", seed=cfg.seed)
+            warm = run_level(
+                client,
+                workload.items("warmup"),
+                Level("concurrency", min(cfg.warmup, _top(cfg))),
+                t0=t0,
+                requests=cfg.warmup,
+                stop=stop,
+                phase="warmup",
+                seed=cfg.seed,
+            )
             all_records += warm.records
         for level in cfg.levels():
             if stop.is_set():
                 break
-            run = run_level(client, workload.items(level.label), level, t0=t0, requests=cfg.requests,
-                            duration=cfg.duration, stop=stop, seed=cfg.seed)
+            run = run_level(
+                client,
+                workload.items(level.label),
+                level,
+                t0=t0,
+                requests=cfg.requests,
+                duration=cfg.duration,
+                stop=stop,
+                seed=cfg.seed,
+            )
             all_records += run.records
             levels.append(_level_result(run, cfg.slo_ms))
             log(_one_line(levels[-1]))
@@ -308,9 +360,11 @@ def _one_line(level: dict) -> str:
 
     e2e = level["latency"]["e2e_s"]
     errors = {k: v for k, v in level["status_counts"].items() if k != "200"}
-    return (f"{level['label']}: {level['ok']}/{level['requests']} ok, {fmt(level['requests_per_s'])} req/s, "
-            f"{fmt(level['output_tokens_per_s'], '.1f')} out tok/s, e2e p50 {fmt(e2e['p50'], unit='s')} "
-            f"p99 {fmt(e2e['p99'], unit='s')}, errors {errors or 0}")
+    return (
+        f"{level['label']}: {level['ok']}/{level['requests']} ok, {fmt(level['requests_per_s'])} req/s, "
+        f"{fmt(level['output_tokens_per_s'], '.1f')} out tok/s, e2e p50 {fmt(e2e['p50'], unit='s')} "
+        f"p99 {fmt(e2e['p99'], unit='s')}, errors {errors or 0}"
+    )
 
 
 def exit_code(result: dict) -> int:
@@ -320,4 +374,3 @@ def exit_code(result: dict) -> int:
     if not any(level["ok"] for level in result["levels"]):
         return 1
     return 0
-

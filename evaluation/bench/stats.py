@@ -77,11 +77,20 @@ def goodput(records: list[RequestRecord], slo_ms: dict[str, float], wall_s: floa
     verdicts = [meets_slo(r, slo_ms) for r in records]
     if any(v is None for v in verdicts):
         missing = [k for k in slo_ms if k in ("ttft", "tpot")]
-        return {"slo_ms": dict(slo_ms), "good": None, "requests_per_s": None, "fraction": None,
-                "note": f"{', '.join(missing)} not measured: needs --stream"}
+        return {
+            "slo_ms": dict(slo_ms),
+            "good": None,
+            "requests_per_s": None,
+            "fraction": None,
+            "note": f"{', '.join(missing)} not measured: needs --stream",
+        }
     good = sum(bool(v) for v in verdicts)
-    return {"slo_ms": dict(slo_ms), "good": good, "requests_per_s": good / wall_s if wall_s > 0 else None,
-            "fraction": good / len(records) if records else None}
+    return {
+        "slo_ms": dict(slo_ms),
+        "good": good,
+        "requests_per_s": good / wall_s if wall_s > 0 else None,
+        "fraction": good / len(records) if records else None,
+    }
 
 
 def throughput(records: list[RequestRecord], wall_s: float) -> dict:
@@ -89,15 +98,25 @@ def throughput(records: list[RequestRecord], wall_s: float) -> dict:
     out_tokens = sum(r.output_tokens or 0 for r in ok)
     in_tokens = sum(r.input_tokens or 0 for r in ok)
     per_s = (lambda x: x / wall_s) if wall_s > 0 else (lambda x: None)
-    return {"requests_per_s": per_s(len(ok)), "output_tokens_per_s": per_s(out_tokens),
-            "input_tokens_per_s": per_s(in_tokens), "output_tokens": out_tokens, "input_tokens": in_tokens}
+    return {
+        "requests_per_s": per_s(len(ok)),
+        "output_tokens_per_s": per_s(out_tokens),
+        "input_tokens_per_s": per_s(in_tokens),
+        "output_tokens": out_tokens,
+        "input_tokens": in_tokens,
+    }
 
 
 def counts(records: list[RequestRecord]) -> dict:
     errors = sum(not r.ok for r in records)
-    return {"requests": len(records), "ok": len(records) - errors, "errors": errors,
-            "error_rate": errors / len(records) if records else None,
-            "status_counts": status_counts(records), "error_examples": first_errors(records)}
+    return {
+        "requests": len(records),
+        "ok": len(records) - errors,
+        "errors": errors,
+        "error_rate": errors / len(records) if records else None,
+        "status_counts": status_counts(records),
+        "error_examples": first_errors(records),
+    }
 
 
 def summarize_level(records: list[RequestRecord], wall_s: float, slo_ms: dict[str, float] | None = None) -> dict:
@@ -131,8 +150,11 @@ def adapter_cost(per_adapter: dict[str, dict], base: str = BASE) -> dict[str, di
         if name == base:
             continue
         lat = stats["latency"]
-        out[name] = {f"{m}_{q}_ratio": _ratio(lat[f"{m}_s"][q], b[f"{m}_s"][q])
-                     for m in ("e2e", "ttft", "tpot") for q in ("mean", "p50", "p99")}
+        out[name] = {
+            f"{m}_{q}_ratio": _ratio(lat[f"{m}_s"][q], b[f"{m}_s"][q])
+            for m in ("e2e", "ttft", "tpot")
+            for q in ("mean", "p50", "p99")
+        }
     return out
 
 
@@ -151,6 +173,12 @@ def cold_warm(probe: list[RequestRecord]) -> dict[str, dict]:
         cold, warm = recs[0], [value(r) for r in recs[1:] if r.ok]
         warm_s = float(np.median(warm)) if warm else None
         cold_s = value(cold) if cold.ok else None
-        out[name] = {"metric": metric, "cold_s": cold_s, "warm_s": warm_s, "cold_over_warm": _ratio(cold_s, warm_s),
-                     "cold_status": cold.status, "warm_samples": len(warm)}
+        out[name] = {
+            "metric": metric,
+            "cold_s": cold_s,
+            "warm_s": warm_s,
+            "cold_over_warm": _ratio(cold_s, warm_s),
+            "cold_status": cold.status,
+            "warm_samples": len(warm),
+        }
     return out

@@ -15,9 +15,8 @@ class WorkloadError(Exception):
 
 def load_prompts(dataset: str | Path | None = None) -> list[str]:
     """Instructions from a JSONL (instruction/response) or FAQ-layout CSV file; default: the FAQ questions."""
-    from training.data import DataError, read_jsonl, read_qa_csv
-
     from loraship.paths import faq_csv
+    from training.data import DataError, read_jsonl, read_qa_csv
 
     path = Path(dataset) if dataset else faq_csv()
     if not path.is_file():

@@ -25,16 +25,24 @@ def load_docs(docs: str | None = None, **_metadata):
     import datasets
 
     if not docs:
-        raise ValueError("the loraship tasks need the documents' path: TaskManager(metadata={'docs': PATH}) "
-                         "(loraship eval writes it)")
+        raise ValueError(
+            "the loraship tasks need the documents' path: TaskManager(metadata={'docs': PATH}) "
+            "(loraship eval writes it)"
+        )
     rows = []
     with open(docs, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                rows.append({"doc_id": int(row["doc_id"]), "instruction": row["instruction"],
-                             "context": row.get("context") or "", "response": row["response"],
-                             "row": int(row.get("row") or 0)})
+                rows.append(
+                    {
+                        "doc_id": int(row["doc_id"]),
+                        "instruction": row["instruction"],
+                        "context": row.get("context") or "",
+                        "response": row["response"],
+                        "row": int(row.get("row") or 0),
+                    }
+                )
     if not rows:
         raise ValueError(f"{docs} holds no documents")
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
@@ -54,9 +62,12 @@ def process_generation(doc: dict, results: list) -> dict:
     answer = results[0]
     reference = doc["response"]
     reason = getattr(answer, "finish_reason", None)
-    return {"rougeL": rouge_l(answer, reference), "token_f1": token_f1(answer, reference),
-            "exact_match": exact_match(answer, reference),
-            "end_marker_rate": math.nan if reason is None else float(reason in ENDED)}
+    return {
+        "rougeL": rouge_l(answer, reference),
+        "token_f1": token_f1(answer, reference),
+        "exact_match": exact_match(answer, reference),
+        "end_marker_rate": math.nan if reason is None else float(reason in ENDED),
+    }
 
 
 def process_reference_loss(doc: dict, results: list) -> dict:

@@ -31,8 +31,9 @@ class Pipeline:
 
     def decode_request(self, item: Any) -> str:
         if not isinstance(item, str):
-            raise BadRequest(f"'{self.input_field}' items must be strings, got {type(item).__name__}",
-                             field=self.input_field)
+            raise BadRequest(
+                f"'{self.input_field}' items must be strings, got {type(item).__name__}", field=self.input_field
+            )
         return item
 
     def encode_response(self, text: str) -> str:

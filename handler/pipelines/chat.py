@@ -26,8 +26,9 @@ class ChatPipeline(Pipeline):
             raise BadRequest("'messages' must be a non-empty list of {role, content} objects", field="messages")
         for i, m in enumerate(item):
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise BadRequest(f"messages[{i}] must be an object with role in {ROLES} and string content",
-                                 field=f"messages[{i}]")
+                raise BadRequest(
+                    f"messages[{i}] must be an object with role in {ROLES} and string content", field=f"messages[{i}]"
+                )
         return self.tokenizer.apply_chat_template(item, tokenize=False, add_generation_prompt=True)
 
     def encode_response(self, text: str) -> str:

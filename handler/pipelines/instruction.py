@@ -10,8 +10,7 @@ from .base import Pipeline, cut_at_stop
 from .registry import register_pipeline
 
 INTRO_BLURB = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request."
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
 INSTRUCTION_KEY = "### Instruction:"
 INPUT_KEY = "Input:"

@@ -61,13 +61,15 @@ def test_generate_throughput(benchmark, generator, batch):
 def peft_generator(gpu_base, tmp_path_factory):
     """bf16 base with two random adapters, "a" and "b"."""
     from peft import PeftModel
-
     from tiny_models import save_random_adapter
 
     folder = tmp_path_factory.mktemp("bench-adapters")
-    paths = [save_random_adapter(Path(gpu_base), folder / n, seed=i, r=16, alpha=32,
-                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-             for i, n in enumerate(("a", "b"), 1)]
+    paths = [
+        save_random_adapter(
+            Path(gpu_base), folder / n, seed=i, r=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+        )
+        for i, n in enumerate(("a", "b"), 1)
+    ]
     opts = ServingOptions.from_properties({"model_id": gpu_base, "device_id": "0"})
     model, tokenizer, device = load_model(opts)
     model = PeftModel.from_pretrained(model, str(paths[0]), adapter_name="a")

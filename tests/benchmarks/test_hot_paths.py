@@ -18,11 +18,25 @@ from loraship.paths import faq_csv
 from training.data import read_qa_csv
 
 QUESTIONS = [row["instruction"] for row in read_qa_csv(faq_csv())]
-BODY = json.dumps({"inputs": QUESTIONS[0], "adapters": "faq", "stream": False,
-                   "parameters": {"max_new_tokens": 64, "min_new_tokens": 64, "temperature": 0.7, "top_p": 0.9,
-                                  "stop": ["###"], "details": True}}).encode()
-GENERATED = ("Amazon SageMaker is a fully managed service to prepare data and build, train, and deploy machine "
-             "learning models.\n\n" + END_KEY + "\n\nBelow is an instruction that describes a task.")
+BODY = json.dumps(
+    {
+        "inputs": QUESTIONS[0],
+        "adapters": "faq",
+        "stream": False,
+        "parameters": {
+            "max_new_tokens": 64,
+            "min_new_tokens": 64,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "stop": ["###"],
+            "details": True,
+        },
+    }
+).encode()
+GENERATED = (
+    "Amazon SageMaker is a fully managed service to prepare data and build, train, and deploy machine "
+    "learning models.\n\n" + END_KEY + "\n\nBelow is an instruction that describes a task."
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +76,9 @@ def test_stream_token_line(benchmark):
 
 
 def test_stream_final_line(benchmark):
-    final = {"generated_text": GENERATED, "details": {"generated_tokens": 64, "prompt_tokens": 37,
-                                                      "finish_reason": "length", "adapter": "faq"}}
+    final = {
+        "generated_text": GENERATED,
+        "details": {"generated_tokens": 64, "prompt_tokens": 37, "finish_reason": "length", "adapter": "faq"},
+    }
     line = benchmark(_line, final)
     assert json.loads(line) == final

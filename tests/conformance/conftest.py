@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conf_support import serve
 from servers import KINDS
 from tiny_models import save_random_adapter
@@ -40,7 +39,15 @@ def srv(request, tiny_neox, conformance_adapters, tmp_path_factory):
 @pytest.fixture(scope="session", params=KINDS)
 def batched(request, tiny_neox, conformance_adapters, tmp_path_factory):
     """The same with static batching: batch_size=4, max_batch_delay=1000 ms."""
-    s = serve(request.param, tiny_neox, conformance_adapters, tmp_path_factory, "md-batch", max_new_tokens=32,
-              batch_size=4, max_batch_delay=1000)
+    s = serve(
+        request.param,
+        tiny_neox,
+        conformance_adapters,
+        tmp_path_factory,
+        "md-batch",
+        max_new_tokens=32,
+        batch_size=4,
+        max_batch_delay=1000,
+    )
     yield s
     s.stop()

@@ -10,32 +10,32 @@ from __future__ import annotations
 DIFFERENCES: dict[str, dict[str, str]] = {
     "idle_worker_crash": {
         "djl": "a worker that dies while idle is never replaced: /ping stays 200 and every request gets "
-               "400 TranslateException 'Backend Python process is stopped.' (PyPredictor restarts only a "
-               "worker flagged as exited abruptly, which outside MPI mode only an interrupted restart sets)",
+        "400 TranslateException 'Backend Python process is stopped.' (PyPredictor restarts only a "
+        "worker flagged as exited abruptly, which outside MPI mode only an interrupted restart sets)",
         "host": "the worker is replaced at once; requests and adapter calls sent meanwhile wait for it",
         "why": "a limitation of DJL Serving 0.36.0, not a choice: the host recovers because it can",
     },
     "mid_request_crash": {
         "djl": "the request in flight gets 503 WlmException 'Python worker disconnected.'; later requests get "
-               "503 WlmCapacityException until a new worker starts, about 60 s later (the dead worker thread "
-               "stays in the pool for one minute, WorkerThread.isStale, and enable_lora forces maxWorkers=1)",
+        "503 WlmCapacityException until a new worker starts, about 60 s later (the dead worker thread "
+        "stays in the pool for one minute, WorkerThread.isStale, and enable_lora forces maxWorkers=1)",
         "host": "the request in flight gets 503 WorkerDiedException; requests sent meanwhile queue and are served "
-                "by the replacement worker a few seconds later",
+        "by the replacement worker a few seconds later",
         "why": "DJL's recovery needs retry_threshold (the model dir sets it); its delay is DJL's",
     },
     "ping_during_restart": {
         "djl": "200 {'md': {'status': 'Healthy'}} while the dead worker thread lingers (about a minute), then "
-               "200 'Unhealthy' until a new worker runs",
+        "200 'Unhealthy' until a new worker runs",
         "host": "500 {'md': {'status': 'Unhealthy'}} until the new worker runs and has its adapters back",
         "why": "the host's callers (tests, the demo) read 200 as 'ready, adapters restored'; the host recovers in "
-               "seconds, so a load balancer loses little by believing it",
+        "seconds, so a load balancer loses little by believing it",
     },
     "batch_key_headers": {
         "djl": "a header named batch_size, or a custom attribute batch_000.data, reaches the handler as a property "
-               "and the request is served (the handler treats an Input as a batch only with batch_NNN content keys)",
+        "and the request is served (the handler treats an Input as a batch only with batch_NNN content keys)",
         "host": "400 'reserved for DJL's batch encoding' before the worker",
         "why": "the host's guard predates the handler's own check; it stays as defence in depth, since a "
-               "handler without that check would misparse such a request",
+        "handler without that check would misparse such a request",
     },
 }
 

@@ -7,7 +7,6 @@ import time
 
 import pytest
 import requests
-
 from conf_support import serve
 from servers import KINDS
 
@@ -18,8 +17,15 @@ PROMPT = "Where is it?"
 
 @pytest.fixture(scope="module", params=KINDS)
 def limited(request, tiny_neox, conformance_adapters, tmp_path_factory):
-    s = serve(request.param, tiny_neox, conformance_adapters, tmp_path_factory, "md-limits", options=LIMITS,
-              max_new_tokens=256)
+    s = serve(
+        request.param,
+        tiny_neox,
+        conformance_adapters,
+        tmp_path_factory,
+        "md-limits",
+        options=LIMITS,
+        max_new_tokens=256,
+    )
     yield s
     s.stop()
 
@@ -54,8 +60,10 @@ def test_tokens_per_request(limited):
 
 
 def test_a_flood_of_over_limit_requests_leaves_good_ones_alone(limited):
-    good = [{"inputs": p, "adapters": a, "parameters": {"max_new_tokens": 24}}
-            for p, a in (("What is SageMaker?", "alpha"), ("How much?", "__base__"), ("Which regions?", "beta"))]
+    good = [
+        {"inputs": p, "adapters": a, "parameters": {"max_new_tokens": 24}}
+        for p, a in (("What is SageMaker?", "alpha"), ("How much?", "__base__"), ("Which regions?", "beta"))
+    ]
     alone = [post(limited, b)[0].json()["generated_text"] for b in good]
     over = {"inputs": [PROMPT] * 50, "parameters": {"max_new_tokens": 1}}
     got, refused = [None] * len(good), []

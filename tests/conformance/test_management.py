@@ -19,8 +19,12 @@ def test_adapter_listing_and_description(srv):
     assert r.status_code == 200
     listed = {a["name"]: a for a in r.json()["adapters"]}
     assert set(listed) >= {"alpha", "beta"}
-    assert listed["beta"] == {"name": "beta", "src": str(srv.model_dir.resolve() / "adapters" / "beta"),
-                              "preload": True, "pin": False}
+    assert listed["beta"] == {
+        "name": "beta",
+        "src": str(srv.model_dir.resolve() / "adapters" / "beta"),
+        "preload": True,
+        "pin": False,
+    }
     r = get(srv, "/adapters/beta")  # the short form: one model is loaded
     assert r.status_code == 200 and r.json() == listed["beta"]
     r = get(srv, f"/models/{srv.model_name}/adapters/nope")
@@ -28,8 +32,11 @@ def test_adapter_listing_and_description(srv):
 
 
 def ask(srv, adapter, prompt="adapter api?"):
-    r = requests.post(srv.url + "/invocations", timeout=60,
-                      json={"inputs": prompt, "adapters": adapter, "parameters": {"max_new_tokens": 6}})
+    r = requests.post(
+        srv.url + "/invocations",
+        timeout=60,
+        json={"inputs": prompt, "adapters": adapter, "parameters": {"max_new_tokens": 6}},
+    )
     assert r.status_code == 200, r.text
     return r.json()["generated_text"]
 
@@ -53,15 +60,18 @@ def test_register_update_unregister(srv, conformance_adapters):
     assert r.status_code == 404 and "unknown adapter 'gamma'" in r.json()["error"]
 
 
-@pytest.mark.parametrize("params, status, message", [
-    ({"name": "x", "src": "/nonexistent/dir"}, 400, "outside the allowed roots"),
-    ({"name": "x", "src": "{root}/../elsewhere"}, 400, "add its folder to option.adapter_roots"),
-    ({"name": "lora", "src": "{root}/gamma"}, 400, "prefix 'lora_'"),
-    ({"name": "x"}, 400, "The parameter src is required"),
-    ({"src": "{root}/gamma"}, 400, "The parameter name is required"),
-    ({"name": "alpha", "src": "{root}/gamma"}, 409, "already"),
-    ({"name": "beta", "src": "{md}/adapters/beta"}, 409, "already exists"),
-])
+@pytest.mark.parametrize(
+    "params, status, message",
+    [
+        ({"name": "x", "src": "/nonexistent/dir"}, 400, "outside the allowed roots"),
+        ({"name": "x", "src": "{root}/../elsewhere"}, 400, "add its folder to option.adapter_roots"),
+        ({"name": "lora", "src": "{root}/gamma"}, 400, "prefix 'lora_'"),
+        ({"name": "x"}, 400, "The parameter src is required"),
+        ({"src": "{root}/gamma"}, 400, "The parameter name is required"),
+        ({"name": "alpha", "src": "{root}/gamma"}, 409, "already"),
+        ({"name": "beta", "src": "{md}/adapters/beta"}, 409, "already exists"),
+    ],
+)
 def test_bad_registrations_carry_the_handlers_explanation(srv, conformance_adapters, params, status, message):
     params = {k: v.format(root=conformance_adapters, md=srv.model_dir) for k, v in params.items()}
     r = requests.post(adapters_url(srv), params=params, timeout=60)
@@ -73,6 +83,8 @@ def test_bad_registrations_carry_the_handlers_explanation(srv, conformance_adapt
 
 def test_unknown_adapter_operations_are_404(srv):
     url = adapters_url(srv)
-    for r in (requests.delete(f"{url}/nope", timeout=30), requests.post(f"{url}/nope/update", params={"src": "/x"},
-                                                                         timeout=30)):
+    for r in (
+        requests.delete(f"{url}/nope", timeout=30),
+        requests.post(f"{url}/nope/update", params={"src": "/x"}, timeout=30),
+    ):
         assert r.status_code == 404 and r.json()["message"] == "The adapter nope was not found", r.text

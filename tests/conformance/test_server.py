@@ -6,11 +6,11 @@ import time
 
 import pytest
 import requests
+from differences import expect
+from servers import KINDS, server_args, start_server
 
 from loraship.build import build_model_dir
 from loraship.runtime import Server, free_port
-from differences import expect
-from servers import KINDS, server_args, start_server
 
 pytestmark = pytest.mark.server
 
@@ -26,8 +26,7 @@ def server(request, tiny_neox, tmp_path_factory):
 
 def post(srv, path, body, **kw):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return requests.post(srv.url + path, data=data, headers={"content-type": "application/json"},
-                         timeout=120, **kw)
+    return requests.post(srv.url + path, data=data, headers={"content-type": "application/json"}, timeout=120, **kw)
 
 
 def test_ping(server):
@@ -48,9 +47,24 @@ def test_models_list_and_describe_have_djl_shapes(server):
     [workflow] = r.json()
     assert workflow["workflowName"] == "tiny_md"
     [model] = workflow["models"]
-    assert set(model) == {"modelName", "modelUrl", "batchSize", "maxBatchDelayMillis", "maxIdleSeconds", "queueSize",
-                          "requestInQueue", "status", "loadedAtStartup", "workerGroups"}
-    assert (model["modelName"], model["modelUrl"], model["status"], model["batchSize"]) == ("tiny_md", url, "Healthy", 1)
+    assert set(model) == {
+        "modelName",
+        "modelUrl",
+        "batchSize",
+        "maxBatchDelayMillis",
+        "maxIdleSeconds",
+        "queueSize",
+        "requestInQueue",
+        "status",
+        "loadedAtStartup",
+        "workerGroups",
+    }
+    assert (model["modelName"], model["modelUrl"], model["status"], model["batchSize"]) == (
+        "tiny_md",
+        url,
+        "Healthy",
+        1,
+    )
     [group] = model["workerGroups"]
     assert set(group) == {"device", "minWorkers", "maxWorkers", "workers"}
     assert [set(w) for w in group["workers"]] == [{"id", "startTime", "status"}]
@@ -60,19 +74,28 @@ def test_models_list_and_describe_have_djl_shapes(server):
 def test_the_folder_name_is_not_the_model_name(server):
     """DJL's answers for a model it does not have: the folder's own name (tiny-md) is one."""
     r = post(server, "/predictions/tiny-md", {"inputs": "x"})
-    assert (r.status_code, r.json()) == (404, {"code": 404, "type": "ModelNotFoundException",
-                                               "message": "Model or workflow not found: tiny-md"})
+    assert (r.status_code, r.json()) == (
+        404,
+        {"code": 404, "type": "ModelNotFoundException", "message": "Model or workflow not found: tiny-md"},
+    )
     r = requests.get(server.url + "/models/tiny-md", timeout=10)
-    assert (r.status_code, r.json()) == (404, {"code": 404, "type": "ModelNotFoundException",
-                                               "message": "Workflow not found: tiny-md"})
+    assert (r.status_code, r.json()) == (
+        404,
+        {"code": 404, "type": "ModelNotFoundException", "message": "Workflow not found: tiny-md"},
+    )
     r = requests.get(server.url + "/models/tiny-md/adapters", timeout=10)
-    assert (r.status_code, r.json()) == (404, {"code": 404, "type": "BadRequestException",
-                                               "message": "The model tiny-md was not found"})
+    assert (r.status_code, r.json()) == (
+        404,
+        {"code": 404, "type": "BadRequestException", "message": "The model tiny-md was not found"},
+    )
 
 
 def test_invocations_returns_generated_text_without_template(server):
-    r = post(server, "/invocations", {"inputs": "What is Amazon SageMaker?",
-                                      "parameters": {"max_new_tokens": 16, "details": True}})
+    r = post(
+        server,
+        "/invocations",
+        {"inputs": "What is Amazon SageMaker?", "parameters": {"max_new_tokens": 16, "details": True}},
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
@@ -91,6 +114,7 @@ def test_predictions_route_and_list_input(server):
 
 def test_served_equals_in_process_greedy(server, tiny_neox):
     from harness import init_input, read_output, request_input
+
     from handler.service import HandlerService
 
     body = {"inputs": "How do I get started?", "parameters": {"max_new_tokens": 12}}
@@ -126,8 +150,9 @@ def test_headers_named_like_djl_batch_keys(server):
     """A client header named like DJL's batch keys must not make the worker misparse its request."""
     body = json.dumps({"inputs": "x", "parameters": {"max_new_tokens": 2}})
     for headers in ({"batch_size": "3"}, {"X-Amzn-SageMaker-Custom-Attributes": "batch_000.data=1"}):
-        r = requests.post(server.url + "/invocations", data=body, timeout=30,
-                          headers={"content-type": "application/json", **headers})
+        r = requests.post(
+            server.url + "/invocations", data=body, timeout=30, headers={"content-type": "application/json", **headers}
+        )
         if server.kind == "host":
             assert r.status_code == 400 and "reserved" in r.json()["message"], expect("batch_key_headers", "host")
         else:

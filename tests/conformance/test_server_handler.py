@@ -5,12 +5,12 @@ import threading
 
 import pytest
 import requests
+from servers import KINDS, server_args, start_server
+from test_adapters import PROMPT, peft_reference
+from tiny_models import save_random_adapter
 
 from loraship.build import build_model_dir
 from loraship.runtime import Server, free_port
-from test_adapters import PROMPT, peft_reference
-from servers import KINDS, server_args, start_server
-from tiny_models import save_random_adapter
 
 pytestmark = pytest.mark.server
 
@@ -25,9 +25,14 @@ def adapter_root(tiny_neox, tmp_path_factory):
 
 @pytest.fixture(scope="module", params=KINDS)
 def server(request, tiny_neox, adapter_root, tmp_path_factory):
-    md = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "tiny",
-                         {"alpha": adapter_root / "alpha", "beta": adapter_root / "beta"},
-                         batch_size=4, max_batch_delay=400, options={"adapter_roots": str(adapter_root)})
+    md = build_model_dir(
+        str(tiny_neox),
+        tmp_path_factory.mktemp("md") / "tiny",
+        {"alpha": adapter_root / "alpha", "beta": adapter_root / "beta"},
+        batch_size=4,
+        max_batch_delay=400,
+        options={"adapter_roots": str(adapter_root)},
+    )
     srv = start_server(md, tmp_path_factory, kind=request.param)
     yield srv
     srv.stop()
@@ -54,15 +59,23 @@ def test_adapters_from_model_dir_differ_and_match_peft(server, tiny_neox, adapte
 def test_adapter_by_query_and_sagemaker_header(server):
     expected = text(server, "beta")
     body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 10}}
-    assert requests.post(server.url + "/invocations?adapter=beta", json=body, timeout=60).json()["generated_text"] == expected
-    r = requests.post(server.url + "/invocations", json=body, timeout=60,
-                      headers={"X-Amzn-SageMaker-Adapter-Identifier": "beta"})
+    assert (
+        requests.post(server.url + "/invocations?adapter=beta", json=body, timeout=60).json()["generated_text"]
+        == expected
+    )
+    r = requests.post(
+        server.url + "/invocations", json=body, timeout=60, headers={"X-Amzn-SageMaker-Adapter-Identifier": "beta"}
+    )
     assert r.json()["generated_text"] == expected
 
 
 def test_concurrent_mixed_batch_equals_one_by_one(server):
-    plan = [("alpha", "What is SageMaker?"), ("__base__", "How much does it cost?"),
-            ("beta", "Which regions?"), ("alpha", "How do I start?")]
+    plan = [
+        ("alpha", "What is SageMaker?"),
+        ("__base__", "How much does it cost?"),
+        ("beta", "Which regions?"),
+        ("alpha", "How do I start?"),
+    ]
     alone = [text(server, a, p, 8) for a, p in plan]
     results = [None] * len(plan)
     barrier = threading.Barrier(len(plan))
@@ -70,7 +83,9 @@ def test_concurrent_mixed_batch_equals_one_by_one(server):
     def send(i):
         barrier.wait()
         a, p = plan[i]
-        results[i] = gen(server, {"inputs": p, "adapters": a, "parameters": {"max_new_tokens": 8, "details": True}}).json()
+        results[i] = gen(
+            server, {"inputs": p, "adapters": a, "parameters": {"max_new_tokens": 8, "details": True}}
+        ).json()
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(len(plan))]
     for t in threads:
@@ -82,8 +97,11 @@ def test_concurrent_mixed_batch_equals_one_by_one(server):
 
 
 def test_bad_request_in_a_batch_gets_its_own_error(server):
-    bodies = [{"inputs": "fine?", "parameters": {"max_new_tokens": 4}}, {"inputs": "x", "adapters": "nope"},
-              {"inputs": "also fine?", "adapters": "alpha", "parameters": {"max_new_tokens": 4}}]
+    bodies = [
+        {"inputs": "fine?", "parameters": {"max_new_tokens": 4}},
+        {"inputs": "x", "adapters": "nope"},
+        {"inputs": "also fine?", "adapters": "alpha", "parameters": {"max_new_tokens": 4}},
+    ]
     results = [None] * 3
     barrier = threading.Barrier(3)
 
@@ -105,8 +123,12 @@ def test_bad_request_in_a_batch_gets_its_own_error(server):
 
 def test_errors_alone_get_real_statuses(server):
     assert gen(server, {"inputs": 3}).status_code == 400
-    assert requests.post(server.url + "/invocations", data=b"\xff{", timeout=30,
-                         headers={"content-type": "application/json"}).status_code == 400
+    assert (
+        requests.post(
+            server.url + "/invocations", data=b"\xff{", timeout=30, headers={"content-type": "application/json"}
+        ).status_code
+        == 400
+    )
     r = gen(server, {"inputs": "word " * 600, "parameters": {"max_new_tokens": 64}})
     assert r.status_code == 400 and "limit of 512" in r.json()["error"]
     assert gen(server, {"inputs": "x", "parameters": {"max_new_tokens": 100000}}).status_code == 400
@@ -128,8 +150,12 @@ def test_runtime_register_list_remove(server, adapter_root, tiny_neox):
 
 
 def test_stream_returns_chunks_then_details(server):
-    r = requests.post(server.url + "/invocations", stream=True, timeout=60,
-                      json={"inputs": PROMPT, "adapters": "alpha", "stream": True, "parameters": {"max_new_tokens": 12}})
+    r = requests.post(
+        server.url + "/invocations",
+        stream=True,
+        timeout=60,
+        json={"inputs": PROMPT, "adapters": "alpha", "stream": True, "parameters": {"max_new_tokens": 12}},
+    )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/jsonlines")
     lines = [json.loads(line) for line in r.iter_lines() if line]
@@ -153,7 +179,9 @@ class Shout(Pipeline):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_custom_pipeline_from_model_dir(kind, tiny_neox, tmp_path_factory):
-    md = build_model_dir(str(tiny_neox), tmp_path_factory.mktemp("md") / "shout", options={"pipeline": "shout_pipeline:Shout"})
+    md = build_model_dir(
+        str(tiny_neox), tmp_path_factory.mktemp("md") / "shout", options={"pipeline": "shout_pipeline:Shout"}
+    )
     (md / "shout_pipeline.py").write_text(SHOUT)
     srv = start_server(md, tmp_path_factory, kind=kind)
     try:

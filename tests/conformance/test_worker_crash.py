@@ -9,7 +9,6 @@ import time
 
 import pytest
 import requests
-
 from conf_support import serve
 from differences import expect
 from rel_support import FIGURES, Hold, kill_worker, ping, worker_pids
@@ -22,8 +21,11 @@ PROBE = {"inputs": "after the crash?", "parameters": {"max_new_tokens": 4}}
 @pytest.fixture(scope="module", params=KINDS)
 def crashable(request, tiny_neox, conformance_adapters, tmp_path_factory):
     s = serve(request.param, tiny_neox, conformance_adapters, tmp_path_factory, "md-crash", max_new_tokens=16)
-    r = requests.post(f"{s.url}/models/{s.model_name}/adapters", timeout=60,
-                      params={"name": "gamma", "src": str(conformance_adapters / "gamma")})
+    r = requests.post(
+        f"{s.url}/models/{s.model_name}/adapters",
+        timeout=60,
+        params={"name": "gamma", "src": str(conformance_adapters / "gamma")},
+    )
     assert r.status_code == 200, r.text
     yield s
     s.stop()
@@ -87,11 +89,14 @@ def test_worker_killed_while_idle(crashable):
     if srv.kind == "host":
         seconds, failures = until_served(srv, killed)
         assert failures == [] and answers(srv) == before, expect("idle_worker_crash", "host")
-        FIGURES.set("host: seconds from an idle worker kill to the first 200 (first probe after 3 s)", round(seconds, 1))
+        FIGURES.set(
+            "host: seconds from an idle worker kill to the first 200 (first probe after 3 s)", round(seconds, 1)
+        )
         return
     # Real DJL Serving 0.36.0 never replaces it (README, "DJL Serving here"): what its users see.
     for _ in range(3):
         r = requests.post(srv.url + "/invocations", json=PROBE, timeout=60)
-        assert r.status_code == 400 and r.json()["message"] == "Backend Python process is stopped.", \
-            expect("idle_worker_crash", "djl")
+        assert r.status_code == 400 and r.json()["message"] == "Backend Python process is stopped.", expect(
+            "idle_worker_crash", "djl"
+        )
         assert ping(srv.url) == 200

@@ -17,12 +17,12 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from rel_support import JOB_QUEUE_SIZE, MAX_REQUEST_SIZE, PREDICT_TIMEOUT, SLOW_PIPELINE, ping
+from tiny_models import save_random_adapter
 
 import loraship.runtime
 from loraship.build import build_model_dir
 from loraship.runtime import Server, free_port
-from rel_support import JOB_QUEUE_SIZE, MAX_REQUEST_SIZE, PREDICT_TIMEOUT, SLOW_PIPELINE, ping
-from tiny_models import save_random_adapter
 
 
 def soak_enabled(config) -> bool:
@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
-_RUNNING: list["Live"] = []
+_RUNNING: list[Live] = []
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -56,6 +56,7 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 # ---- adapters --------------------------------------------------------------------------------------
+
 
 class _Evil:
     """Unpickling this creates a file: the proof that a pickle was (or was not) loaded."""
@@ -84,6 +85,7 @@ def adapter_root(tiny_neox, tiny_llama, tmp_path_factory) -> Path:
 
 
 # ---- the shared server -------------------------------------------------------------------------------
+
 
 class Live:
     """The suite's server: restartable (a full restart keeps the model dir and appends to one log)."""
@@ -120,7 +122,7 @@ class Live:
         def without_host(*args, **kwargs):
             cmd = real(*args, **kwargs)
             i = cmd.index("--host")
-            return cmd[:i] + cmd[i + 2:]
+            return cmd[:i] + cmd[i + 2 :]
 
         with mock.patch.object(loraship.runtime, "java_command", without_host if default_host else real):
             self.server = Server(self.model_dir, port=free_port(), log_file=log, env=self.env, kind="host")
@@ -157,11 +159,13 @@ def live(djl_available, tiny_neox, adapter_root, tmp_path_factory):
     """One server for the suite: alpha (the seed adapter) and beta from adapters/, the slow pipeline,
     a small job queue, a 64 KiB request limit and a short predict_timeout."""
     model_dir = build_model_dir(
-        str(tiny_neox), tmp_path_factory.mktemp("md") / "rel",
+        str(tiny_neox),
+        tmp_path_factory.mktemp("md") / "rel",
         {"alpha": adapter_root / "alpha", "beta": adapter_root / "beta"},
-        max_new_tokens=16, predict_timeout=PREDICT_TIMEOUT,
-        options={"adapter_roots": str(adapter_root), "pipeline": "slow_pipeline:Slow",
-                 "default_max_new_tokens": "4"})
+        max_new_tokens=16,
+        predict_timeout=PREDICT_TIMEOUT,
+        options={"adapter_roots": str(adapter_root), "pipeline": "slow_pipeline:Slow", "default_max_new_tokens": "4"},
+    )
     (model_dir / "slow_pipeline.py").write_text(SLOW_PIPELINE)
     env = {"SERVING_JOB_QUEUE_SIZE": str(JOB_QUEUE_SIZE), "SERVING_MAX_REQUEST_SIZE": str(MAX_REQUEST_SIZE)}
     srv = Live(model_dir, tmp_path_factory.mktemp("logs") / "server.log", env)
@@ -178,4 +182,3 @@ def healthy(live):
     live.wait_healthy()
     yield live
     live.wait_healthy()
-

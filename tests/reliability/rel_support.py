@@ -58,8 +58,14 @@ class Reply:
         return self.body.decode("utf-8", "replace")
 
 
-def send(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-         timeout: float = HANG_SECONDS) -> Reply:
+def send(
+    url: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    timeout: float = HANG_SECONDS,
+) -> Reply:
     """One request over a fresh connection with http.client: the path and query go out byte for byte."""
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
@@ -107,8 +113,9 @@ def is_json_error(reply: Reply) -> bool:
 
 def generate(url: str, prompt: str, adapter: str = "", tokens: int = 4, **kw) -> str:
     """Greedy text for one prompt; fails the test on anything but 200."""
-    r = invoke(url, {"inputs": prompt, "adapters": adapter or "__base__", "parameters": {"max_new_tokens": tokens}},
-               **kw)
+    r = invoke(
+        url, {"inputs": prompt, "adapters": adapter or "__base__", "parameters": {"max_new_tokens": tokens}}, **kw
+    )
     assert r.status == 200, (r.status, r.text)
     return r.json()["generated_text"]
 
@@ -143,8 +150,11 @@ def stream_many(url: str, n: int) -> list:
     complete JSON lines, status 0 or a timeout mean the worker's byte stream lost its framing)."""
     bad = []
     for i in range(n):
-        body = {"inputs": "?" if i % 2 else "What is SageMaker?", "stream": True,
-                "parameters": {"max_new_tokens": 1 + i % 4}}
+        body = {
+            "inputs": "?" if i % 2 else "What is SageMaker?",
+            "stream": True,
+            "parameters": {"max_new_tokens": 1 + i % 4},
+        }
         try:
             reply = invoke(url, body, timeout=30)
             lines = [json.loads(line) for line in reply.body.splitlines() if line.strip()]
@@ -194,10 +204,11 @@ def listening_addresses(port: int) -> set[str]:
             if width == 8:
                 found.add(".".join(str(b) for b in reversed(bytes.fromhex(addr))))
             else:
-                words = [bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, 32, 8)]
+                words = [bytes.fromhex(addr[i : i + 8])[::-1] for i in range(0, 32, 8)]
                 raw = b"".join(words)
-                found.add("::ffff:" + ".".join(map(str, raw[12:])) if raw[:12] == b"\0" * 10 + b"\xff\xff"
-                          else raw.hex())
+                found.add(
+                    "::ffff:" + ".".join(map(str, raw[12:])) if raw[:12] == b"\0" * 10 + b"\xff\xff" else raw.hex()
+                )
     return found
 
 
@@ -212,19 +223,35 @@ def percentile(values: list[float], q: float) -> float:
 
 KNOWN_ADAPTERS = ["alpha", "beta"]
 adapter_names = st.one_of(
-    st.sampled_from(KNOWN_ADAPTERS + ["", "__base__", " __base__ ", "nope", "ALPHA", "../alpha", "lora_",
-                                      "a" * 300, "alpha\x00", "\u00e9t\u00e9"]),
+    st.sampled_from(
+        KNOWN_ADAPTERS
+        + ["", "__base__", " __base__ ", "nope", "ALPHA", "../alpha", "lora_", "a" * 300, "alpha\x00", "\u00e9t\u00e9"]
+    ),
     st.text(max_size=20),
 )
 texts = st.one_of(
-    st.sampled_from(["What is Amazon SageMaker?", "", " ", "\x00", "\ud7ff\ue000", "### End", "### Instruction:",
-                     "<|endoftext|>", "SLEEP:notanumber"]),
+    st.sampled_from(
+        [
+            "What is Amazon SageMaker?",
+            "",
+            " ",
+            "\x00",
+            "\ud7ff\ue000",
+            "### End",
+            "### Instruction:",
+            "<|endoftext|>",
+            "SLEEP:notanumber",
+        ]
+    ),
     st.text(max_size=40),
     st.integers(min_value=700, max_value=2000).map(lambda n: "ab " * n),  # over the model's context
 )
 numbers = st.one_of(
-    st.integers(min_value=-3, max_value=20), st.integers(), st.sampled_from([10**30, -(10**30), 2**63, 2**64]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0, 0.0, 1e-300, 1e300, -0.0, 5e-324]),
+    st.integers(min_value=-3, max_value=20),
+    st.integers(),
+    st.sampled_from([10**30, -(10**30), 2**63, 2**64]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 0.0, 1e-300, 1e300, -0.0, 5e-324]),
 )
 small_tokens = st.integers(min_value=1, max_value=4)
 anything = st.recursive(
@@ -233,9 +260,12 @@ anything = st.recursive(
     max_leaves=8,
 )
 stops = st.one_of(
-    st.text(max_size=8), st.lists(st.text(max_size=8), max_size=20),
+    st.text(max_size=8),
+    st.lists(st.text(max_size=8), max_size=20),
     st.integers(min_value=0, max_value=5000).map(lambda n: ["x"] * n),  # thousands of stop strings
-    st.just(["s" * 300]), st.just([""]), anything,
+    st.just(["s" * 300]),
+    st.just([""]),
+    anything,
 )
 parameter_values = {
     "max_new_tokens": st.one_of(small_tokens, numbers, anything),
@@ -318,11 +348,14 @@ def json_bodies(draw):
         body["parameters"] = {"max_new_tokens": draw(small_tokens)}
     if draw(st.booleans()):
         n = len(body["inputs"]) if isinstance(body.get("inputs"), list) else 1
-        body["adapters"] = draw(st.one_of(
-            adapter_names,
-            st.lists(adapter_names, min_size=n, max_size=n),        # matches the inputs
-            st.lists(adapter_names, min_size=0, max_size=n + 2),    # usually does not
-            anything))
+        body["adapters"] = draw(
+            st.one_of(
+                adapter_names,
+                st.lists(adapter_names, min_size=n, max_size=n),  # matches the inputs
+                st.lists(adapter_names, min_size=0, max_size=n + 2),  # usually does not
+                anything,
+            )
+        )
     if draw(st.integers(0, 5)) == 0:
         body["stream"] = draw(st.one_of(st.booleans(), anything))
     if draw(st.integers(0, 8)) == 0:
@@ -342,9 +375,24 @@ def _nested(depth: int, kind: str) -> bytes:
 raw_bodies = st.one_of(
     st.binary(max_size=200),
     st.builds(_nested, st.integers(min_value=1, max_value=30000), st.sampled_from(["list", "object", "stop"])),
-    st.sampled_from([b"", b"null", b"[]", b"{}", b'"inputs"', b"1e999999", b"NaN", b'{"inputs":"x"', b"\xef\xbb\xbf{}",
-                     b'{"inputs":"\xff\xfe"}', b'{"inputs":"\xed\xa0\x80"}', b'{"inputs":"\\ud800"}',
-                     b'{"inputs":"a","inputs":5}', b'{"inputs": "x", "parameters": {"max_new_tokens": 1e400}}']),
+    st.sampled_from(
+        [
+            b"",
+            b"null",
+            b"[]",
+            b"{}",
+            b'"inputs"',
+            b"1e999999",
+            b"NaN",
+            b'{"inputs":"x"',
+            b"\xef\xbb\xbf{}",
+            b'{"inputs":"\xff\xfe"}',
+            b'{"inputs":"\xed\xa0\x80"}',
+            b'{"inputs":"\\ud800"}',
+            b'{"inputs":"a","inputs":5}',
+            b'{"inputs": "x", "parameters": {"max_new_tokens": 1e400}}',
+        ]
+    ),
 )
 
 
@@ -362,10 +410,36 @@ def bodies(draw) -> bytes:
 
 header_tokens = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30)
 headers = st.dictionaries(
-    st.sampled_from(["X-Amzn-SageMaker-Adapter-Identifier", "X-Amzn-SageMaker-Custom-Attributes", "Content-Type",
-                     "Accept", "X-Request-Id", "handler", "batch_size", "X-Loraship-Fuzz", "model_dir", "device_id"]),
-    st.one_of(header_tokens, st.sampled_from(["alpha", "beta", "__base__", "nope", "handler=x", "batch_000.data=1",
-                                              "a=b;c=d;;=;x", "text/plain", "application/json; charset=latin-1"])),
+    st.sampled_from(
+        [
+            "X-Amzn-SageMaker-Adapter-Identifier",
+            "X-Amzn-SageMaker-Custom-Attributes",
+            "Content-Type",
+            "Accept",
+            "X-Request-Id",
+            "handler",
+            "batch_size",
+            "X-Loraship-Fuzz",
+            "model_dir",
+            "device_id",
+        ]
+    ),
+    st.one_of(
+        header_tokens,
+        st.sampled_from(
+            [
+                "alpha",
+                "beta",
+                "__base__",
+                "nope",
+                "handler=x",
+                "batch_000.data=1",
+                "a=b;c=d;;=;x",
+                "text/plain",
+                "application/json; charset=latin-1",
+            ]
+        ),
+    ),
     max_size=3,
 )
 # Characters java.net.URI accepts in a query: the JDK's HTTP server refuses any other request line
@@ -377,16 +451,33 @@ query_parts = st.one_of(
 )
 queries = st.one_of(
     st.just(""),
-    st.sampled_from(["adapter=alpha", "adapter=beta", "adapter=nope", "adapter=", "adapter=__base__",
-                     "adapter=alpha&adapter=beta", "adapter=%FF%FE", "adapter=%C3", "&&&", "data=1",
-                     "data=%7B%22inputs%22%3A%22q%22%7D", "adapter=a%00b", "x=1&y", "adapter=alpha%20"]),
+    st.sampled_from(
+        [
+            "adapter=alpha",
+            "adapter=beta",
+            "adapter=nope",
+            "adapter=",
+            "adapter=__base__",
+            "adapter=alpha&adapter=beta",
+            "adapter=%FF%FE",
+            "adapter=%C3",
+            "&&&",
+            "data=1",
+            "data=%7B%22inputs%22%3A%22q%22%7D",
+            "adapter=a%00b",
+            "x=1&y",
+            "adapter=alpha%20",
+        ]
+    ),
     st.lists(st.tuples(st.sampled_from(["adapter", "data", "x", ""]), query_parts), max_size=3).map(
-        lambda kv: "&".join(f"{k}={v}" for k, v in kv)),
+        lambda kv: "&".join(f"{k}={v}" for k, v in kv)
+    ),
     st.lists(query_parts, max_size=3).map("".join),
 )
 
 
 # ---- figures ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class Figures:

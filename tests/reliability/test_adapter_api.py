@@ -7,7 +7,6 @@ import threading
 
 import pytest
 import requests
-
 from rel_support import FIGURES, HANG_SECONDS, generate
 
 pytestmark = pytest.mark.server
@@ -42,23 +41,30 @@ def bad_source(case, root, tmp_path):
         return link
     if case == "system_dir":
         return "/etc"
-    return {"pickle_only": root / "pickle-only", "other_base": root / "for-llama", "corrupt": root / "corrupt",
-            "missing": root / "not-there", "not_an_adapter": root.parent}[case]
+    return {
+        "pickle_only": root / "pickle-only",
+        "other_base": root / "for-llama",
+        "corrupt": root / "corrupt",
+        "missing": root / "not-there",
+        "not_an_adapter": root.parent,
+    }[case]
 
 
-@pytest.mark.parametrize("case, reason", [
-    ("absolute_elsewhere", "outside the allowed roots"),
-    ("dotdot", "outside the allowed roots"),
-    ("relative_dotdot", "outside the allowed roots"),
-    ("symlink_escape", "outside the allowed roots"),
-    ("system_dir", "outside the allowed roots"),
-    ("pickle_only", "allow_pickle_adapters"),
-    ("other_base", "trained on another base model"),
-    ("corrupt", "unreadable"),
-    ("missing", "not a folder"),
-])
-def test_bad_sources_are_refused_and_registered_adapters_keep_serving(healthy, adapter_root, tmp_path, case,
-                                                                      reason):
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("absolute_elsewhere", "outside the allowed roots"),
+        ("dotdot", "outside the allowed roots"),
+        ("relative_dotdot", "outside the allowed roots"),
+        ("symlink_escape", "outside the allowed roots"),
+        ("system_dir", "outside the allowed roots"),
+        ("pickle_only", "allow_pickle_adapters"),
+        ("other_base", "trained on another base model"),
+        ("corrupt", "unreadable"),
+        ("missing", "not a folder"),
+    ],
+)
+def test_bad_sources_are_refused_and_registered_adapters_keep_serving(healthy, adapter_root, tmp_path, case, reason):
     before_names, before = listed(healthy), baseline(healthy, ("alpha", "beta"))
     r = register(healthy, f"bad-{case}", bad_source(case, adapter_root, tmp_path))
     assert r.status_code == 400, r.text
@@ -96,9 +102,14 @@ def test_existing_name_is_refused_without_touching_it(healthy, adapter_root):
     try:
         r = register(healthy, "dup", adapter_root / "gamma")
         assert r.status_code == 409, r.text
-        assert r.json() == {"code": 409, "type": "IllegalArgumentException", "message": (
-            "The adapter dup already exists. If you want to replace it, please unregistering before registering "
-            "a new adapter with the same name.")}
+        assert r.json() == {
+            "code": 409,
+            "type": "IllegalArgumentException",
+            "message": (
+                "The adapter dup already exists. If you want to replace it, please unregistering before registering "
+                "a new adapter with the same name."
+            ),
+        }
     finally:
         assert requests.delete(f"{healthy.adapters_url}/dup", timeout=HANG_SECONDS).status_code == 200
     assert "dup" not in listed(healthy)
@@ -107,22 +118,32 @@ def test_existing_name_is_refused_without_touching_it(healthy, adapter_root):
 def test_management_answers_have_djl_shapes(healthy, adapter_root):
     """The adapter API's bodies and statuses as DJL Serving 0.36.0 answers them (measured on it)."""
     url, m = healthy.url, healthy.model_name
-    r = requests.post(healthy.adapters_url, params={"name": "shape", "src": str(adapter_root / "gamma"),
-                                                    "pin": "true"}, timeout=HANG_SECONDS)
+    r = requests.post(
+        healthy.adapters_url,
+        params={"name": "shape", "src": str(adapter_root / "gamma"), "pin": "true"},
+        timeout=HANG_SECONDS,
+    )
     assert (r.status_code, r.json()) == (200, {"status": "Adapter shape registered"})
     try:
         assert requests.get(f"{healthy.adapters_url}/shape", timeout=30).json() == {
-            "name": "shape", "src": str(adapter_root / "gamma"), "preload": True, "pin": True}
+            "name": "shape",
+            "src": str(adapter_root / "gamma"),
+            "preload": True,
+            "pin": True,
+        }
         listing = requests.get(healthy.adapters_url, timeout=30).json()
         assert set(listing) == {"adapters"}
-        assert {"name": "shape", "src": str(adapter_root / "gamma"), "preload": True, "pin": True} in listing["adapters"]
+        assert {"name": "shape", "src": str(adapter_root / "gamma"), "preload": True, "pin": True} in listing[
+            "adapters"
+        ]
         assert requests.get(url + "/adapters", timeout=30).json() == listing  # the single-model short form
         page = requests.get(healthy.adapters_url, params={"limit": 1}, timeout=30).json()
         assert page == {"nextPageToken": "1", "adapters": listing["adapters"][:1]}
         rest = requests.get(healthy.adapters_url, params={"limit": 100, "next_page_token": 1}, timeout=30).json()
         assert rest == {"adapters": listing["adapters"][1:]}
-        r = requests.post(f"{healthy.adapters_url}/shape/update", params={"src": str(adapter_root / "delta")},
-                          timeout=HANG_SECONDS)
+        r = requests.post(
+            f"{healthy.adapters_url}/shape/update", params={"src": str(adapter_root / "delta")}, timeout=HANG_SECONDS
+        )
         assert (r.status_code, r.json()) == (200, {"status": "Adapter shape updated"})
         assert requests.get(f"{url}/adapters/shape", timeout=30).json()["src"] == str(adapter_root / "delta")
     finally:
@@ -136,15 +157,38 @@ def test_management_answers_have_djl_shapes(healthy, adapter_root):
     error("GET", f"/models/{m}/adapters/shape", 404, "BadRequestException", "The adapter shape was not found")
     error("DELETE", f"/models/{m}/adapters/nope", 404, "BadRequestException", "The adapter nope was not found")
     error("POST", f"/models/{m}/adapters/nope/update", 404, "BadRequestException", "The adapter nope was not found")
-    error("GET", f"/models/{m}/adapters/nope", 404, "BadRequestException", "The adapter nick was not found",
-          headers={"X-Amzn-SageMaker-Adapter-Alias": "nick"})
-    error("POST", f"/models/{m}/adapters", 400, "BadRequestException", "The parameter name is required",
-          params={"src": str(adapter_root / "gamma")})
-    error("POST", f"/models/{m}/adapters", 400, "BadRequestException", "The parameter src is required",
-          params={"name": "x"})
+    error(
+        "GET",
+        f"/models/{m}/adapters/nope",
+        404,
+        "BadRequestException",
+        "The adapter nick was not found",
+        headers={"X-Amzn-SageMaker-Adapter-Alias": "nick"},
+    )
+    error(
+        "POST",
+        f"/models/{m}/adapters",
+        400,
+        "BadRequestException",
+        "The parameter name is required",
+        params={"src": str(adapter_root / "gamma")},
+    )
+    error(
+        "POST",
+        f"/models/{m}/adapters",
+        400,
+        "BadRequestException",
+        "The parameter src is required",
+        params={"name": "x"},
+    )
     error("GET", f"/models/{m}-not/adapters", 404, "BadRequestException", f"The model {m}-not was not found")
-    error("PUT", f"/models/{m}/adapters", 405, "MethodNotAllowedException",
-          "Requested method is not allowed, please refer to API document.")
+    error(
+        "PUT",
+        f"/models/{m}/adapters",
+        405,
+        "MethodNotAllowedException",
+        "Requested method is not allowed, please refer to API document.",
+    )
 
 
 def churn_under_load(live, root, cycles: int, load_threads: int = 3) -> dict:
@@ -158,9 +202,11 @@ def churn_under_load(live, root, cycles: int, load_threads: int = 3) -> dict:
         while not stop.is_set():
             adapter, prompt = rng.choice(list(expected))
             try:
-                r = requests.post(live.url + "/invocations", timeout=HANG_SECONDS,
-                                  json={"inputs": prompt, "adapters": adapter or "__base__",
-                                        "parameters": {"max_new_tokens": 4}})
+                r = requests.post(
+                    live.url + "/invocations",
+                    timeout=HANG_SECONDS,
+                    json={"inputs": prompt, "adapters": adapter or "__base__", "parameters": {"max_new_tokens": 4}},
+                )
                 if r.status_code != 200 or r.json()["generated_text"] != expected[(adapter, prompt)]:
                     failures.append((adapter, prompt, r.status_code, r.text[:200]))
             except requests.RequestException as exc:
@@ -174,12 +220,22 @@ def churn_under_load(live, root, cycles: int, load_threads: int = 3) -> dict:
     try:
         for c in range(cycles):
             name = f"churn-{c % 3}"
-            steps = [("register", lambda: register(live, name, root / "gamma")),
-                     ("update", lambda: requests.post(f"{live.adapters_url}/{name}/update",
-                                                      params={"src": str(root / "delta")}, timeout=HANG_SECONDS)),
-                     ("serve", lambda: requests.post(live.url + "/invocations", timeout=HANG_SECONDS,
-                                                     json={"inputs": "q", "adapters": name})),
-                     ("unregister", lambda: requests.delete(f"{live.adapters_url}/{name}", timeout=HANG_SECONDS))]
+            steps = [
+                ("register", lambda name=name: register(live, name, root / "gamma")),
+                (
+                    "update",
+                    lambda name=name: requests.post(
+                        f"{live.adapters_url}/{name}/update", params={"src": str(root / "delta")}, timeout=HANG_SECONDS
+                    ),
+                ),
+                (
+                    "serve",
+                    lambda name=name: requests.post(
+                        live.url + "/invocations", timeout=HANG_SECONDS, json={"inputs": "q", "adapters": name}
+                    ),
+                ),
+                ("unregister", lambda name=name: requests.delete(f"{live.adapters_url}/{name}", timeout=HANG_SECONDS)),
+            ]
             for step, call in steps:
                 r = call()
                 if r.status_code != 200:

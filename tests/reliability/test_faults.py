@@ -10,9 +10,18 @@ import time
 
 import pytest
 import requests
-
-from rel_support import (FIGURES, HANG_SECONDS, Hold, generate, invoke, kill_worker, listening_addresses, stream_many,
-                         wait_healthy, worker_pids)
+from rel_support import (
+    FIGURES,
+    HANG_SECONDS,
+    Hold,
+    generate,
+    invoke,
+    kill_worker,
+    listening_addresses,
+    stream_many,
+    wait_healthy,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.server
 
@@ -40,15 +49,20 @@ def crash_mid_request(live, mu_src) -> dict:
 
     hold, threads = Hold(url, live.model_dir, 8), []
     for key, adapter in (("queued_runtime", "kappa"), ("queued_base", "__base__")):
-        threads.append(threading.Thread(target=call, args=(key, {
-            "inputs": "after the crash?", "adapters": adapter, "parameters": {"max_new_tokens": 4}})))
+        threads.append(
+            threading.Thread(
+                target=call,
+                args=(key, {"inputs": "after the crash?", "adapters": adapter, "parameters": {"max_new_tokens": 4}}),
+            )
+        )
         threads[-1].start()
     time.sleep(0.5)
     old = kill_worker(live.pid)
     time.sleep(0.5)
     # An adapter operation while DJL restarts the worker: it waits for the new process.
-    out["register_mu"] = requests.post(live.adapters_url, params={"name": "mu", "src": str(mu_src)},
-                                       timeout=HANG_SECONDS * 3)
+    out["register_mu"] = requests.post(
+        live.adapters_url, params={"name": "mu", "src": str(mu_src)}, timeout=HANG_SECONDS * 3
+    )
     for t in threads:
         t.join(HANG_SECONDS * 3)
     out["in_flight"] = hold.join()
@@ -113,8 +127,7 @@ def test_updated_seed_adapter_keeps_its_update_after_a_worker_restart(healthy, k
     url, prompt = healthy.url, "updated?"
     original, updated = generate(url, prompt, "alpha"), generate(url, prompt, "kappa")
     src = dict(listed(healthy))["kappa"]
-    requests.post(f"{healthy.adapters_url}/alpha/update", params={"src": src},
-                  timeout=HANG_SECONDS).raise_for_status()
+    requests.post(f"{healthy.adapters_url}/alpha/update", params={"src": src}, timeout=HANG_SECONDS).raise_for_status()
     try:
         assert generate(url, prompt, "alpha") == updated
         kill_worker(healthy.pid)
@@ -122,8 +135,11 @@ def test_updated_seed_adapter_keeps_its_update_after_a_worker_restart(healthy, k
         assert generate(url, prompt, "alpha") == updated
         FIGURES.add("worker restarts survived")
     finally:
-        requests.post(f"{healthy.adapters_url}/alpha/update", timeout=HANG_SECONDS,
-                      params={"src": str(healthy.model_dir / "adapters" / "alpha")}).raise_for_status()
+        requests.post(
+            f"{healthy.adapters_url}/alpha/update",
+            timeout=HANG_SECONDS,
+            params={"src": str(healthy.model_dir / "adapters" / "alpha")},
+        ).raise_for_status()
     assert generate(url, prompt, "alpha") == original
 
 
@@ -142,8 +158,9 @@ def test_full_restart_keeps_runtime_adapter_changes(healthy, adapter_root, tmp_p
     doomed = shutil.copytree(adapter_root / "gamma", adapter_root / f"doomed-{tmp_path.name}")
     register(live, "rt-gamma", adapter_root / "gamma")
     register(live, "rt-delta", adapter_root / "delta")
-    requests.post(f"{live.adapters_url}/rt-delta/update", params={"src": str(adapter_root / "epsilon")},
-                  timeout=HANG_SECONDS).raise_for_status()
+    requests.post(
+        f"{live.adapters_url}/rt-delta/update", params={"src": str(adapter_root / "epsilon")}, timeout=HANG_SECONDS
+    ).raise_for_status()
     register(live, "rt-doomed", doomed)
     register(live, "rt-gone", adapter_root / "delta")
     unregister(live, "rt-gone")

@@ -6,9 +6,21 @@ import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-
-from rel_support import (FIGURES, MAX_REQUEST_SIZE, Hold, bodies, generate, headers, invoke, is_json_error, ping,
-                         queries, raw_request, stream_many, valid_bodies)
+from rel_support import (
+    FIGURES,
+    MAX_REQUEST_SIZE,
+    Hold,
+    bodies,
+    generate,
+    headers,
+    invoke,
+    is_json_error,
+    ping,
+    queries,
+    raw_request,
+    stream_many,
+    valid_bodies,
+)
 
 pytestmark = pytest.mark.server
 
@@ -36,8 +48,13 @@ def check_reply(reply) -> None:
 
 
 def fuzz(url: str, examples: int) -> None:
-    @settings(max_examples=examples, deadline=None, database=None, print_blob=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
     @given(body=bodies(), hdrs=headers, query=queries)
     def case(body, hdrs, query):
         FIGURES.add("fuzz cases tried")
@@ -55,8 +72,12 @@ def test_fuzzed_requests_get_2xx_or_json_4xx(healthy):
 
 
 def test_valid_requests_get_200(healthy):
-    @settings(max_examples=VALID_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=VALID_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(body=valid_bodies())
     def case(body):
         FIGURES.add("fuzz cases tried")
@@ -90,14 +111,21 @@ def test_bodies_over_the_limit_are_refused_before_the_model(healthy):
     slow = Hold(url, healthy.model_dir, 3)
     try:
         replies = {
-            "declared": raw_request(url, f"POST /invocations HTTP/1.1\nHost: x\nContent-Type: application/json\n"
-                                         f"Content-Length: {MAX_REQUEST_SIZE + 1}"),
+            "declared": raw_request(
+                url,
+                f"POST /invocations HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+                f"Content-Length: {MAX_REQUEST_SIZE + 1}",
+            ),
             "declared_huge": raw_request(url, "POST /invocations HTTP/1.1\nHost: x\nContent-Length: 1000000000000"),
-            "chunked": raw_request(url, "POST /invocations HTTP/1.1\nHost: x\nTransfer-Encoding: chunked",
-                                   [b" " * 8192] * (MAX_REQUEST_SIZE // 8192 + 1)),
+            "chunked": raw_request(
+                url,
+                "POST /invocations HTTP/1.1\nHost: x\nTransfer-Encoding: chunked",
+                [b" " * 8192] * (MAX_REQUEST_SIZE // 8192 + 1),
+            ),
             "sent": invoke(url, b"{" + b" " * MAX_REQUEST_SIZE + b"}"),
-            "predictions": raw_request(url, f"POST /predictions/{healthy.model_name} HTTP/1.1\nHost: x\n"
-                                            f"Content-Length: {MAX_REQUEST_SIZE + 1}"),
+            "predictions": raw_request(
+                url, f"POST /predictions/{healthy.model_name} HTTP/1.1\nHost: x\nContent-Length: {MAX_REQUEST_SIZE + 1}"
+            ),
         }
         busy = slow.thread.is_alive()
     finally:
@@ -114,8 +142,17 @@ def test_bodies_over_the_limit_are_refused_before_the_model(healthy):
     assert exact.status == 200, exact.text
 
 
-@pytest.mark.parametrize("target", ["/invocations?adapter=%zz", "/invocations?%", "/predictions/%zz",
-                                    "/invocations?a=<b>", "/invocations?x=|", "/models/%E0%A4%A"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/invocations?adapter=%zz",
+        "/invocations?%",
+        "/predictions/%zz",
+        "/invocations?a=<b>",
+        "/invocations?x=|",
+        "/models/%E0%A4%A",
+    ],
+)
 def test_request_lines_the_http_layer_refuses_are_400(healthy, target):
     """java.net.URI rejects these before any loraship code runs: the JDK's HTTP server answers its own
     400 (an HTML body: this is the one 4xx without a JSON body), and the server keeps serving."""
@@ -125,13 +162,16 @@ def test_request_lines_the_http_layer_refuses_are_400(healthy, target):
     assert ping(healthy.url) == 200
 
 
-@pytest.mark.parametrize("head, body", [
-    ("POST /invocations HTTP/1.1\nHost: x\nContent-Length: abc", b""),
-    ("POST /invocations HTTP/1.1\nHost: x\nContent-Length: -5", b""),
-    ("POST /invocations HTTP/1.1\nHost: x\nContent-Length: 2\nContent-Length: 3", b"{}x"),
-    ("POST /invocations HTTP/1.1\nHost: x\nTransfer-Encoding: chunked", [b"{\"inputs\":", b"\"chunked\"}"]),
-    ("POST /invocations HTTP/1.0\nContent-Length: 14", b'{"inputs":"x"}'),
-])
+@pytest.mark.parametrize(
+    "head, body",
+    [
+        ("POST /invocations HTTP/1.1\nHost: x\nContent-Length: abc", b""),
+        ("POST /invocations HTTP/1.1\nHost: x\nContent-Length: -5", b""),
+        ("POST /invocations HTTP/1.1\nHost: x\nContent-Length: 2\nContent-Length: 3", b"{}x"),
+        ("POST /invocations HTTP/1.1\nHost: x\nTransfer-Encoding: chunked", [b'{"inputs":', b'"chunked"}']),
+        ("POST /invocations HTTP/1.0\nContent-Length: 14", b'{"inputs":"x"}'),
+    ],
+)
 def test_odd_http_framing_gets_a_clean_answer(healthy, head, body):
     try:
         reply = raw_request(healthy.url, head, body, timeout=30)
@@ -150,14 +190,17 @@ def http_errors():
     return http.client.HTTPException
 
 
-@pytest.mark.parametrize("body", [
-    b'{"inputs": "\\ud800", "parameters": {"max_new_tokens": 2}}',   # a lone surrogate escape: valid JSON
-    b'{"inputs": ["ok", "\\udfff x"], "parameters": {"max_new_tokens": 2}}',
-    b'{"inputs": "x", "parameters": {"max_new_tokens": 2, "stop": ["\\ud83d"]}}',
-    b'{"inputs": "x", "parameters": {"max_new_tokens": 2, "temperature": 1e-300}}',
-    b'{"inputs": "x", "parameters": {"max_new_tokens": 2, "temperature": 5e-324, "do_sample": true}}',
-    b'{"inputs": "x", "parameters": {"max_new_tokens": 2, "repetition_penalty": 1e-300, "do_sample": true}}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"inputs": "\\ud800", "parameters": {"max_new_tokens": 2}}',  # a lone surrogate escape: valid JSON
+        b'{"inputs": ["ok", "\\udfff x"], "parameters": {"max_new_tokens": 2}}',
+        b'{"inputs": "x", "parameters": {"max_new_tokens": 2, "stop": ["\\ud83d"]}}',
+        b'{"inputs": "x", "parameters": {"max_new_tokens": 2, "temperature": 1e-300}}',
+        b'{"inputs": "x", "parameters": {"max_new_tokens": 2, "temperature": 5e-324, "do_sample": true}}',
+        b'{"inputs": "x", "parameters": {"max_new_tokens": 2, "repetition_penalty": 1e-300, "do_sample": true}}',
+    ],
+)
 def test_inputs_the_fuzz_found(healthy, body):
     """Cases that gave a 500 before the handler's fixes (generation failed on them)."""
     reply = invoke(healthy.url, body)

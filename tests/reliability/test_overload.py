@@ -5,9 +5,20 @@ import threading
 import time
 
 import pytest
-
-from rel_support import (FIGURES, HANG_SECONDS, JOB_QUEUE_SIZE, PREDICT_TIMEOUT, Hold, generate, invoke, is_json_error,
-                         percentile, send, wait_healthy, worker_pids)
+from rel_support import (
+    FIGURES,
+    HANG_SECONDS,
+    JOB_QUEUE_SIZE,
+    PREDICT_TIMEOUT,
+    Hold,
+    generate,
+    invoke,
+    is_json_error,
+    percentile,
+    send,
+    wait_healthy,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.server
 
@@ -26,8 +37,14 @@ def wave(live, n: int, hold_seconds: float = 4) -> dict:
 
     def one(i):
         barrier.wait()
-        replies[i] = invoke(url, {"inputs": f"request {i}?", "adapters": ["alpha", "beta", "__base__"][i % 3],
-                                  "parameters": {"max_new_tokens": 4}})
+        replies[i] = invoke(
+            url,
+            {
+                "inputs": f"request {i}?",
+                "adapters": ["alpha", "beta", "__base__"][i % 3],
+                "parameters": {"max_new_tokens": 4},
+            },
+        )
         done[i] = time.monotonic()
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
@@ -62,8 +79,10 @@ def record(accepted, refused):
     lat = FIGURES.values.setdefault("_overload_latencies", [])
     lat.extend(r.seconds for r in accepted)
     FIGURES.set("overload: p99 of accepted (s)", round(percentile(lat, 99), 3))
-    FIGURES.set("overload: slowest refusal (s)", round(max([FIGURES.values.get("overload: slowest refusal (s)", 0)]
-                                                           + [r.seconds for r in refused]), 3))
+    FIGURES.set(
+        "overload: slowest refusal (s)",
+        round(max([FIGURES.values.get("overload: slowest refusal (s)", 0)] + [r.seconds for r in refused]), 3),
+    )
 
 
 def test_excess_is_refused_quickly_and_the_server_recovers_without_restart(healthy):
@@ -85,8 +104,11 @@ def test_request_over_predict_timeout_fails_clearly_and_does_not_poison_the_work
     queued = {}
     slow = Hold(url, healthy.model_dir, PREDICT_TIMEOUT + 30)
     # A request queued behind the one that times out waits for the restarted worker and is served.
-    behind = threading.Thread(target=lambda: queued.setdefault("behind", invoke(
-        url, {"inputs": "steady?", "adapters": "beta", "parameters": {"max_new_tokens": 4}})))
+    behind = threading.Thread(
+        target=lambda: queued.setdefault(
+            "behind", invoke(url, {"inputs": "steady?", "adapters": "beta", "parameters": {"max_new_tokens": 4}})
+        )
+    )
     behind.start()
     r = slow.join()
     behind.join(HANG_SECONDS * 3)

@@ -11,13 +11,13 @@ import time
 import uuid
 
 import pytest
+from rel_support import FIGURES, invoke, listening_addresses, raw_request, send
 
 from loraship.build import build_model_dir
 from loraship.cli import build_parser
 from loraship.runtime import Server
-from rel_support import FIGURES, invoke, listening_addresses, raw_request, send
 
-EVIL = '''
+EVIL = """
 import pathlib
 
 pathlib.Path({sentinel!r}).write_text("remote code ran")
@@ -31,15 +31,18 @@ class EvilConfig(GPTNeoXConfig):
 
 class EvilModel(GPTNeoXForCausalLM):
     config_class = EvilConfig
-'''
+"""
 
 
 def remote_code_model(tiny_neox, dest, model_type):
     """A model folder whose config.json maps the Auto classes to code in the folder (auto_map)."""
     shutil.copytree(tiny_neox, dest)
     cfg = json.loads((dest / "config.json").read_text())
-    cfg.update(model_type=model_type, architectures=["EvilModel"],
-               auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    cfg.update(
+        model_type=model_type,
+        architectures=["EvilModel"],
+        auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"},
+    )
     (dest / "config.json").write_text(json.dumps(cfg))
     sentinel = dest.parent / f"{dest.name}-code-ran"
     (dest / "evil.py").write_text(EVIL.format(sentinel=str(sentinel), model_type=model_type))
@@ -48,6 +51,7 @@ def remote_code_model(tiny_neox, dest, model_type):
 
 def load_in_handler(model, **options):
     from harness import init_input
+
     from handler.service import HandlerService
 
     svc = HandlerService()
@@ -75,14 +79,21 @@ def test_remote_code_is_not_run_by_default(tiny_neox, tmp_path):
 def test_remote_code_runs_when_trusted(tiny_neox, tmp_path):
     """The control for the test above: the same folder does run its code once trust_remote_code=true."""
     model, sentinel = remote_code_model(tiny_neox, tmp_path / "custom", "loraship_evil")
-    script = ("import sys; sys.path[:0] = sys.argv[1:3]\n"
-              "import conftest\n"  # puts djl_python on the path, as for the suite
-              "from test_security import load_in_handler\n"
-              f"load_in_handler({str(model)!r}, trust_remote_code='true')\n")
+    script = (
+        "import sys; sys.path[:0] = sys.argv[1:3]\n"
+        "import conftest\n"  # puts djl_python on the path, as for the suite
+        "from test_security import load_in_handler\n"
+        f"load_in_handler({str(model)!r}, trust_remote_code='true')\n"
+    )
     here = os.path.dirname(__file__)
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}  # not the user's cache
-    subprocess.run([sys.executable, "-c", script, os.path.dirname(here), here], env=env, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", script, os.path.dirname(here), here],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert sentinel.read_text() == "remote code ran"
 
 
@@ -101,14 +112,14 @@ def test_no_request_text_in_the_logs(healthy):
     sent = [
         invoke(url, ok, headers={"X-Note": marker}, query=f"note={marker}"),
         invoke(url, {**ok, "stream": True}),
-        invoke(url, {**ok, "adapters": marker}),                              # 404: unknown adapter
+        invoke(url, {**ok, "adapters": marker}),  # 404: unknown adapter
         invoke(url, ok, headers={"X-Amzn-SageMaker-Adapter-Identifier": marker}),
         invoke(url, ok, query=f"adapter={marker}"),
-        invoke(url, {**ok, marker: 1}),                                       # 400: unknown field
-        invoke(url, {**ok, "parameters": {"stop": [marker] * 99}}),           # 400: too many stop strings
-        invoke(url, {"inputs": marker + " word" * 900}),                      # 400: over the context
-        invoke(url, f'{{"inputs": "{marker}'.encode() + b"\xff"),             # 400: invalid UTF-8
-        invoke(url, ok, headers={"handler": marker}),                         # 400: reserved header
+        invoke(url, {**ok, marker: 1}),  # 400: unknown field
+        invoke(url, {**ok, "parameters": {"stop": [marker] * 99}}),  # 400: too many stop strings
+        invoke(url, {"inputs": marker + " word" * 900}),  # 400: over the context
+        invoke(url, f'{{"inputs": "{marker}'.encode() + b"\xff"),  # 400: invalid UTF-8
+        invoke(url, ok, headers={"handler": marker}),  # 400: reserved header
         invoke(url, ok, headers={"X-Amzn-SageMaker-Custom-Attributes": f"batch_1={marker}"}),
         send(url, "GET", f"/predictions/{marker}"),
         send(url, "POST", f"/models/{healthy.model_name}/adapters?name=x&src=/{marker}"),
