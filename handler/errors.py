@@ -40,10 +40,6 @@ class PayloadTooLarge(HandlerError):
     status = 413
 
 
-class Overloaded(HandlerError):
-    status = 503
-
-
 class GenerationTimeout(HandlerError):
     """Generation ran out of its time budget (option.predict_timeout) before the request was done."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import BadRequest
@@ -44,7 +44,6 @@ class ParsedRequest:
     stream: bool = False
     details: bool = False
     return_full_text: bool = False
-    body: dict = field(default_factory=dict)
 
 
 def _type_name(value) -> str:
@@ -198,9 +197,7 @@ def parse_body(
     if stream and is_list:
         raise BadRequest("'stream' needs a single input, not a list", field="stream")
     adapters = _parse_adapters(body.get("adapters"), len(items), is_list, query_adapter, header_adapter)
-    return ParsedRequest(
-        items=items, adapters=adapters, params=params, is_list=is_list, stream=stream, body=body, **flags
-    )
+    return ParsedRequest(items=items, adapters=adapters, params=params, is_list=is_list, stream=stream, **flags)
 
 
 def _parse_adapters(raw, n: int, is_list: bool, query: str | None, header: str | None) -> list[str]:
