@@ -21,13 +21,13 @@ points every client elsewhere, e.g. at a moto server in the tests.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .aws import RESOURCE_NAME, ROLE_ARN, client_error, clients, default_region
 from .package import ArchiveContents, PackageError, read_archive
 
 #: The LMI line the container (docker/Dockerfile) and the SageMaker Model both use.
@@ -58,8 +58,6 @@ LMI_IMAGE_PATTERN = "{account}.dkr.ecr.{region}.amazonaws.com/djl-inference:{tag
 VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 SMOKE_PROMPT = "What is Amazon SageMaker?"
-_ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$")
 _BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed", "Deleting")
 
 
@@ -216,7 +214,7 @@ def smoke_requests(adapters) -> list[dict]:
 def make_plan(opts: RolloutOptions) -> tuple[Plan, ArchiveContents]:
     """Check every input and the gate (no AWS call); raise RolloutRefused listing the problems."""
     problems = []
-    if not _ENDPOINT_NAME.match(opts.endpoint_name):
+    if not RESOURCE_NAME.match(opts.endpoint_name):
         problems.append(f"--endpoint-name {opts.endpoint_name!r}: 1-63 letters, digits and '-'")
     if not opts.bucket or "/" in opts.bucket:
         problems.append(f"--bucket {opts.bucket!r} must be a bucket name (no s3:// or key)")
@@ -230,7 +228,7 @@ def make_plan(opts: RolloutOptions) -> tuple[Plan, ArchiveContents]:
         problems.append(
             f"--instance-count {opts.instance_count} is outside --autoscale {opts.autoscale[0]}:{opts.autoscale[1]}"
         )
-    region = opts.region or _default_region()
+    region = opts.region or default_region()
     if not region:
         problems.append("no region: pass --region or set AWS_DEFAULT_REGION")
     if problems:
@@ -277,12 +275,6 @@ def make_plan(opts: RolloutOptions) -> tuple[Plan, ArchiveContents]:
     return plan, contents
 
 
-def _default_region() -> str | None:
-    import boto3
-
-    return boto3.session.Session().region_name
-
-
 # -- doing it --------------------------------------------------------------------------------------
 
 
@@ -290,17 +282,9 @@ class _Rollout:
     """One rollout's AWS calls; ``undo`` lists what this run created, newest last."""
 
     def __init__(self, plan: Plan, opts: RolloutOptions, log):
-        import boto3
-        from botocore.config import Config
-
-        session = boto3.session.Session(region_name=plan.region)
-        config = Config(retries={"mode": "standard", "max_attempts": 5})
-
-        def client(name):
-            return session.client(name, endpoint_url=opts.endpoint_url, config=config)
-
-        self.s3, self.sm = client("s3"), client("sagemaker")
-        self.runtime, self.scaling = client("sagemaker-runtime"), client("application-autoscaling")
+        self.s3, self.sm, self.runtime, self.scaling = clients(
+            plan.region, opts.endpoint_url, "s3", "sagemaker", "sagemaker-runtime", "application-autoscaling"
+        )
         self.plan, self.opts, self.log = plan, opts, log
         self.bucket, _, self.key = plan.s3_uri[len("s3://") :].partition("/")
         self.undo: list[tuple[str, str, dict | None]] = []
@@ -308,9 +292,6 @@ class _Rollout:
         self.suspended: list[dict] = []
 
     # -- helpers
-    def _client_error(self, exc) -> str:
-        err = getattr(exc, "response", {}).get("Error", {})
-        return f"{err.get('Code', type(exc).__name__)}: {err.get('Message', exc)}"
 
     def describe_endpoint(self) -> dict | None:
         from botocore.exceptions import ClientError
@@ -352,7 +333,7 @@ class _Rollout:
         try:
             self.s3.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
-            raise RolloutRefused(f"bucket {self.bucket} is not reachable: {self._client_error(exc)}") from None
+            raise RolloutRefused(f"bucket {self.bucket} is not reachable: {client_error(exc)}") from None
         self.previous = self.describe_endpoint()
         status = self.previous and self.previous["EndpointStatus"]
         if status == "Failed":
@@ -445,7 +426,7 @@ class _Rollout:
                 )
                 raw = reply["Body"].read()
             except (ClientError, BotoCoreError) as exc:  # an error status or no answer fails the smoke check
-                raise RolloutFailed(f"smoke request for {target} failed: {self._client_error(exc)}") from exc
+                raise RolloutFailed(f"smoke request for {target} failed: {client_error(exc)}") from exc
             try:
                 answer = json.loads(raw)
             except ValueError:
@@ -570,7 +551,7 @@ class _Rollout:
                 elif kind == "scaling":
                     self._restore_scaling(name, saved)
             except Exception as exc:  # keep undoing the rest; report every leftover
-                left.append(f"{kind} {name}: {self._client_error(exc)}")
+                left.append(f"{kind} {name}: {client_error(exc)}")
         self.undo.clear()
         return left
 
@@ -594,7 +575,7 @@ def rollout(opts: RolloutOptions, *, dry_run: bool = False, log=None) -> dict:
     try:
         run.check()
     except (ClientError, BotoCoreError) as exc:  # credentials, permissions, network: nothing touched yet
-        raise RolloutRefused(f"cannot reach AWS: {run._client_error(exc)}") from None
+        raise RolloutRefused(f"cannot reach AWS: {client_error(exc)}") from None
     try:
         run.upload()
         run.create_model()
@@ -608,7 +589,7 @@ def rollout(opts: RolloutOptions, *, dry_run: bool = False, log=None) -> dict:
             if run.previous
             else f"endpoint {plan.endpoint_name}, created by this run, was deleted"
         )
-        msg = f"rollout failed: {exc if isinstance(exc, RolloutError) else run._client_error(exc)}; rolled back: {what}"
+        msg = f"rollout failed: {exc if isinstance(exc, RolloutError) else client_error(exc)}; rolled back: {what}"
         if left:
             msg += "; NOT UNDONE (clean up by hand): " + "; ".join(left)
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import yaml
 
+from loraship.aws import RESOURCE_NAME, ROLE_ARN, client_error, clients, default_region
 from loraship.models import DEFAULT, ModelError, resolve_model
 from loraship.paths import REPO_ROOT
-from loraship.rollout import ROLE_ARN
 
 from .config import ConfigError, load_config
 from .outputs import ADAPTER_FILES, CONFIG, MANIFEST
@@ -65,7 +65,6 @@ ENTRYPOINT = [
 ]
 TERMINAL = ("Completed", "Failed", "Stopped")
 _INSTANCE_TYPE = re.compile(r"^ml\.([a-z][a-z0-9-]*)\.([a-z0-9]+)$")
-_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -221,11 +220,11 @@ def make_plan(opts: JobOptions) -> Plan:
     elif not ROLE_ARN.match(opts.role):
         problems.append(f"--role {opts.role!r} must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME)")
     problems += bucket_problems(opts.bucket)
-    if opts.job_name is not None and not _JOB_NAME.match(opts.job_name):
+    if opts.job_name is not None and not RESOURCE_NAME.match(opts.job_name):
         problems.append(f"--job-name {opts.job_name!r}: 1-63 letters, digits and '-', starting with a letter or digit")
     if opts.max_run < 1:
         problems.append(f"--max-run must be >= 1 second, got {opts.max_run}")
-    region = opts.region or _default_region()
+    region = opts.region or default_region()
     if not region:
         problems.append("no region: pass --region or set AWS_DEFAULT_REGION")
     if not (REPO_ROOT / "setup.cfg").is_file():
@@ -351,12 +350,6 @@ def make_plan(opts: JobOptions) -> Plan:
     )
 
 
-def _default_region() -> str | None:
-    import boto3
-
-    return boto3.session.Session().region_name
-
-
 def build_source(dest: Path, root: Path = REPO_ROOT) -> list[str]:
     """Write the source tarball the job pip-installs; return its member names."""
     names = []
@@ -374,23 +367,6 @@ def build_source(dest: Path, root: Path = REPO_ROOT) -> list[str]:
 
 
 # -- doing it --------------------------------------------------------------------------------------
-
-
-def _client_error(exc) -> str:
-    err = getattr(exc, "response", {}).get("Error", {})
-    return f"{err.get('Code', type(exc).__name__)}: {err.get('Message', exc)}"
-
-
-def _clients(plan: Plan, endpoint_url: str | None):
-    import boto3
-    from botocore.config import Config
-
-    session = boto3.session.Session(region_name=plan.region)
-    config = Config(retries={"mode": "standard", "max_attempts": 5})
-    return (
-        session.client("s3", endpoint_url=endpoint_url, config=config),
-        session.client("sagemaker", endpoint_url=endpoint_url, config=config),
-    )
 
 
 def _job_exists(sm, name: str) -> bool:
@@ -415,7 +391,7 @@ def submit(plan: Plan, s3, sm, log) -> str:
         taken = _job_exists(sm, plan.job_name)
     except (ClientError, BotoCoreError) as exc:  # no bucket, no credentials, no network: nothing touched yet
         raise SubmitRefused(
-            f"cannot use bucket {plan.bucket} or SageMaker in {plan.region}: {_client_error(exc)}"
+            f"cannot use bucket {plan.bucket} or SageMaker in {plan.region}: {client_error(exc)}"
         ) from None
     if taken:
         raise SubmitRefused(f"training job {plan.job_name} already exists: choose another --job-name")
@@ -443,11 +419,11 @@ def submit(plan: Plan, s3, sm, log) -> str:
             try:
                 s3.delete_object(Bucket=plan.bucket, Key=key)
             except Exception as err:  # keep deleting the rest; report every leftover
-                left.append(f"{plan.uri(key)} ({_client_error(err)})")
+                left.append(f"{plan.uri(key)} ({client_error(err)})")
         if not isinstance(exc, (ClientError, BotoCoreError)):
             log(f"interrupted before the job was created ({type(exc).__name__}); its uploads were deleted")
             raise
-        msg = f"submitting training job {plan.job_name} failed: {_client_error(exc)}; its uploads were deleted"
+        msg = f"submitting training job {plan.job_name} failed: {client_error(exc)}; its uploads were deleted"
         if left:
             msg += "; NOT DELETED (clean up by hand): " + ", ".join(left)
         raise JobFailed(msg) from exc
@@ -481,7 +457,7 @@ def fetch_adapter(s3, artifact_uri: str, output: Path) -> dict:
         try:
             s3.download_file(bucket, key, str(archive))
         except ClientError as exc:
-            raise JobFailed(f"cannot download the job's artifact {artifact_uri}: {_client_error(exc)}") from None
+            raise JobFailed(f"cannot download the job's artifact {artifact_uri}: {client_error(exc)}") from None
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 tar.extractall(extracted, filter="data")  # refuses absolute paths, .. and links outside
@@ -502,7 +478,7 @@ def run_job(opts: JobOptions, *, dry_run: bool = False, log=None) -> dict:
     plan = make_plan(opts)
     if dry_run:
         return {"dry_run": True, **plan.summary()}
-    s3, sm = _clients(plan, opts.endpoint_url)
+    s3, sm = clients(plan.region, opts.endpoint_url, "s3", "sagemaker")
     arn = submit(plan, s3, sm, log)
     result = {
         "dry_run": False,
