@@ -58,6 +58,17 @@ def test_pipeline_by_module_path():
         get_pipeline("handler.pipelines.instruction:Missing")
 
 
+@pytest.mark.parametrize("spec", ["handler.pipelines.instruction:format_prompt", "json:JSONDecoder"])
+def test_the_registry_serves_only_pipelines(spec):
+    """A function, or a class that is not a Pipeline, would fail on the first request: refuse it at load."""
+    with pytest.raises(ConfigError, match="not a subclass of handler.pipelines.Pipeline"):
+        get_pipeline(spec)
+    from handler.pipelines import register_pipeline
+
+    with pytest.raises(ConfigError, match="not a subclass"):
+        register_pipeline("plain")(type("Plain", (), {}))
+
+
 def test_instruction_pipeline_round_trip():
     p = InstructionTextGenerationPipeline()
     assert p.decode_request("Hi") == format_prompt("Hi")

@@ -7,13 +7,15 @@ and lives in :mod:`handler.generation`.
 
 from __future__ import annotations
 
+from abc import ABC
 from typing import Any, ClassVar
 
 from ..errors import BadRequest
 
 
-class Pipeline:
-    """Base class. Subclasses set ``name`` and override what they need.
+class Pipeline(ABC):  # noqa: B024 - every hook has a default (pass-through), as in LitServe's LitAPI
+    """Base class of every pipeline; the registry serves nothing else. Subclasses set ``name`` and
+    override what they need.
 
     ``setup`` runs once per worker with the tokenizer; ``decode_request`` turns one request item
     (the value of ``inputs``, or the whole body for chat) into a prompt string; ``encode_response``
