@@ -4,6 +4,8 @@ fails to come up."""
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,13 @@ def start_server(
         srv.stop()
         raise
     return srv
+
+
+def processes_left(*pgrep_args: str, timeout: float = 10) -> list[str]:
+    """PIDs ``pgrep ARGS`` still finds once ``timeout`` has passed (polled: [] as soon as none is left)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = subprocess.run(["pgrep", *pgrep_args], capture_output=True, text=True).stdout.split()
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from servers import server_args
+from servers import processes_left, server_args
 from tiny_models import save_random_adapter
 
 from loraship import runtime
@@ -150,7 +150,6 @@ def test_serve_command_on_real_djl(tiny_neox, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 0
-    time.sleep(0.5)
     # The JVM ran in a session of its own; its worker named the model dir on its command line.
-    left = subprocess.run(["pgrep", "-f", f"--model-dir {md}"], capture_output=True, text=True).stdout.split()
+    left = processes_left("-f", f"--model-dir {md}")
     assert left == [], f"processes left behind: {left}"

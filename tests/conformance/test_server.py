@@ -2,12 +2,11 @@
 
 import json
 import subprocess
-import time
 
 import pytest
 import requests
 from differences import expect
-from servers import KINDS, server_args, start_server
+from servers import KINDS, processes_left, server_args, start_server
 
 from loraship.build import build_model_dir
 from loraship.runtime import Server, free_port
@@ -141,8 +140,7 @@ def test_stop_leaves_no_worker_behind(kind, tiny_neox, tmp_path):
     srv.wait_ready(timeout=240)
     pgid = srv.proc.pid
     srv.stop()
-    time.sleep(0.5)
-    left = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    left = processes_left("-g", str(pgid))
     assert left == [], f"processes left in the server's group: {left}"
 
 
