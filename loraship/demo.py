@@ -58,7 +58,7 @@ class Demo:
         log_path = self.run_dir / "logs" / f"{step}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             for chunk in iter(lambda: os.read(proc.stdout.fileno(), 4096), b""):
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
@@ -75,7 +75,7 @@ class Demo:
             print(base)
             self.commands.append(("prepare", "loraship models prepare"))
 
-        cache = REPO_ROOT / "runs" / "cache"
+        cache = self.run_dir.parent / "cache"  # beside the runs, so a second demo reuses training and eval
         # Training depends on the handler only through the prompt template.
         train_key = _key(
             file_sha256(TRAIN_CONFIG),
@@ -295,7 +295,7 @@ def _key(*parts: str) -> str:
 
 def _rel(path: Path) -> str:
     try:
-        return str(Path(path).relative_to(REPO_ROOT))
+        return str(Path(path).relative_to(Path.cwd()))
     except ValueError:
         return str(path)
 
@@ -306,7 +306,8 @@ def _clip(text: str, n: int = 200) -> str:
 
 
 def run_demo(port: int = 0, questions: int = 3, server: dict | None = None) -> int:
-    run_dir = REPO_ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    # Where the user is, never beside the installed code.
+    run_dir = Path.cwd() / "runs" / time.strftime("%Y%m%d-%H%M%S")
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     demo = Demo(run_dir, port, questions, server or {})
     start = time.perf_counter()

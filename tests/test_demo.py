@@ -69,3 +69,18 @@ def test_any_error_inside_a_step_stops_the_run_under_its_name(tmp_path):
     with pytest.raises(StepFailed, match="step '5/9 smoke' failed: KeyError: 'generated_text'"):
         with demo.step("5/9 smoke"):
             {}["generated_text"]
+
+
+def test_runs_land_under_the_current_directory(tmp_path, monkeypatch):
+    """Not beside the code: an installed (non-editable) loraship must not write into site-packages."""
+    import loraship.demo
+
+    def stop_at_once(self):
+        with self.step("1/9 prepare"):
+            raise RuntimeError("stopped by the test")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loraship.demo.Demo, "main", stop_at_once)
+    assert loraship.demo.run_demo() == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "report.md").is_file()
