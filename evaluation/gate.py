@@ -189,6 +189,32 @@ def load_bench(path: str | Path) -> dict:
     return _read_json_object(Path(path), "bench")
 
 
+def load_report(path: str | Path) -> dict:
+    """A ``gate.json`` as ``run_gate`` writes it (``GateResult.to_dict``); GateInputError names what is off."""
+    path = Path(path)
+    data = _read_json_object(path, "gate report")
+    problems = []
+    if data.get("verdict") not in (PASS, FAIL):
+        problems.append(f"verdict is {data.get('verdict')!r}, expected 'pass' or 'fail'")
+    if not isinstance(data.get("checks"), list) or not all(isinstance(c, dict) for c in data["checks"]):
+        problems.append("checks: expected a list of objects")
+    adapters = data.get("adapters")
+    if not isinstance(adapters, dict) or not all(isinstance(v, dict) for v in adapters.values()):
+        problems.append("adapters: expected an object of {name: {sha256, verdict}}")
+    if problems:
+        raise GateInputError(f"{path} is not a `loraship gate` report: " + "; ".join(problems))
+    return data
+
+
+def failed_checks(report: dict) -> list[str]:
+    """``adapter/metric/check`` of every failed check in a report from ``load_report``."""
+    return [
+        "/".join(str(c[k]) for k in ("adapter", "metric", "check") if c.get(k))
+        for c in report["checks"]
+        if c.get("status") == FAIL
+    ]
+
+
 def bench_figures(bench: dict) -> dict[str, dict[str, dict[str, float | None]]]:
     """``{level: {variant: {"p99_latency_s", "output_tokens_per_s"}}}`` from a bench result.
 

@@ -132,30 +132,23 @@ def parse_autoscale(value: str) -> tuple[int, int]:
 # -- the gate --------------------------------------------------------------------------------------
 
 
-def _check_name(c: dict) -> str:
-    return str(c.get("name") or "/".join(str(c[k]) for k in ("adapter", "metric", "check") if c.get(k)) or "?")
-
-
 def check_gate(report_path: str | Path, contents: ArchiveContents) -> dict:
     """Refuse unless the gate passed and every adapter inside the artifact is one it gated, byte for byte.
 
     A gated adapter the artifact does not ship is fine (the gate passes only if every adapter does).
+    The gate reads its own report (``evaluation.gate.load_report``).
     """
+    from evaluation.gate import GateInputError, failed_checks, load_report
+
     try:
-        report = json.loads(Path(report_path).read_text())
-    except (OSError, ValueError) as exc:
-        raise RolloutRefused(f"gate report {report_path} is unreadable: {exc}") from None
-    if not isinstance(report, dict):
-        raise RolloutRefused(f"gate report {report_path} is not a JSON object")
-    if report.get("verdict") != "pass":
-        failed = [
-            _check_name(c)
-            for c in report.get("checks") or []
-            if isinstance(c, dict) and (c.get("status") == "fail" or c.get("passed") is False)
-        ]
+        report = load_report(report_path)
+    except GateInputError as exc:
+        raise RolloutRefused(f"gate report unusable: {exc}") from None
+    if report["verdict"] != "pass":
+        failed = failed_checks(report)
         detail = f" (failed checks: {', '.join(failed)})" if failed else ""
-        raise RolloutRefused(f"gate verdict is {report.get('verdict')!r}, not 'pass'{detail}: nothing to roll out")
-    gated = {name: v for name, v in (report.get("adapters") or {}).items() if isinstance(v, dict)}
+        raise RolloutRefused(f"gate verdict is {report['verdict']!r}, not 'pass'{detail}: nothing to roll out")
+    gated = report["adapters"]
     problems = []
     for name, sha in contents.adapters.items():
         entry = gated.get(name)

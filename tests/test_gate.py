@@ -319,6 +319,16 @@ def test_junit_and_markdown_with_worst_samples(tmp_path, adapter):
     assert "question 1" not in md  # a tie is no regression
 
 
+def test_the_report_the_gate_writes_is_the_one_it_reads(tmp_path, adapter):
+    from evaluation.gate import failed_checks, load_report
+
+    bad = copy.deepcopy(GOOD)
+    bad["reference_loss"] = metric(2.886, 3.0, [0.05, 0.2], higher=False)
+    assert main(["gate", "--eval", str(write_eval(tmp_path, adapter, bad)), "--out", str(tmp_path / "g")]) == 1
+    report = load_report(tmp_path / "g" / "gate.json")
+    assert report["verdict"] == "fail" and any(name.startswith("faqs/reference_loss") for name in failed_checks(report))
+
+
 def test_cli_exit_codes(tmp_path, adapter, capsys):
     good = write_eval(tmp_path, adapter, GOOD)
     assert main(["gate", "--eval", str(good), "--out", str(tmp_path / "g1")]) == 0

@@ -177,6 +177,15 @@ def test_a_failed_gate_is_refused(aws, artifacts, model_dir, tmp_path):
     assert_untouched(aws)
 
 
+def test_a_file_that_is_not_a_gate_report_is_refused(aws, artifacts, tmp_path):
+    """The gate reads its own report: an eval.json (or any other JSON) passed as --gate-report is refused."""
+    other = tmp_path / "eval.json"
+    other.write_text(json.dumps({"schema": "loraship.eval/1", "metrics": {}, "adapters": {}}))
+    with pytest.raises(RolloutRefused, match="is not a `loraship gate` report: verdict is None"):
+        rollout(options(aws, artifacts[0], other))
+    assert_untouched(aws)
+
+
 def test_an_adapter_changed_after_gating_is_refused(aws, model_dir, tmp_path, gate):
     tampered = tmp_path / "md"
     import shutil
