@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -16,6 +17,13 @@ from loraship.runtime import RuntimeMissing, Server, free_port, java_command, re
 KINDS = ("host", "djl")
 
 
+def missing(what: str) -> NoReturn:
+    """A prerequisite is absent: a failure under CI=true (CI must have it), a skip that says why elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"missing in CI: {what}")
+    pytest.skip(f"not available here: {what}")
+
+
 def server_args(kind: str) -> dict:
     """``Server`` arguments for ``kind``; a missing server fails under CI=true and skips elsewhere."""
     try:
@@ -23,9 +31,7 @@ def server_args(kind: str) -> dict:
         if resolved == "host":
             java_command(Path("."), "127.0.0.1", 0)
     except RuntimeMissing as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"the {kind} server is missing in CI: {exc}")
-        pytest.skip(f"the {kind} server is not available here: {exc}")
+        missing(f"the {kind} server: {exc}")
     return {"kind": resolved, "djl_home": home}
 
 

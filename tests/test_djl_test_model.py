@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from servers import missing
 
 from loraship.paths import runtime_dir
 
@@ -27,9 +28,7 @@ def djl_jar(request):
         folder = Path(os.environ.get("DJL_SERVING_HOME") or "/nonexistent") / "lib"
     jars = sorted(folder.glob("python-*.jar"))
     if not jars:
-        if os.environ.get("CI"):
-            pytest.fail(f"DJL python engine jar missing in CI under {folder}")
-        pytest.skip(f"no DJL python engine jar under {folder} (run `make setup`; set DJL_SERVING_HOME)")
+        missing(f"a DJL python engine jar under {folder} (run `make setup`; set DJL_SERVING_HOME)")
     return jars[-1]
 
 
