@@ -11,6 +11,7 @@ import logging
 import re
 import time
 from collections import defaultdict
+from typing import NamedTuple
 
 from djl_python import Input, Output
 
@@ -26,6 +27,17 @@ ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
 JSON = "application/json"
 # Content keys of a real batch: DJL's server writes "batch_NNN.", djl_python.test_model's batch helper "batch_NNN_".
 BATCH_KEY = re.compile(r"batch_\d{3}[._]")
+
+
+class _Row(NamedTuple):
+    """One item of one request, as it waits for a generate call."""
+
+    request: int  # index in the DJL batch
+    item: int  # index in the request's inputs
+    prompt: str
+    adapter: str
+    tokenizer: object
+    prompt_tokens: int
 
 
 class HandlerService:
@@ -115,14 +127,14 @@ class HandlerService:
             for j, prompt in enumerate(prompts):
                 # Adapters that added tokens bring their own tokenizer: they batch apart.
                 tokenizer = self.adapters.tokenizer_for(req.adapters[j])
-                groups[(req.params, id(tokenizer))].append((i, j, prompt, req.adapters[j], tokenizer, lengths[j]))
+                groups[(req.params, id(tokenizer))].append(_Row(i, j, prompt, req.adapters[j], tokenizer, lengths[j]))
         failed: dict[int, BaseException] = {}
         for (params, _), members in groups.items():
             for part in self._parts(members, params):
-                rows = [m for m in part if m[0] not in failed]
+                rows = [r for r in part if r.request not in failed]
                 if not rows:
                     continue
-                names = [m[3] for m in rows]
+                names = [r.adapter for r in rows]
                 try:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -133,20 +145,20 @@ class HandlerService:
                     self.adapters.ensure_loaded(names)
                     self.generator.model = self.adapters.model
                     out = self.generator.generate(
-                        [m[2] for m in rows], params, names, tokenizer=rows[0][4], max_time=left
+                        [r.prompt for r in rows], params, names, tokenizer=rows[0].tokenizer, max_time=left
                     )
                 except Exception as exc:
                     if not isinstance(exc, GenerationTimeout):
                         log.exception("generation failed for a group of %d items", len(rows))
-                    for i, *_ in rows:
-                        failed[i] = exc
+                    for r in rows:
+                        failed[r.request] = exc
                     continue
-                for (i, j, *_), res in zip(rows, out):
+                for r, res in zip(rows, out):
                     if res.finish_reason == "time":
-                        failed[i] = GenerationTimeout.after(
+                        failed[r.request] = GenerationTimeout.after(
                             res.seconds, res.generated_tokens, self.options.predict_timeout
                         )
-                    results[i][j] = res
+                    results[r.request][r.item] = res
         for i, (req, prompts, _) in parsed.items():
             if i in failed:
                 replies[i] = error_json(failed[i])
@@ -162,16 +174,16 @@ class HandlerService:
                 replies[i] = (200, self._encode(req, results[i], len(batch)))
         return _batch_output(replies, is_batch)
 
-    def _parts(self, members: list, params) -> list[list]:
+    def _parts(self, members: list[_Row], params) -> list[list[_Row]]:
         """A group's rows in generate calls that each cost at most option.max_batch_total_tokens
         (rows x (longest prompt + max_new_tokens)); shortest prompts first, so little is padding."""
         budget, parts, part, longest = self.options.max_batch_total_tokens, [], [], 0
-        for m in sorted(members, key=lambda m: m[5]):
-            if part and (len(part) + 1) * (max(longest, m[5]) + params.max_new_tokens) > budget:
+        for m in sorted(members, key=lambda m: m.prompt_tokens):
+            if part and (len(part) + 1) * (max(longest, m.prompt_tokens) + params.max_new_tokens) > budget:
                 parts.append(part)
                 part, longest = [], 0
             part.append(m)
-            longest = max(longest, m[5])
+            longest = max(longest, m.prompt_tokens)
         return parts + [part] if part else parts
 
     def _parse(self, item: Input) -> tuple[ParsedRequest, list[str], list[int]]:
