@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from loraship.hashing import adapter_sha256, file_sha256
+from loraship.core.hashing import adapter_sha256, file_sha256
 
 BASE = "__base__"
 DEFAULT_POLICY = Path(__file__).resolve().parent / "policies" / "default.yaml"

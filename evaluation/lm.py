@@ -130,9 +130,9 @@ class LocalModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from handler.generation import Generator, pick_dtype, prepare_tokenizer
-        from handler.pipelines import get_pipeline
-        from loraship.models import resolve_model
+        from loraship.core.models import resolve_model
+        from loraship.handler.generation import Generator, pick_dtype, prepare_tokenizer
+        from loraship.handler.pipelines import get_pipeline
 
         self.model_path = resolve_model(model)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -222,18 +222,18 @@ class LocalLM(LM):
         return "loraship-instruction-" + Path(self.loaded.model_path).name
 
     def chat_template(self, chat_template=False) -> str:
-        return "handler.pipelines.instruction.format_prompt"
+        return "loraship.handler.pipelines.instruction.format_prompt"
 
     def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
-        from handler.pipelines.instruction import format_prompt
+        from loraship.handler.pipelines.instruction import format_prompt
 
         instruction, context = _split_chat(chat_history)
         return format_prompt(instruction, context or None)
 
     # -- generation ------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[Completion]:
-        from handler.errors import BadRequest
-        from handler.requests import GenerationParams
+        from loraship.handler.errors import BadRequest
+        from loraship.handler.requests import GenerationParams
 
         out: list[Completion] = []
         for start in range(0, len(requests), self.batch_size):

@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loraship.hashing import adapter_sha256, file_sha256
+from loraship.core.hashing import adapter_sha256, file_sha256
 
 from .lm import BASE, EndpointLM, EvalError, LocalLM, LocalModel
 from .stats import paired_bootstrap
@@ -93,7 +93,7 @@ class EvalConfig:
 
 def load_documents(data: Path | None = None, split_from: Path | None = None) -> tuple[list[dict], dict]:
     """(rows, provenance): the rows to score and where they came from, with the file's sha256."""
-    from training.data import DataError, check_rows, read_jsonl, read_qa_csv
+    from loraship.training.data import DataError, check_rows, read_jsonl, read_qa_csv
 
     if split_from is not None:
         path = Path(split_from) / "split" / "test.jsonl"

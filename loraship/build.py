@@ -9,11 +9,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import handler
-from handler.properties import ServingOptions
-
-from .hashing import copy_ignore
-from .models import resolve_model
+from . import handler
+from .core.hashing import copy_ignore
+from .core.models import resolve_model
+from .handler.properties import ServingOptions
 
 HANDLER_SRC = Path(handler.__file__).resolve().parent
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def cmd_models_prepare(args) -> int:
     """Convert the embedded default model (SmolLM2-135M-Instruct GGUF) to an HF folder; print its path."""
-    from .models import prepare_default
+    from .core.models import prepare_default
 
     print(prepare_default(force=args.force))
     return 0
@@ -73,7 +73,7 @@ def cmd_train(args) -> int:
     if not args.sagemaker:
         if sagemaker_only:
             return _usage("train", f"{', '.join(sagemaker_only)}: only with --sagemaker")
-        from training.recipe import run_cli
+        from loraship.training.recipe import run_cli
 
         return run_cli(args.config, args.output, args.set, resume=args.resume, overwrite=args.overwrite)
     if args.resume or args.overwrite:
@@ -85,8 +85,8 @@ def cmd_train(args) -> int:
 
     import json
 
-    from training.recipe import DEFAULT_CONFIG
-    from training.sagemaker import (
+    from loraship.training.recipe import DEFAULT_CONFIG
+    from loraship.training.sagemaker import (
         DEFAULT_INSTANCE_TYPE,
         DEFAULT_MAX_RUN,
         JobOptions,
@@ -144,7 +144,7 @@ def _usage(command: str, message: str) -> int:
 
 def cmd_eval(args) -> int:
     """Score the base model and adapters on the same documents with lm-eval; write eval.json and samples/."""
-    from evaluation.score import EvalConfig, EvalError, run_eval
+    from loraship.evaluation.score import EvalConfig, EvalError, run_eval
 
     from .build import parse_adapter_args
 
@@ -199,7 +199,7 @@ def _adapter_name(folder: str) -> str:
 
 def cmd_gate(args) -> int:
     """Pass or fail adapters: eval scores (and bench budgets) against a policy; exit 0 pass, 1 fail, 2 bad input."""
-    from evaluation.gate import DEFAULT_POLICY, EXIT_INVALID, GateInputError, run_gate
+    from loraship.evaluation.gate import DEFAULT_POLICY, EXIT_INVALID, GateInputError, run_gate
 
     try:
         dirs = dict(_pair(a, "--adapter") for a in args.adapter)
@@ -221,7 +221,7 @@ def cmd_bench(args) -> int:
     import signal
 
     if args.bench_command == "compare":
-        from evaluation.bench.compare import CompareError, compare_text, load
+        from loraship.evaluation.bench.compare import CompareError, compare_text, load
 
         try:
             print(compare_text(load(args.a), load(args.b), args.a_level, args.b_level))
@@ -230,8 +230,8 @@ def cmd_bench(args) -> int:
             return 2
         return 0
 
-    from evaluation.bench.run import BenchConfig, BenchError, exit_code, parse_slo, run_bench
-    from evaluation.bench.workload import WorkloadError
+    from loraship.evaluation.bench.run import BenchConfig, BenchError, exit_code, parse_slo, run_bench
+    from loraship.evaluation.bench.workload import WorkloadError
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -716,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from .build import BuildError
-    from .models import ModelError
+    from .core.models import ModelError
     from .runtime import RuntimeMissing
 
     try:

@@ -20,13 +20,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .hashing import file_sha256, tree_sha256
-from .models import prepare_default
-from .paths import REPO_ROOT
+from .core.hashing import file_sha256, tree_sha256
+from .core.models import prepare_default
+from .evaluation.gate import DEFAULT_POLICY as POLICY
 from .runtime import Server, free_port
+from .training.recipe import CONFIGS_DIR
 
-TRAIN_CONFIG = REPO_ROOT / "training" / "configs" / "sagemaker_faqs.yaml"
-POLICY = REPO_ROOT / "evaluation" / "policies" / "default.yaml"
+TRAIN_CONFIG = CONFIGS_DIR / "sagemaker_faqs.yaml"
 ADAPTER = "faq"
 
 
@@ -80,8 +80,8 @@ class Demo:
         train_key = _key(
             file_sha256(TRAIN_CONFIG),
             tree_sha256(base),
-            tree_sha256(REPO_ROOT / "training"),
-            file_sha256(REPO_ROOT / "handler" / "pipelines" / "instruction.py"),
+            _code_sha256("training"),
+            file_sha256(_package_dir("handler") / "pipelines" / "instruction.py"),
         )
         train_out = cache / f"train-{train_key}"
         with self.step("2/9 train a LoRA adapter on the SageMaker FAQs") as t:
@@ -96,7 +96,7 @@ class Demo:
         manifest = json.loads((train_out / "training_manifest.json").read_text())
         self.figures["train"] = manifest
 
-        eval_key = _key(train_key, tree_sha256(REPO_ROOT / "evaluation"), tree_sha256(REPO_ROOT / "handler"))
+        eval_key = _key(train_key, _code_sha256("evaluation"), _code_sha256("handler"))
         eval_out = cache / f"eval-{eval_key}"
         with self.step("3/9 evaluate base vs adapter on the held-out split") as t:
             if (eval_out / "eval.json").is_file():
@@ -328,3 +328,14 @@ def _write_report(demo: Demo, seconds: float, failed: str | None = None) -> Path
     path = demo.run_dir / "report.md"
     path.write_text(demo_report(demo, seconds, failed))
     return path
+
+
+def _package_dir(name: str) -> Path:
+    """Where loraship.NAME's code is: the checkout's top-level folder, or inside the installed package."""
+    import importlib
+
+    return Path(importlib.import_module(f"loraship.{name}").__file__).resolve().parent
+
+
+def _code_sha256(name: str) -> str:
+    return tree_sha256(_package_dir(name))

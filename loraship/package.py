@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .hashing import adapter_sha256 as _adapter_sha256
-from .hashing import combine_file_hashes, file_digest, shipped_files, skipped
+from .core.hashing import adapter_sha256 as _adapter_sha256
+from .core.hashing import combine_file_hashes, file_digest, shipped_files, skipped
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "loraship-artifact/1"
@@ -52,11 +52,11 @@ class PackageError(Exception):
     pass
 
 
-# -- hashing (one rule, in loraship.hashing) ------------------------------------------------------
+# -- hashing (one rule, in loraship.core.hashing) ------------------------------------------------------
 
 
 def adapter_sha256(folder: str | Path) -> str:
-    """``loraship.hashing.adapter_sha256``, raising PackageError for a missing folder."""
+    """``loraship.core.hashing.adapter_sha256``, raising PackageError for a missing folder."""
     try:
         return _adapter_sha256(folder)
     except FileNotFoundError as exc:
@@ -113,7 +113,7 @@ def merge_properties(text: str, updates: Mapping[str, str]) -> str:
 
 def handler_options(props: Mapping[str, str], model_dir: str | Path):
     """The handler's typed options from ``serving.properties`` (``option.*`` keys, prefix stripped)."""
-    from handler.properties import ServingOptions
+    from loraship.handler.properties import ServingOptions
 
     opts = {k[len("option.") :]: v for k, v in props.items() if k.startswith("option.")}
     opts["model_dir"] = str(model_dir)
@@ -183,9 +183,9 @@ def inspect_model_dir(
     model_dir: str | Path, *, include_model: bool = False, profile: str | Path | None = None
 ) -> Inspection:
     """Check a model dir as DJL and the handler would load it; raise one PackageError listing every problem."""
-    from handler.adapters import validate_adapter_dir
-    from handler.errors import HandlerError
-    from handler.pipelines import known_pipelines
+    from loraship.handler.adapters import validate_adapter_dir
+    from loraship.handler.errors import HandlerError
+    from loraship.handler.pipelines import known_pipelines
 
     from .build import ADAPTER_NAME
 

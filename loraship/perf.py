@@ -22,16 +22,15 @@ from pathlib import Path
 import requests
 import torch
 
-from training.data import read_qa_csv
+from loraship.training.data import FAQ_CSV, read_qa_csv
 
 from .build import build_model_dir
-from .models import resolve_model
-from .paths import faq_csv
+from .core.models import resolve_model
 from .runtime import Server, free_port
 
 
 def _prompts(n: int) -> list[str]:
-    return [r["instruction"] for r in read_qa_csv(faq_csv())[:n]]
+    return [r["instruction"] for r in read_qa_csv(FAQ_CSV)[:n]]
 
 
 def _post(url, prompt, tokens, adapter=""):
@@ -86,9 +85,9 @@ def _random_adapters(base: str, folder: Path, n: int = 2) -> dict[str, Path]:
 def _in_process(base: str, prompts: list[str], tokens: int, dtype: torch.dtype) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from handler.generation import Generator, prepare_tokenizer
-    from handler.pipelines.instruction import format_prompt
-    from handler.requests import GenerationParams
+    from loraship.handler.generation import Generator, prepare_tokenizer
+    from loraship.handler.pipelines.instruction import format_prompt
+    from loraship.handler.requests import GenerationParams
 
     tok = AutoTokenizer.from_pretrained(base)
     prepare_tokenizer(tok)

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .aws import RESOURCE_NAME, ROLE_ARN, client_error, clients, default_region
+from .core.aws import RESOURCE_NAME, ROLE_ARN, client_error, clients, default_region
 from .package import ArchiveContents, PackageError, read_archive
 
 #: The LMI line the container (docker/Dockerfile) and the SageMaker Model both use.
@@ -138,7 +138,7 @@ def check_gate(report_path: str | Path, contents: ArchiveContents) -> dict:
     A gated adapter the artifact does not ship is fine (the gate passes only if every adapter does).
     The gate reads its own report (``evaluation.gate.load_report``).
     """
-    from evaluation.gate import GateInputError, failed_checks, load_report
+    from loraship.evaluation.gate import GateInputError, failed_checks, load_report
 
     try:
         report = load_report(report_path)

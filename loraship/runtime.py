@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .paths import runtime_dir
+from .core.paths import runtime_dir
 
 HOST_MAIN = "ai.loraship.host.DjlHost"
 DJL_MAIN = "ai.djl.serving.ModelServer"

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "reliability"))  # rel_support: shared by the server suites
 
-from loraship.paths import runtime_dir  # noqa: E402
+from loraship.core.paths import runtime_dir  # noqa: E402
 
 # djl_python is not on PyPI: import it straight from DJL's Python engine jar (a zip).
 _jars = sorted((runtime_dir() / "djl").glob("python-*.jar"))
@@ -69,6 +69,6 @@ def gpu_base() -> str:
     A machine without the default model's GGUF can point the variable at any HF folder (e.g.
     random weights in SmolLM2's shape, built from its config.json) so the kernels see real sizes.
     """
-    from loraship.models import resolve_model
+    from loraship.core.models import resolve_model
 
     return os.environ.get("LORASHIP_GPU_MODEL") or resolve_model("default")

@@ -23,7 +23,7 @@ def adapters(tiny_neox, tiny_llama, tmp_path_factory):
 
 
 def make_service(tiny_neox, adapters, **options):
-    from handler.service import HandlerService
+    from loraship.handler.service import HandlerService
 
     svc = HandlerService()
     props = {
@@ -60,7 +60,7 @@ def peft_reference(base, adapter_dir, prompt, tokens):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from handler.pipelines.instruction import extract_response, format_prompt
+    from loraship.handler.pipelines.instruction import extract_response, format_prompt
 
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)

@@ -10,7 +10,7 @@ LIMITS = {"max_inputs_per_request": "3", "max_request_tokens": "300", "max_batch
 
 
 def make_service(tiny_neox, **options):
-    from handler.service import HandlerService
+    from loraship.handler.service import HandlerService
 
     svc = HandlerService()
     assert (
@@ -40,7 +40,7 @@ def ask(svc, body):
 
 
 def prompt_tokens(svc, text: str) -> int:
-    from handler.requests import GenerationParams
+    from loraship.handler.requests import GenerationParams
 
     return len(svc.generator.check_length(svc.pipeline.decode_request(text), GenerationParams(max_new_tokens=1)))
 
@@ -87,7 +87,7 @@ def test_a_batch_over_the_step_budget_runs_in_parts_with_unchanged_results(servi
 
 
 def test_options_that_cannot_work_fail_the_load(tiny_neox):
-    from handler.errors import ConfigError
+    from loraship.handler.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"max_request_tokens \(500\) must not exceed option.max_batch_total"):
         make_service(tiny_neox, max_request_tokens="500", max_batch_total_tokens="400")

@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from evaluation.bench.client import RequestRecord
-from evaluation.bench.run import BenchConfig, BenchError, parse_slo
-from evaluation.bench.stats import adapter_cost, cold_warm, distribution, goodput, meets_slo, summarize_level
-from evaluation.bench.workload import Workload, WorkloadError, load_prompts, mix_weights
+from loraship.evaluation.bench.client import RequestRecord
+from loraship.evaluation.bench.run import BenchConfig, BenchError, parse_slo
+from loraship.evaluation.bench.stats import adapter_cost, cold_warm, distribution, goodput, meets_slo, summarize_level
+from loraship.evaluation.bench.workload import Workload, WorkloadError, load_prompts, mix_weights
 
 
 def rec(e2e=1.0, ttft=None, tokens=11, adapter="__base__", status=200, itl=(), phase="measure", stream=None):

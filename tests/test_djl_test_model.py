@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from servers import missing
 
-from loraship.paths import runtime_dir
+from loraship.core.paths import runtime_dir
 
 REQUEST = {"inputs": "What is Amazon SageMaker?", "parameters": {"max_new_tokens": 8}}
 
@@ -38,7 +38,7 @@ def expected_text(tiny_neox, tmp_path_factory) -> str:
     # harness and the handler import djl_python: only once djl_jar has found it.
     from harness import init_input, read_output, request_input
 
-    from handler.service import HandlerService
+    from loraship.handler.service import HandlerService
 
     svc = HandlerService()
     svc.handle(

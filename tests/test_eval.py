@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluation.metrics import exact_match, normalize_answer, rouge_l, token_f1
-from evaluation.stats import paired_bootstrap
 from loraship.cli import main
+from loraship.evaluation.metrics import exact_match, normalize_answer, rouge_l, token_f1
+from loraship.evaluation.stats import paired_bootstrap
 
 ANSWER = "Use Amazon SageMaker."
 DOCS = 12
@@ -74,7 +74,7 @@ def test_paired_bootstrap_nan_makes_everything_nan():
 
 
 def test_documents_from_csv_jsonl_and_split(tmp_path):
-    from evaluation.score import EvalError, load_documents
+    from loraship.evaluation.score import EvalError, load_documents
 
     csv = tmp_path / "qa.csv"
     csv.write_text('What is it?,"A thing, really."\nWhy?,Because.\n', encoding="utf-8")
@@ -112,7 +112,7 @@ class _Chat:
 
     @staticmethod
     def apply_chat_template(history, add_generation_prompt=True):
-        from evaluation.lm import LocalLM
+        from loraship.evaluation.lm import LocalLM
 
         return LocalLM.apply_chat_template(None, history)
 
@@ -120,8 +120,8 @@ class _Chat:
 def test_tasks_load_offline_and_template_comes_from_the_handler(tmp_path):
     from lm_eval.tasks import TaskManager
 
-    from evaluation.score import GENERATION, REFERENCE_LOSS, TASKS_DIR
-    from handler.pipelines.instruction import format_prompt, format_response
+    from loraship.evaluation.score import GENERATION, REFERENCE_LOSS, TASKS_DIR
+    from loraship.handler.pipelines.instruction import format_prompt, format_response
 
     docs = _docs_file(
         tmp_path,
@@ -149,8 +149,8 @@ def test_tasks_load_offline_and_template_comes_from_the_handler(tmp_path):
 def test_generation_metrics_use_finish_reason_and_reference_loss_is_per_token():
     import sys
 
-    from evaluation.lm import Completion, LogLikelihood
-    from evaluation.score import TASKS_DIR
+    from loraship.evaluation.lm import Completion, LogLikelihood
+    from loraship.evaluation.score import TASKS_DIR
 
     sys.path.insert(0, str(TASKS_DIR))
     try:
@@ -170,13 +170,13 @@ def test_generation_metrics_use_finish_reason_and_reference_loss_is_per_token():
 def test_model_types_are_in_lm_evals_registry():
     from lm_eval.api.registry import get_model
 
-    from evaluation.lm import EndpointLM, LocalLM
+    from loraship.evaluation.lm import EndpointLM, LocalLM
 
     assert get_model("loraship") is LocalLM and get_model("loraship-endpoint") is EndpointLM
 
 
 def test_endpoint_model_sends_the_raw_instruction():
-    from evaluation.lm import EndpointLM, EvalError
+    from loraship.evaluation.lm import EndpointLM, EvalError
 
     lm = EndpointLM("http://127.0.0.1:9/", adapter="faqs")
     assert lm.url == "http://127.0.0.1:9/invocations"
@@ -199,10 +199,9 @@ def test_endpoint_model_sends_the_raw_instruction():
 
 def favourable_docs() -> list[dict]:
     """Short FAQ questions that all get the same short answer: learnable by a tiny random model."""
-    from loraship.paths import faq_csv
-    from training.data import read_qa_csv
+    from loraship.training.data import FAQ_CSV, read_qa_csv
 
-    rows = [r for r in read_qa_csv(faq_csv()) if len(r["instruction"]) < 60][:DOCS]
+    rows = [r for r in read_qa_csv(FAQ_CSV) if len(r["instruction"]) < 60][:DOCS]
     return [{"instruction": r["instruction"], "context": "", "response": ANSWER, "row": r["row"]} for r in rows]
 
 
@@ -212,7 +211,7 @@ def train_tiny_adapter(base: Path, rows: list[dict], out: Path, steps: int = 60)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.data import collate, encode_example
+    from loraship.training.data import collate, encode_example
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(base)
@@ -280,7 +279,7 @@ def test_trained_adapter_passes_the_default_gate(good_run, tmp_path):
     assert result["model"]["path"] == str(
         Path(json.loads((good_run / "training_manifest.json").read_text())["base_model"]["path"]).resolve()
     )
-    from loraship.hashing import adapter_sha256
+    from loraship.core.hashing import adapter_sha256
 
     assert result["adapters"][name]["sha256"] == adapter_sha256(good_run)
     loss = result["metrics"]["reference_loss"]

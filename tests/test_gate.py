@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evaluation.gate import DEFAULT_POLICY, GateInputError, bench_figures, load_policy, run_gate
 from loraship.cli import main
-from loraship.hashing import adapter_sha256
+from loraship.core.hashing import adapter_sha256
+from loraship.evaluation.gate import DEFAULT_POLICY, GateInputError, bench_figures, load_policy, run_gate
 
 
 def metric(base, value, ci, *, higher=True, n=14, task="loraship_generation"):
@@ -320,7 +320,7 @@ def test_junit_and_markdown_with_worst_samples(tmp_path, adapter):
 
 
 def test_the_report_the_gate_writes_is_the_one_it_reads(tmp_path, adapter):
-    from evaluation.gate import failed_checks, load_report
+    from loraship.evaluation.gate import failed_checks, load_report
 
     bad = copy.deepcopy(GOOD)
     bad["reference_loss"] = metric(2.886, 3.0, [0.05, 0.2], higher=False)

@@ -33,7 +33,7 @@ def model_dir(gpu_base, tmp_path_factory) -> Path:
 
 
 def _service(gpu_base, model_dir, **props):
-    from handler.service import HandlerService
+    from loraship.handler.service import HandlerService
 
     svc = HandlerService()
     init = {"model_id": gpu_base, "model_dir": str(model_dir), "device_id": "0", "max_new_tokens": "64", **props}
@@ -89,7 +89,7 @@ def test_quantized_serving_with_mixed_adapter_batch(gpu_base, model_dir, quantiz
 
     # Each row of a mixed batch is computed with its own adapter: the last-position logits of one
     # forward over [two, base, one] match three separate forwards, far closer than adapters differ.
-    from handler.pipelines.instruction import format_prompt
+    from loraship.handler.pipelines.instruction import format_prompt
 
     model, tok = svc.generator.model, svc.generator.tokenizer
     enc = tok([format_prompt(QUESTION)] * 3, return_tensors="pt").to(svc.generator.device)
@@ -108,8 +108,8 @@ def test_quantized_serving_with_mixed_adapter_batch(gpu_base, model_dir, quantiz
 
 
 def _train(gpu_base, out: Path, *overrides: str) -> dict:
-    from training.config import load_config
-    from training.recipe import DEFAULT_CONFIG, train
+    from loraship.training.config import load_config
+    from loraship.training.recipe import DEFAULT_CONFIG, train
 
     cfg = load_config(
         DEFAULT_CONFIG,

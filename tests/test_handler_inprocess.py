@@ -6,7 +6,7 @@ from harness import batch_input, init_input, read_output, request_input
 
 @pytest.fixture(scope="module")
 def service(tiny_neox):
-    from handler.service import HandlerService
+    from loraship.handler.service import HandlerService
 
     svc = HandlerService()
     assert (
@@ -93,8 +93,8 @@ def test_stream_yields_json_lines_then_details(service):
 
 
 def test_invalid_options_fail_init_listing_every_problem(tiny_neox):
-    from handler.errors import ConfigError
-    from handler.service import HandlerService
+    from loraship.handler.errors import ConfigError
+    from loraship.handler.service import HandlerService
 
     with pytest.raises(ConfigError) as err:
         HandlerService().handle(
@@ -110,8 +110,8 @@ def test_chat_pipeline_end_to_end_with_the_default_tokenizer(tmp_path):
     """A tiny random Llama with SmolLM2's real tokenizer and chat template, served as 'chat'."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from handler.service import HandlerService
-    from loraship.models import prepare_default
+    from loraship.core.models import prepare_default
+    from loraship.handler.service import HandlerService
 
     tok = AutoTokenizer.from_pretrained(prepare_default())
     config = LlamaConfig(

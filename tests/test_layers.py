@@ -1,7 +1,12 @@
-"""The import graph keeps its layers: what ships in a model dir (handler/) at the bottom, then a small
-shared core (loraship.hashing, models, paths, aws), then training/ and evaluation/, then the CLI and
-orchestration (the rest of loraship/), which nothing below imports. Every import counts, also the ones
-inside functions."""
+"""The import graph keeps its layers, from the bottom up:
+
+1. ``loraship.handler`` (handler/): what ships in a model dir; imports nothing else of the project;
+2. ``loraship.core``: content hashes, model resolution, paths, AWS clients; imports only itself;
+3. ``loraship.training`` (training/) and ``loraship.evaluation`` (evaluation/): the handler and the core;
+4. the CLI and orchestration (the rest of ``loraship``), which nothing below imports.
+
+Every import counts, also the ones inside functions.
+"""
 
 import ast
 from pathlib import Path
@@ -9,20 +14,37 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = {"loraship", "loraship.hashing", "loraship.models", "loraship.paths", "loraship.aws"}
-PROJECT = ("loraship", "handler", "training", "evaluation")
+#: Where each package of the installed namespace lives in the checkout (setup.cfg's package_dir).
+FOLDERS = {
+    "loraship": ROOT / "loraship",
+    "loraship.handler": ROOT / "handler",
+    "loraship.training": ROOT / "training",
+    "loraship.evaluation": ROOT / "evaluation",
+}
+#: model.py in a model dir: there the handler package is the top-level ``handler``.
+MODEL_DIR_ENTRY = "loraship.handler.djl_entry"
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def _files() -> dict[str, Path]:
+    found = {}
+    for package, folder in FOLDERS.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[0] in ("handler", "training", "evaluation") and package == "loraship":
+                continue
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([package, *parts])] = path
+    return found
 
 
-def project_imports(path: Path) -> set[str]:
-    """The project modules ``path`` imports, relative imports resolved."""
-    package = module_name(path).split(".")
-    if path.name != "__init__.py":
-        package = package[:-1]
+FILES = _files()
+
+
+def project_imports(name: str) -> set[str]:
+    """The project modules ``name`` imports (relative imports resolved), as installed names."""
+    path = FILES[name]
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -34,58 +56,58 @@ def project_imports(path: Path) -> set[str]:
             names = [mod] + [f"{mod}.{a.name}" for a in node.names]
         else:
             continue
-        found |= {n for n in names if n.split(".")[0] in PROJECT}
+        if name == MODEL_DIR_ENTRY:
+            names = ["loraship." + n if n.split(".")[0] == "handler" else n for n in names]
+        found |= {n for n in names if n in FILES}
     return found
 
 
-def modules(top: str) -> dict[str, set[str]]:
-    return {module_name(p): project_imports(p) for p in sorted((ROOT / top).rglob("*.py"))}
+def layer(name: str) -> int:
+    for number, prefix in ((1, "loraship.handler"), (2, "loraship.core"), (3, "loraship.training")):
+        if name == prefix or name.startswith(prefix + "."):
+            return number
+    if name == "loraship.evaluation" or name.startswith("loraship.evaluation."):
+        return 3
+    return 2 if name == "loraship" else 4  # the package's __init__ holds only __version__
 
 
-def known(names: set[str], existing: set[str]) -> set[str]:
-    """Only names that are modules or packages (not functions imported from them)."""
-    return {n for n in names if n in existing}
+def test_the_layers_are_what_the_tree_shows():
+    assert layer("loraship.handler.service") == 1 and layer("loraship.core.paths") == 2
+    assert layer("loraship.evaluation.bench.run") == 3 and layer("loraship.cli") == 4
+    assert {n for n in FILES if layer(n) == 4} >= {"loraship.cli", "loraship.rollout", "loraship.package"}
 
 
-EXISTING = {module_name(p) for top in PROJECT for p in (ROOT / top).rglob("*.py")}
+@pytest.mark.parametrize("name", sorted(n for n in FILES if layer(n) < 4))
+def test_no_module_imports_a_layer_above_it(name):
+    above = sorted(i for i in project_imports(name) if layer(i) > layer(name))
+    assert above == [], f"{name} imports {above}"
 
 
-@pytest.mark.parametrize("top", ["handler"])
-def test_what_ships_in_a_model_dir_imports_nothing_else_of_the_project(top):
-    bad = {m: sorted(i for i in imps if not i.startswith("handler")) for m, imps in modules(top).items()}
-    assert {m: i for m, i in bad.items() if i} == {}
+def test_what_ships_in_a_model_dir_imports_nothing_else_of_the_project():
+    bad = {n: sorted(i for i in project_imports(n) if layer(i) != 1) for n in FILES if layer(n) == 1}
+    assert {n: i for n, i in bad.items() if i} == {}
 
 
-def test_the_shared_core_imports_only_the_core():
-    for name in CORE:
-        path = ROOT / (name.replace(".", "/") + ".py") if name != "loraship" else ROOT / "loraship/__init__.py"
-        assert known(project_imports(path), EXISTING) <= CORE, name
-
-
-@pytest.mark.parametrize("top", ["training", "evaluation"])
-def test_training_and_evaluation_import_only_handler_the_core_and_the_data_format(top):
-    allowed_prefixes = ("handler", top)
-    bad = {}
-    for m, imps in modules(top).items():
-        wrong = sorted(
-            i
-            for i in known(imps, EXISTING)
-            if not i.startswith(allowed_prefixes)
-            and i not in CORE
-            # evaluation scores the split training wrote: it reads it with training's own reader
-            and not (top == "evaluation" and i == "training.data")
-        )
-        if wrong:
-            bad[m] = wrong
-    assert bad == {}
-
-
-def test_nothing_below_the_cli_imports_it():
-    below = {**modules("handler"), **modules("training"), **modules("evaluation")}
-    below |= {m: project_imports(ROOT / (m.replace(".", "/") + ".py")) for m in CORE - {"loraship"}}
-    offenders = {
-        m: sorted(i for i in imps if i == "loraship.cli" or i.startswith("loraship.cli.")) for m, imps in below.items()
+def test_training_and_evaluation_use_each_other_only_for_the_data_format():
+    """Evaluation scores the split training wrote, with training's own reader; nothing else crosses."""
+    crossing = {
+        (n, i)
+        for n in FILES
+        if layer(n) == 3
+        for i in project_imports(n)
+        if layer(i) == 3 and i.split(".")[1] != n.split(".")[1]
     }
-    assert {m: i for m, i in offenders.items() if i} == {}
-    within = modules("loraship")
-    assert {m for m, imps in within.items() if "loraship.cli" in imps and m != "loraship.cli"} == set()
+    assert crossing <= {
+        ("loraship.evaluation.score", "loraship.training.data"),
+        ("loraship.evaluation.bench.workload", "loraship.training.data"),
+    }
+
+
+def test_nothing_imports_the_cli():
+    assert {n for n in FILES if n != "loraship.cli" and "loraship.cli" in project_imports(n)} == set()
+
+
+def test_the_checker_sees_relative_and_function_level_imports():
+    assert "loraship.handler.service" in project_imports(MODEL_DIR_ENTRY)
+    assert "loraship.training.data" in project_imports("loraship.evaluation.score")  # inside a function
+    assert "loraship.core.paths" in project_imports("loraship.core.models")  # relative

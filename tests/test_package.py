@@ -137,7 +137,7 @@ def test_included_model_is_served_from_the_extracted_archive(model_dir, tmp_path
     """The archive alone loads in the handler (as in /opt/ml/model) and answers a request."""
     from harness import init_input, read_output, request_input
 
-    from handler.service import HandlerService
+    from loraship.handler.service import HandlerService
 
     art = package_model_dir(model_dir, tmp_path / "model.tar.gz", include_model=True)
     extracted = tmp_path / "opt-ml-model"

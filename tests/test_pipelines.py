@@ -1,8 +1,8 @@
 import pytest
 
-from handler.errors import ConfigError
-from handler.pipelines import get_pipeline, known_pipelines
-from handler.pipelines.instruction import (
+from loraship.handler.errors import ConfigError
+from loraship.handler.pipelines import get_pipeline, known_pipelines
+from loraship.handler.pipelines.instruction import (
     END_KEY,
     INSTRUCTION_KEY,
     INTRO_BLURB,
@@ -51,19 +51,19 @@ def test_pipeline_registry_knows_instruction_and_lists_names_on_error():
 
 def test_pipeline_by_module_path():
     assert (
-        get_pipeline("handler.pipelines.instruction:InstructionTextGenerationPipeline")
+        get_pipeline("loraship.handler.pipelines.instruction:InstructionTextGenerationPipeline")
         is InstructionTextGenerationPipeline
     )
     with pytest.raises(ConfigError, match="cannot load pipeline"):
-        get_pipeline("handler.pipelines.instruction:Missing")
+        get_pipeline("loraship.handler.pipelines.instruction:Missing")
 
 
-@pytest.mark.parametrize("spec", ["handler.pipelines.instruction:format_prompt", "json:JSONDecoder"])
+@pytest.mark.parametrize("spec", ["loraship.handler.pipelines.instruction:format_prompt", "json:JSONDecoder"])
 def test_the_registry_serves_only_pipelines(spec):
     """A function, or a class that is not a Pipeline, would fail on the first request: refuse it at load."""
     with pytest.raises(ConfigError, match="not a subclass of handler.pipelines.Pipeline"):
         get_pipeline(spec)
-    from handler.pipelines import register_pipeline
+    from loraship.handler.pipelines import register_pipeline
 
     with pytest.raises(ConfigError, match="not a subclass"):
         register_pipeline("plain")(type("Plain", (), {}))
@@ -76,7 +76,7 @@ def test_instruction_pipeline_round_trip():
 
 
 def test_text_pipeline_passes_prompt_through():
-    from handler.pipelines import TextGenerationPipeline
+    from loraship.handler.pipelines import TextGenerationPipeline
 
     p = TextGenerationPipeline()
     assert p.decode_request("Once upon") == "Once upon" and p.encode_response(" time") == " time"
@@ -93,8 +93,8 @@ class _ChatTok:
 
 
 def test_chat_pipeline_uses_the_tokenizer_template_and_validates_messages():
-    from handler.errors import BadRequest
-    from handler.pipelines import ChatPipeline
+    from loraship.handler.errors import BadRequest
+    from loraship.handler.pipelines import ChatPipeline
 
     p = ChatPipeline()
     p.setup(_ChatTok(), {})
@@ -108,7 +108,7 @@ def test_chat_pipeline_uses_the_tokenizer_template_and_validates_messages():
 
 
 def test_chat_pipeline_needs_a_chat_template():
-    from handler.pipelines import ChatPipeline
+    from loraship.handler.pipelines import ChatPipeline
 
     tok = _ChatTok()
     tok.chat_template = None

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from handler.errors import BadRequest
-from handler.requests import MAX_STOP_STRINGS, parse_body
+from loraship.handler.errors import BadRequest
+from loraship.handler.requests import MAX_STOP_STRINGS, parse_body
 
 
 def parse(body, **kw):

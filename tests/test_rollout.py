@@ -403,8 +403,8 @@ def test_the_artifact_served_is_the_one_gated(artifacts):
 
 
 def test_the_gate_and_the_artifact_hash_an_adapter_alike(model_dir, artifacts):
-    """``loraship gate`` hashes adapters with loraship.hashing: it must agree with what rollout checks."""
-    import loraship.hashing as hashing
+    """``loraship gate`` hashes adapters with loraship.core.hashing: it must agree with what rollout checks."""
+    import loraship.core.hashing as hashing
     from loraship.package import read_archive
 
     folder = model_dir / "adapters" / "faq"

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.config import ConfigError, TrainConfig, config_from_dict, load_config
-from training.recipe import CONFIGS_DIR, DEFAULT_CONFIG
+from loraship.training.config import ConfigError, TrainConfig, config_from_dict, load_config
+from loraship.training.recipe import CONFIGS_DIR, DEFAULT_CONFIG
 
 CONFIG_FILES = sorted(CONFIGS_DIR.rglob("*.yaml"))
 

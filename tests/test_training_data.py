@@ -3,9 +3,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from handler.pipelines.instruction import END_KEY, format_prompt, format_response
-from loraship.paths import faq_csv
-from training.data import (
+from loraship.handler.pipelines.instruction import END_KEY, format_prompt, format_response
+from loraship.training.data import (
+    FAQ_CSV,
     IGNORE_INDEX,
     DataError,
     check_rows,
@@ -30,7 +30,7 @@ DOLLY = [
 
 @pytest.fixture(scope="module")
 def default_model():
-    from loraship.models import prepare_default
+    from loraship.core.models import prepare_default
 
     return prepare_default()
 
@@ -41,7 +41,7 @@ def tokenizer(request):
 
 
 def test_faq_file_reads_as_question_answer_rows():
-    rows = read_qa_csv(faq_csv())
+    rows = read_qa_csv(FAQ_CSV)
     assert len(rows) == 154
     assert rows[0]["instruction"] == "What is Amazon SageMaker?"  # BOM gone
     assert rows[0]["row"] == 1 and rows[0]["context"] == ""
@@ -49,7 +49,7 @@ def test_faq_file_reads_as_question_answer_rows():
 
 
 def test_tutorial_split_is_deterministic_and_pinned():
-    rows = read_qa_csv(faq_csv())
+    rows = read_qa_csv(FAQ_CSV)
     train, test = split_rows(rows, 14, 0)
     # numpy.random.default_rng(0).permutation, as datasets.Dataset.train_test_split(test_size=14, seed=0)
     assert [r["row"] for r in test] == [100, 106, 75, 153, 99, 149, 139, 53, 95, 112, 54, 65, 72, 55]
@@ -142,7 +142,7 @@ def test_empty_instruction_or_response_is_named_or_dropped(tmp_path):
 def test_mask_covers_exactly_the_prompt(tokenizer):
     """On real tokenisations: the prompt ids are what serving feeds, the labels are the response,
     its end marker and EOS, and nothing of the prompt is scored."""
-    rows = read_qa_csv(faq_csv())[:25] + [{"instruction": "Summarise", "context": "Some text.", "response": "Ok."}]
+    rows = read_qa_csv(FAQ_CSV)[:25] + [{"instruction": "Summarise", "context": "Some text.", "response": "Ok."}]
     for row in rows:
         ex = encode_example(tokenizer, row)
         prompt_ids = tokenizer(format_prompt(row["instruction"], row.get("context")))["input_ids"]
@@ -157,7 +157,7 @@ def test_mask_covers_exactly_the_prompt(tokenizer):
 
 def test_eos_stays_supervised_when_pad_is_eos(tiny_llama):
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    rows = read_qa_csv(faq_csv())[:3]
+    rows = read_qa_csv(FAQ_CSV)[:3]
     examples = [encode_example(tok, r) for r in rows]
     batch = collate(examples, pad_id=tok.eos_token_id)
     for i, ex in enumerate(examples):
@@ -170,7 +170,7 @@ def test_eos_stays_supervised_when_pad_is_eos(tiny_llama):
 
 def test_long_rows_are_dropped_and_counted_not_truncated(tiny_llama):
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    rows = read_qa_csv(faq_csv())[:20]
+    rows = read_qa_csv(FAQ_CSV)[:20]
     lengths = [len(encode_example(tok, r)["input_ids"]) for r in rows]
     limit = sorted(lengths)[10]
     kept, dropped = encode_rows(tok, rows, max_length=limit)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.config import load_config
-from training.data import collate, encode_rows
-from training.outputs import MANIFEST, TrainingError, load_checkpoint, prepare_output
-from training.recipe import DEFAULT_CONFIG, CompletionLoss, run_cli, train
+from loraship.training.config import load_config
+from loraship.training.data import collate, encode_rows
+from loraship.training.outputs import MANIFEST, TrainingError, load_checkpoint, prepare_output
+from loraship.training.recipe import DEFAULT_CONFIG, CompletionLoss, run_cli, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["train.max_steps=4", "train.batch_size=4", "train.grad_accum=2", "data.max_length=512", "optim.lr=0.02"]
@@ -60,12 +60,11 @@ def test_completion_loss_equals_the_full_logits_loss(base, request):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loraship.paths import faq_csv
-    from training.data import read_qa_csv
+    from loraship.training.data import FAQ_CSV, read_qa_csv
 
     model_dir = request.getfixturevalue(base)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    batch = collate(encode_rows(tokenizer, read_qa_csv(faq_csv())[:4])[0], tokenizer.eos_token_id)
+    batch = collate(encode_rows(tokenizer, read_qa_csv(FAQ_CSV)[:4])[0], tokenizer.eos_token_id)
     torch.manual_seed(0)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(model_dir),
@@ -104,7 +103,7 @@ def test_tiny_run_writes_a_servable_adapter_and_its_record(tiny_neox, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from handler.adapters import validate_adapter_dir
+    from loraship.handler.adapters import validate_adapter_dir
 
     out = tmp_path / "run"
     manifest = train(tiny_config(tiny_neox, "train.eval_every=2"), out)
@@ -144,7 +143,7 @@ def test_special_tokens_round_trip(base, request, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from handler.pipelines.instruction import END_KEY, INSTRUCTION_KEY, RESPONSE_KEY
+    from loraship.handler.pipelines.instruction import END_KEY, INSTRUCTION_KEY, RESPONSE_KEY
 
     model_dir = request.getfixturevalue(base)
     out = tmp_path / "run"

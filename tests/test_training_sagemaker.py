@@ -28,9 +28,9 @@ from moto_aws import AwsClients, fake_aws, moto_server
 from safetensors.torch import load_file
 
 from loraship.cli import main
-from training.config import load_config
-from training.recipe import DEFAULT_CONFIG
-from training.sagemaker import (
+from loraship.training.config import load_config
+from loraship.training.recipe import DEFAULT_CONFIG
+from loraship.training.sagemaker import (
     CHECKPOINT_DIR,
     DEFAULT_MODEL_PACKAGE,
     ENTRYPOINT,
@@ -40,14 +40,14 @@ from training.sagemaker import (
     make_plan,
     run_job,
 )
-from training.sagemaker_entry import (
+from loraship.training.sagemaker_entry import (
     StepFailed,
     drop_incomplete_checkpoints,
     export_model,
     resume_flags,
     train_and_export,
 )
-from training.sagemaker_entry import main as entry_main
+from loraship.training.sagemaker_entry import main as entry_main
 
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
 BUCKET = "loraship-training"
@@ -112,10 +112,10 @@ def job_statuses(monkeypatch):
 @pytest.fixture
 def faq_subset(tmp_path) -> Path:
     """A data file of its own (20 FAQ rows), to see that the job gets this one."""
-    from loraship.paths import faq_csv
+    from loraship.training.data import FAQ_CSV
 
     path = tmp_path / "faq-subset.csv"
-    path.write_text("".join(faq_csv().read_text(encoding="utf-8").splitlines(keepends=True)[:20]), encoding="utf-8")
+    path.write_text("".join(FAQ_CSV.read_text(encoding="utf-8").splitlines(keepends=True)[:20]), encoding="utf-8")
     return path
 
 
@@ -239,6 +239,7 @@ def test_submission_uploads_the_inputs_and_creates_the_job(aws, tiny_neox, faq_s
         "training/configs/sagemaker_faqs.yaml",
         "training/data/LICENSE-amazon-faqs.txt",
         "handler/pipelines/instruction.py",
+        "evaluation/gate.py",
         "loraship/cli.py",
         "setup.cfg",
         "pyproject.toml",
@@ -479,7 +480,7 @@ def artifact_key(job):
 
 
 def test_wait_downloads_and_checks_the_adapter(aws, job_run, tmp_path, capsys):
-    from handler.adapters import validate_adapter_dir
+    from loraship.handler.adapters import validate_adapter_dir
 
     aws.s3.put_object(Bucket=BUCKET, Key=artifact_key("faq-job"), Body=model_tarball(job_run / "model"))
     out = tmp_path / "adapter"
@@ -553,9 +554,9 @@ def test_the_entry_script_needs_only_the_standard_library():
     library and training.outputs, whose top level (its functions import torch lazily) does too."""
     import ast
 
-    from training import outputs, sagemaker_entry
+    from loraship.training import outputs, sagemaker_entry
 
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
-    entry = _imports(ast.walk(ast.parse(Path(sagemaker_entry.__file__).read_text()))) - {"training.outputs"}
+    entry = _imports(ast.walk(ast.parse(Path(sagemaker_entry.__file__).read_text()))) - {"outputs"}
     top = _imports(ast.parse(Path(outputs.__file__).read_text()).body)
     assert {m for m in entry | top if m.split(".")[0] not in stdlib} == set()

@@ -7,9 +7,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig, PreTrainedTokenizerFast
 
-from handler.pipelines.instruction import END_KEY, INSTRUCTION_KEY, INTRO_BLURB, RESPONSE_KEY
-from loraship.paths import faq_csv
-from training.data import read_qa_csv
+from loraship.handler.pipelines.instruction import END_KEY, INSTRUCTION_KEY, INTRO_BLURB, RESPONSE_KEY
+from loraship.training.data import FAQ_CSV, read_qa_csv
 
 EOS = "<|endoftext|>"
 
@@ -17,7 +16,7 @@ EOS = "<|endoftext|>"
 def train_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on the FAQ text and the template, like GPT-NeoX's tokenizer."""
     texts = [INTRO_BLURB, INSTRUCTION_KEY, RESPONSE_KEY, END_KEY]
-    for row in read_qa_csv(faq_csv()):
+    for row in read_qa_csv(FAQ_CSV):
         texts += [row["instruction"], row["response"]]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

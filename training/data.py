@@ -11,11 +11,13 @@ import json
 import math
 from pathlib import Path
 
-from handler.pipelines.instruction import format_prompt, format_response
+from loraship.handler.pipelines.instruction import format_prompt, format_response
 
 FIELDS = ("instruction", "context", "response")
 REQUIRED = ("instruction", "response")
 IGNORE_INDEX = -100
+#: The Amazon SageMaker FAQs (the tutorial's dataset), shipped as package data.
+FAQ_CSV = Path(__file__).resolve().parent / "data" / "amazon_sagemaker_faqs.csv"
 """Label of a position that is not scored (prompt and padding); cross_entropy's ignore_index."""
 
 

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from handler.pipelines.instruction import END_KEY, INSTRUCTION_KEY, RESPONSE_KEY
-from loraship.hashing import file_sha256, tree_sha256
+from loraship.core.hashing import file_sha256, tree_sha256
+from loraship.handler.pipelines.instruction import END_KEY, INSTRUCTION_KEY, RESPONSE_KEY
 
 from .config import ConfigError, LoraArgs, ModelArgs, OptimArgs, TrainConfig, load_config
 from .data import IGNORE_INDEX, DataError, check_rows, collate, encode_rows, read_rows, split_rows
@@ -123,7 +123,7 @@ def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False, overwri
     set_seed(cfg.seed)
 
     # ---- setup
-    from loraship.models import resolve_model
+    from loraship.core.models import resolve_model
 
     model_path = resolve_model(cfg.model.path)
     tokenizer, new_token_ids = _setup_tokenizer(model_path, cfg.template.special_tokens)

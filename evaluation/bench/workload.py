@@ -15,10 +15,9 @@ class WorkloadError(Exception):
 
 def load_prompts(dataset: str | Path | None = None) -> list[str]:
     """Instructions from a JSONL (instruction/response) or FAQ-layout CSV file; default: the FAQ questions."""
-    from loraship.paths import faq_csv
-    from training.data import DataError, read_jsonl, read_qa_csv
+    from loraship.training.data import FAQ_CSV, DataError, read_jsonl, read_qa_csv
 
-    path = Path(dataset) if dataset else faq_csv()
+    path = Path(dataset) if dataset else FAQ_CSV
     if not path.is_file():
         raise WorkloadError(f"--dataset {path} does not exist")
     try:

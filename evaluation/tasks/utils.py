@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 
-from evaluation.metrics import exact_match, rouge_l, token_f1
-from handler.pipelines.instruction import format_response
+from loraship.evaluation.metrics import exact_match, rouge_l, token_f1
+from loraship.handler.pipelines.instruction import format_response
 
 #: ``finish_reason`` values of an answer that stopped by itself (### End, or EOS) before the limit.
 ENDED = ("stop", "eos")

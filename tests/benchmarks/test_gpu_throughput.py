@@ -12,17 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from handler.generation import Generator, load_model
-from handler.pipelines.instruction import format_prompt
-from handler.properties import ServingOptions
-from handler.requests import GenerationParams
-from loraship.paths import faq_csv
-from training.data import read_qa_csv
+from loraship.handler.generation import Generator, load_model
+from loraship.handler.pipelines.instruction import format_prompt
+from loraship.handler.properties import ServingOptions
+from loraship.handler.requests import GenerationParams
+from loraship.training.data import FAQ_CSV, read_qa_csv
 
 pytestmark = pytest.mark.gpu
 
 TOKENS = 64
-PROMPTS = [format_prompt(r["instruction"]) for r in read_qa_csv(faq_csv())[:8]]
+PROMPTS = [format_prompt(r["instruction"]) for r in read_qa_csv(FAQ_CSV)[:8]]
 PARAMS = GenerationParams(max_new_tokens=TOKENS, min_new_tokens=TOKENS)
 
 

@@ -10,14 +10,13 @@ import json
 
 import pytest
 
-from handler.generation import prepare_tokenizer
-from handler.pipelines.instruction import END_KEY, extract_response, format_prompt
-from handler.requests import parse_body
-from handler.streaming import _line
-from loraship.paths import faq_csv
-from training.data import read_qa_csv
+from loraship.handler.generation import prepare_tokenizer
+from loraship.handler.pipelines.instruction import END_KEY, extract_response, format_prompt
+from loraship.handler.requests import parse_body
+from loraship.handler.streaming import _line
+from loraship.training.data import FAQ_CSV, read_qa_csv
 
-QUESTIONS = [row["instruction"] for row in read_qa_csv(faq_csv())]
+QUESTIONS = [row["instruction"] for row in read_qa_csv(FAQ_CSV)]
 BODY = json.dumps(
     {
         "inputs": QUESTIONS[0],

@@ -114,7 +114,7 @@ def test_predictions_route_and_list_input(server):
 def test_served_equals_in_process_greedy(server, tiny_neox):
     from harness import init_input, read_output, request_input
 
-    from handler.service import HandlerService
+    from loraship.handler.service import HandlerService
 
     body = {"inputs": "How do I get started?", "parameters": {"max_new_tokens": 12}}
     svc = HandlerService()

@@ -52,7 +52,7 @@ def remote_code_model(tiny_neox, dest, model_type):
 def load_in_handler(model, **options):
     from harness import init_input
 
-    from handler.service import HandlerService
+    from loraship.handler.service import HandlerService
 
     svc = HandlerService()
     svc.handle(init_input({"model_id": str(model), "model_dir": str(model), "device_id": "-1", **options}))
@@ -98,7 +98,7 @@ def test_remote_code_runs_when_trusted(tiny_neox, tmp_path):
 
 
 def test_adapters_are_safetensors_only_by_default():
-    from handler.properties import ServingOptions
+    from loraship.handler.properties import ServingOptions
 
     opts = ServingOptions.from_properties({"model_id": "x"})
     assert opts.allow_pickle_adapters is False and opts.trust_remote_code is False
