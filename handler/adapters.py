@@ -188,8 +188,9 @@ class AdapterSet:
             self.tokenizers.pop(name, None)
             self.pinned.discard(name)
 
-    def ensure_loaded(self, names) -> None:
-        """Reload evicted adapters a batch needs; evict others beyond ``max_loaded`` (LRU)."""
+    def ensure_loaded(self, names):
+        """Reload evicted adapters a batch needs, evict others beyond ``max_loaded`` (LRU); return the
+        model to run them on (the base, or peft's wrapper of it once an adapter has loaded)."""
         needed = [n for n in dict.fromkeys(names) if n not in RESERVED]
         with self._lock:
             for name in needed:
@@ -197,6 +198,7 @@ class AdapterSet:
                     self._load(name, self.sources[name])
                 self.loaded.move_to_end(name)
             self._evict(keep=set(needed))
+            return self.model
 
     # -- internals -------------------------------------------------------------------------------
     def _prepare(self, name: str, path: str) -> None:

@@ -119,11 +119,14 @@ class Generator:
         streamer=None,
         tokenizer=None,
         max_time: float | None = None,
+        model=None,
     ) -> list[GenerationResult]:
         """One left-padded ``generate``; ``tokenizer`` is an adapter's own when it added tokens.
         ``max_time`` (seconds) stops it early (transformers' MaxTimeCriteria): rows cut short then
-        finish with reason ``time``."""
+        finish with reason ``time``. ``model`` is what to run when it is not the model the generator
+        was built with: the base wrapped by peft once adapters load (the adapter manager owns it)."""
         start = time.perf_counter()
+        model = model if model is not None else self.model
         tokenizer = tokenizer or self.tokenizer
         enc = tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         stops = self.stop_sequences + params.stop
@@ -145,7 +148,7 @@ class Generator:
                 torch.manual_seed(params.seed)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        if hasattr(self.model, "peft_config"):
+        if hasattr(model, "peft_config"):
             # Always name the adapters: without adapter_names peft would apply its active adapter
             # to requests for the base model.
             names = adapter_names or [""] * len(prompts)
@@ -154,7 +157,7 @@ class Generator:
             kwargs["streamer"] = streamer
         if max_time is not None:
             kwargs["max_time"] = max_time
-        out = self.model.generate(**enc, **kwargs)
+        out = model.generate(**enc, **kwargs)
         elapsed = time.perf_counter() - start
         timed_out = max_time is not None and elapsed >= max_time
         width = enc["input_ids"].shape[1]

@@ -1,43 +1,26 @@
 """Typed serving options, parsed once from DJL's initialisation properties.
 
 DJL hands the handler every ``option.*`` key of ``serving.properties`` (prefix stripped) plus
-``model_dir`` and ``device_id`` on the first call; later calls do not carry them.
+``model_dir`` and ``device_id`` on the first call; later calls do not carry them. Keys this handler
+does not read (DJL's own, such as ``engine`` or ``entryPoint``) are kept in ``extra``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .settings import Settings, problems
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZE = ("", "bitsandbytes8", "bitsandbytes4")
+Positive = Annotated[int, Field(ge=1)]
 
 
-def _bool(key: str, value: str, problems: list[str]) -> bool:
-    v = str(value).strip().lower()
-    if v in ("true", "1", "yes"):
-        return True
-    if v in ("false", "0", "no", ""):
-        return False
-    problems.append(f"option.{key} must be true or false, got {value!r}")
-    return False
-
-
-def _int(key: str, value: str, problems: list[str], minimum: int = 0) -> int:
-    try:
-        n = int(str(value).strip())
-    except ValueError:
-        problems.append(f"option.{key} must be an integer, got {value!r}")
-        return minimum
-    if n < minimum:
-        problems.append(f"option.{key} must be >= {minimum}, got {n}")
-    return n
-
-
-@dataclass
-class ServingOptions:
+class ServingOptions(Settings):
     """What the handler reads from ``serving.properties``; each field is ``option.<name>``."""
 
     model_id: str = ""
@@ -45,78 +28,76 @@ class ServingOptions:
     model_dir: str = "."
     pipeline: str = "instruction"
     """A built-in pipeline name, a ``module:Class`` path, or a ``loraship.pipelines`` entry point."""
-    dtype: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto | float32 | bfloat16 | float16. auto is float32 on CPU, bfloat16 on a GPU that has it."""
-    max_new_tokens: int = 512
+    max_new_tokens: Positive = 512
     """Upper bound for a request's ``max_new_tokens``."""
-    default_max_new_tokens: int = 64
+    default_max_new_tokens: Positive = 64
     adapter_checkpoint: str = ""
     """The seed's single adapter: a folder loaded at start-up under ``adapter_name``."""
     adapter_name: str = ""
     enable_lora: bool = False
     adapter_roots: str = ""
     """Comma-separated folders adapters may be registered from, besides the model dir."""
-    max_adapters: int = 0
+    max_adapters: Annotated[int, Field(ge=0)] = 0
     """How many adapters stay loaded (LRU); evicted ones reload from disk on demand. 0: no bound."""
     pinned_adapters: str = ""
     """Comma-separated adapter names never evicted (the seed adapter always is)."""
     allow_pickle_adapters: bool = False
     """Accept adapter_model.bin (pickle, can run code when loaded); safetensors only by default."""
-    max_inputs_per_request: int = 8
+    max_inputs_per_request: Positive = 8
     """Strings a request's ``inputs`` list may hold (TGI's --max-client-batch-size; its default is 4)."""
-    max_request_tokens: int = 4096
+    max_request_tokens: Positive = 4096
     """What one request may cost: over its inputs, prompt tokens plus ``max_new_tokens``. 4096 is about
     80 s of generation for the default model on one CPU thread (README, Admission limits)."""
-    max_batch_total_tokens: int = 4096
+    max_batch_total_tokens: Positive = 4096
     """What one ``generate`` call may cost: rows x (longest prompt + max_new_tokens). A batch that costs
     more runs in parts, one after the other."""
-    predict_timeout: int = 120
+    predict_timeout: Positive = 120
     """DJL's own limit (seconds); generation stops in time to answer before it, so DJL never kills a
     worker for a slow batch."""
     trust_remote_code: bool = False
     device_map: str = ""
-    quantize: str = ""
-    device_id: int = -1
-    extra: dict = field(default_factory=dict)
+    quantize: Literal["", "bitsandbytes8", "bitsandbytes4"] = ""
+    device_id: Annotated[int, Field(ge=-1)] = -1
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """DJL's keys and any this handler does not read, as given."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value, info):
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        # serving.properties writes an unset flag as an empty value
+        if value == "" and isinstance(cls.model_fields[info.field_name].default, bool):
+            return False
+        return value
 
     @classmethod
     def from_properties(cls, props: dict[str, str]) -> ServingOptions:
-        """Parse and validate; raise one ConfigError that lists every problem."""
-        problems: list[str] = []
-        opts = cls()
-        known = {f.name for f in fields(cls)} - {"extra"}
-        for key, value in props.items():
-            if key not in known:
-                opts.extra[key] = value
-                continue
-            default = getattr(opts, key)
-            if isinstance(default, bool):
-                setattr(opts, key, _bool(key, value, problems))
-            elif isinstance(default, int):
-                minimum = {"device_id": -1, "max_adapters": 0}.get(key, 1)
-                setattr(opts, key, _int(key, value, problems, minimum=minimum))
-            else:
-                setattr(opts, key, str(value).strip())
-        if not opts.model_id:
-            problems.append("option.model_id is required (a local model folder or a hub id)")
-        if opts.dtype not in DTYPES:
-            problems.append(f"option.dtype must be one of {', '.join(DTYPES)}, got {opts.dtype!r}")
-        if opts.quantize not in QUANTIZE:
-            problems.append(
-                f"option.quantize must be one of {', '.join(q for q in QUANTIZE if q)}, got {opts.quantize!r}"
-            )
-        if opts.max_request_tokens > opts.max_batch_total_tokens:
-            problems.append(
+        """Parse and validate; raise one ConfigError that lists every problem, by its option.* key."""
+        known = {k: v for k, v in props.items() if k in cls.model_fields and k != "extra"}
+        found: list[str] = []
+        try:
+            opts = cls(**known, extra={k: v for k, v in props.items() if k not in known})
+        except ValidationError as exc:
+            opts = None
+            found += problems(exc, prefix="option.")
+        if not str(props.get("model_id", "")).strip():
+            found.append("option.model_id: is required (a local model folder or a hub id)")
+        if opts is not None and opts.max_request_tokens > opts.max_batch_total_tokens:
+            found.append(
                 f"option.max_request_tokens ({opts.max_request_tokens}) must not exceed "
                 f"option.max_batch_total_tokens ({opts.max_batch_total_tokens}): a request must fit "
                 "one generate call"
             )
+        if found:
+            raise ConfigError("invalid serving.properties: " + "; ".join(found))
         if opts.default_max_new_tokens > opts.max_new_tokens:
             opts.default_max_new_tokens = opts.max_new_tokens
-        if bool(opts.adapter_checkpoint) != bool(opts.adapter_name) and opts.adapter_checkpoint:
+        if opts.adapter_checkpoint and not opts.adapter_name:
             opts.adapter_name = os.path.basename(os.path.normpath(opts.adapter_checkpoint))
-        if problems:
-            raise ConfigError("invalid serving.properties: " + "; ".join(problems))
         return opts
 
     @property

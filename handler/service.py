@@ -80,7 +80,6 @@ class HandlerService:
     # -- adapters ------------------------------------------------------------------------------
     def register(self, name: str, src: str, pin: bool = False) -> None:
         self.adapters.add(name, src, pin=pin)
-        self.generator.model = self.adapters.model
 
     def adapter_call(self, inputs: Input, action: str) -> Output:
         """DJL's register_adapter / update_adapter / unregister_adapter hooks."""
@@ -94,7 +93,6 @@ class HandlerService:
                 self.adapters.update(name, src)
             else:
                 self.adapters.remove(name)
-            self.generator.model = self.adapters.model
         except Exception as exc:  # every failure is reported; the served adapters stay as they were
             code, body = error_json(exc)
             # Real DJL Serving answers adapter calls with Output.message alone: it must carry the explanation.
@@ -142,10 +140,9 @@ class HandlerService:
                             f"not started: the batch before it used the {self.options.time_budget:.0f} s that "
                             f"option.predict_timeout ({self.options.predict_timeout} s) leaves for generation"
                         )
-                    self.adapters.ensure_loaded(names)
-                    self.generator.model = self.adapters.model
+                    model = self.adapters.ensure_loaded(names)
                     out = self.generator.generate(
-                        [r.prompt for r in rows], params, names, tokenizer=rows[0].tokenizer, max_time=left
+                        [r.prompt for r in rows], params, names, tokenizer=rows[0].tokenizer, max_time=left, model=model
                     )
                 except Exception as exc:
                     if not isinstance(exc, GenerationTimeout):
@@ -239,9 +236,26 @@ class HandlerService:
     def _stream(self, req: ParsedRequest, prompt: str, deadline: float) -> Output:
         from .streaming import stream_generation
 
+        tokenizer = self.adapters.tokenizer_for(req.adapters[0])
+
+        def generate(streamer, max_time):
+            model = self.adapters.ensure_loaded(req.adapters)
+            return self.generator.generate(
+                [prompt], req.params, req.adapters[:1], streamer, tokenizer, max_time, model=model
+            )[0]
+
+        lines = stream_generation(
+            generate,
+            tokenizer,
+            self.generator.stop_sequences + req.params.stop,
+            self.pipeline.encode_response,
+            req.adapters[0],
+            predict_timeout=self.options.predict_timeout,
+            deadline=deadline,
+        )
         out = Output()
         out.add_property("content-type", "application/jsonlines")
-        out.add_stream_content(stream_generation(self, req, prompt, deadline), output_formatter=None)
+        out.add_stream_content(lines, output_formatter=None)
         return out
 
 

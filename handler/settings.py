@@ -10,6 +10,7 @@ can use it too.
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -42,8 +43,9 @@ def _message(error: dict) -> str:
         return f"must be true or false, got {got!r}"
     if kind in ("string_type",):
         return f"must be a string, got {got!r}"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '').replace(chr(39), '')}, got {got!r}"
+    if kind == "literal_error":  # the empty choice means "unset": not offered
+        choices = [c for c in re.findall(r"'([^']*)'", str(ctx.get("expected", ""))) if c]
+        return f"must be one of {', '.join(choices)}, got {got!r}"
     if kind in ("dict_type", "model_type"):
         return f"must be a mapping, got {type(got).__name__}"
     if kind in ("list_type",):

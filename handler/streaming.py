@@ -5,34 +5,40 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 
 from transformers import TextIteratorStreamer
 
 from .errors import GenerationTimeout, error_json
+from .generation import GenerationResult
 from .pipelines import cut_at_stop
 
 
-def stream_generation(service, req, prompt: str, deadline: float | None = None):
+def stream_generation(
+    generate: Callable[[TextIteratorStreamer, float | None], GenerationResult],
+    tokenizer,
+    stops: tuple[str, ...],
+    encode_response: Callable[[str], str],
+    adapter: str,
+    *,
+    predict_timeout: int,
+    deadline: float | None = None,
+):
     """Yield ``{"token": {"text": ...}}`` lines, then ``{"generated_text": ..., "details": ...}``.
 
-    Text that could still turn out to be the start of a stop string is held back until it is
-    known not to be one, so the client never sees the ``### End`` marker.
+    ``generate(streamer, max_time)`` runs the one-row generation (in a thread here) and returns its
+    result; ``encode_response`` is the pipeline's. Text that could still turn out to be the start
+    of a stop string is held back until it is known not to be one, so the client never sees the
+    ``### End`` marker.
     """
-    gen = service.generator
-    stops = gen.stop_sequences + req.params.stop
     hold = max((len(s) for s in stops), default=1) - 1
-    tokenizer = service.adapters.tokenizer_for(req.adapters[0])
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     box: dict = {}
 
     def run():
         try:
-            service.adapters.ensure_loaded(req.adapters)
-            gen.model = service.adapters.model
             left = None if deadline is None else max(0.001, deadline - time.monotonic())
-            box["result"] = gen.generate(
-                [prompt], req.params, req.adapters[:1], streamer=streamer, tokenizer=tokenizer, max_time=left
-            )[0]
+            box["result"] = generate(streamer, left)
         except Exception as exc:  # reported in the final line; the stream must still end
             box["error"] = exc
             streamer.end()
@@ -57,14 +63,14 @@ def stream_generation(service, req, prompt: str, deadline: float | None = None):
         yield _line({"token": {"text": tail}})
     if "error" not in box and box["result"].finish_reason == "time":
         res = box["result"]
-        box["error"] = GenerationTimeout.after(res.seconds, res.generated_tokens, service.options.predict_timeout)
+        box["error"] = GenerationTimeout.after(res.seconds, res.generated_tokens, predict_timeout)
     if "error" in box:
         code, body = error_json(box["error"])
         yield _line(body)
         return
     res = box["result"]
-    final = service.pipeline.encode_response(res.text)
-    details = res.details(req.adapters[0])
+    final = encode_response(res.text)
+    details = res.details(adapter)
     details["time_to_first_chunk"] = round(first or res.seconds, 4)
     yield _line({"generated_text": final, "details": details})
 

@@ -53,7 +53,7 @@ def _bnb_linear_types(model) -> set[str]:
 
 def test_auto_dtype_is_bf16_on_cuda(gpu_base, model_dir):
     svc = _service(gpu_base, model_dir)
-    model = svc.generator.model
+    model = svc.adapters.model
     assert svc.generator.device.type == "cuda"
     assert next(model.parameters()).device.type == "cuda"
     assert model.dtype == torch.bfloat16
@@ -66,11 +66,11 @@ def test_quantized_serving_with_mixed_adapter_batch(gpu_base, model_dir, quantiz
     pytest.importorskip("bitsandbytes")
     svc = _service(gpu_base, model_dir, quantize=quantize, adapter_checkpoint="adapters/one", adapter_name="one")
     svc.register("two", str(model_dir / "adapters" / "two"))
-    assert layer in _bnb_linear_types(svc.generator.model)
+    assert layer in _bnb_linear_types(svc.adapters.model)
     # 8/4-bit weights take less memory than the bf16 model would (Params4bit packs two per byte).
-    params = svc.generator.model.parameters()
+    params = svc.adapters.model.parameters()
     n_params = sum(getattr(getattr(p, "quant_state", None), "shape", p.shape).numel() for p in params)
-    footprint = svc.generator.model.get_memory_footprint()
+    footprint = svc.adapters.model.get_memory_footprint()
     assert footprint < 0.8 * 2 * n_params, (footprint, n_params)
 
     singles = {name: read_output(svc.handle(_ask(svc, name))) for name in ("", "one", "two")}
@@ -91,7 +91,7 @@ def test_quantized_serving_with_mixed_adapter_batch(gpu_base, model_dir, quantiz
     # forward over [two, base, one] match three separate forwards, far closer than adapters differ.
     from loraship.handler.pipelines.instruction import format_prompt
 
-    model, tok = svc.generator.model, svc.generator.tokenizer
+    model, tok = svc.adapters.model, svc.generator.tokenizer
     enc = tok([format_prompt(QUESTION)] * 3, return_tensors="pt").to(svc.generator.device)
     names = ["two", "__base__", "one"]
     with torch.no_grad():

@@ -181,7 +181,7 @@ def _set(md, key, value):
 
 
 BROKEN = {
-    "bad dtype": (lambda md: _set(md, "option.dtype", "float8"), "option.dtype must be one of"),
+    "bad dtype": (lambda md: _set(md, "option.dtype", "float8"), "option.dtype: must be one of"),
     "no entry point": (lambda md: (md / "model.py").unlink(), "option.entryPoint=model.py is not a file"),
     "entry point without handle": (
         lambda md: (md / "model.py").write_text("import handler\n"),
@@ -305,7 +305,7 @@ def test_gpu_profile_is_merged_into_the_archive_only(model_dir, tmp_path):
     assert (model_dir / "serving.properties").read_text() == original
     bad = tmp_path / "bad.properties"
     bad.write_text("option.quantize=int3\n")
-    with pytest.raises(PackageError, match="option.quantize must be one of"):
+    with pytest.raises(PackageError, match="option.quantize: must be one of"):
         package_model_dir(model_dir, None, include_model=True, profile=bad)
 
 
