@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .core.hashing import adapter_sha256 as _adapter_sha256
-from .core.hashing import combine_file_hashes, file_digest, shipped_files, skipped
+from ..core.hashing import adapter_sha256 as _adapter_sha256
+from ..core.hashing import combine_file_hashes, file_digest, shipped_files, skipped
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "loraship-artifact/1"
@@ -187,7 +187,7 @@ def inspect_model_dir(
     from loraship.handler.errors import HandlerError
     from loraship.handler.pipelines import known_pipelines
 
-    from .build import ADAPTER_NAME
+    from ..build import ADAPTER_NAME
 
     model_dir = Path(model_dir).expanduser().resolve()
     if not model_dir.is_dir():
@@ -301,7 +301,7 @@ class Artifact:
 
 
 def build_manifest(inspection: Inspection, digests: Mapping[str, bytes]) -> dict:
-    from . import __version__
+    from .. import __version__
 
     return {
         "format": MANIFEST_FORMAT,
