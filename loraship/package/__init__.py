@@ -40,8 +40,6 @@ MANIFEST_FORMAT = "loraship-artifact/1"
 #: Where ``--include-model`` puts the base model inside the archive; ``option.model_id`` becomes this
 #: relative path, which the handler resolves against the model dir (``ServingOptions.resolve``).
 INCLUDED_MODEL = "model"
-#: The LMI container's model dir: SageMaker extracts the archive here, compose mounts a model dir here.
-CONTAINER_MODEL_DIR = "/opt/ml/model"
 #: Fast (weights barely compress); the archive sha256 is stable for a given zlib, the manifest everywhere.
 GZIP_LEVEL = 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
