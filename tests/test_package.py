@@ -249,13 +249,13 @@ def test_every_problem_is_reported_at_once(model_dir):
 
 
 def test_a_failed_write_leaves_no_file_and_keeps_the_old_archive(model_dir, tmp_path, monkeypatch):
-    import loraship.package as package
+    import loraship.package.write as write
 
     out = tmp_path / "model.tar.gz"
     first = package_model_dir(model_dir, out, include_model=True)
     before = out.read_bytes()
     calls = []
-    real = package._tarinfo
+    real = write._tarinfo
 
     def failing(*args, **kwargs):
         calls.append(args)
@@ -263,7 +263,7 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_old_archive(model_dir, tmp_
             raise OSError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(package, "_tarinfo", failing)
+    monkeypatch.setattr(write, "_tarinfo", failing)
     with pytest.raises(OSError):
         package_model_dir(model_dir, out, include_model=True, overwrite=True)
     assert out.read_bytes() == before and read_archive(out).sha256 == first.sha256
