@@ -44,11 +44,13 @@ from pathlib import Path
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from loraship.core.errors import LorashipError
+
 BASE = "__base__"
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
-class EvalError(Exception):
+class EvalError(LorashipError):
     """Scoring cannot go on: bad data, an adapter that does not load, an endpoint that refuses."""
 
 

@@ -11,6 +11,7 @@ can use it too.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,6 +23,25 @@ class Settings(BaseModel):
     """A settings model: unknown keys are errors, assignments are validated, docstrings are help."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a field appears on the command line, in its ``Annotated`` metadata (loraship.cli.flags
+    builds the flags; every attribute is optional)."""
+
+    name: str | None = None
+    """The flag, when not ``--field-name``; ``--no-x`` for a field that defaults to true."""
+    metavar: str | None = None
+    csv: bool = False
+    """A list given as ``a,b,c``."""
+    repeat: bool = False
+    """A list given by repeating the flag."""
+    positional: bool = False
+    group: str | None = None
+    """The heading it is listed under in ``--help``."""
+    hidden: bool = False
+    """Not a flag: set by the command itself."""
 
 
 def _message(error: dict) -> str:

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from . import handler
+from .core.errors import LorashipError
 from .core.hashing import copy_ignore
 from .core.models import resolve_model
 from .handler.properties import ServingOptions
@@ -22,7 +23,7 @@ LIMITS = ("max_inputs_per_request", "max_request_tokens", "max_batch_total_token
 RUNTIME_REQUIREMENTS = ("transformers", "peft", "accelerate", "safetensors")
 
 
-class BuildError(Exception):
+class BuildError(LorashipError):
     pass
 
 

@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .core.errors import Failed
 from .core.hashing import file_sha256, tree_sha256
 from .core.models import prepare_default
 from .evaluation.gate import DEFAULT_POLICY as POLICY
@@ -30,7 +31,7 @@ TRAIN_CONFIG = CONFIGS_DIR / "sagemaker_faqs.yaml"
 ADAPTER = "faq"
 
 
-class StepFailed(Exception):
+class StepFailed(Failed):
     def __init__(self, step: str, message: str):
         super().__init__(f"step '{step}' failed: {message}")
         self.step = step

@@ -27,6 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .core.errors import LorashipError
 from .core.paths import runtime_dir
 
 HOST_MAIN = "ai.loraship.host.DjlHost"
@@ -41,7 +42,7 @@ LMI_ENV = {"MODEL_LOADING_TIMEOUT": "1200", "PREDICT_TIMEOUT": "240"}
 DEFAULT_THREADS = 1
 
 
-class RuntimeMissing(Exception):
+class RuntimeMissing(LorashipError):
     pass
 
 

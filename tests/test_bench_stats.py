@@ -149,9 +149,9 @@ def test_prompts_default_to_the_faq_questions_and_read_jsonl(tmp_path):
     assert load_prompts(path) == ["Q1?", "Q2?"]
 
 
-def test_config_lists_every_problem_at_once():
+def test_config_lists_every_problem_at_once(tmp_path):
     cfg = BenchConfig(
-        url="localhost:8080", out=None, concurrency=[0], rate=[1.0], max_new_tokens=0, slo_ms={"ttft": 5.0}
+        url="localhost:8080", out=tmp_path, concurrency=[0], rate=[1.0], max_new_tokens=0, slo_ms={"ttft": 5.0}
     )
     problems = cfg.problems()
     assert len(problems) == 6

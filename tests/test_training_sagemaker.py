@@ -240,7 +240,7 @@ def test_submission_uploads_the_inputs_and_creates_the_job(aws, tiny_neox, faq_s
         "training/data/LICENSE-amazon-faqs.txt",
         "handler/pipelines/instruction.py",
         "evaluation/gate.py",
-        "loraship/cli.py",
+        "loraship/cli/__init__.py",
         "setup.cfg",
         "pyproject.toml",
     } <= names
@@ -342,7 +342,10 @@ def test_without_the_sdk_the_error_says_what_to_install(aws, monkeypatch, capsys
 
 
 def test_the_sdk_is_imported_only_for_a_sagemaker_run():
-    code = "import sys, loraship.cli, training.sagemaker; print(sorted({'sagemaker', 'boto3'} & set(sys.modules)))"
+    code = (
+        "import sys, loraship.cli, loraship.training.sagemaker; "
+        "print(sorted({'sagemaker', 'boto3'} & set(sys.modules)))"
+    )
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     )

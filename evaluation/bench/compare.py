@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from loraship.core.errors import LorashipError
+
 ROWS = [
     ("requests/s", lambda lv: lv["requests_per_s"]),
     ("output tokens/s", lambda lv: lv["output_tokens_per_s"]),
@@ -25,7 +27,7 @@ ROWS = [
 ]
 
 
-class CompareError(Exception):
+class CompareError(LorashipError):
     pass
 
 

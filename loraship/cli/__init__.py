@@ -7,10 +7,12 @@ import re
 import sys
 from pathlib import Path
 
+from ..core.errors import EXIT_INTERRUPTED, LorashipError, UsageError
+
 
 def cmd_models_prepare(args) -> int:
     """Convert the embedded default model (SmolLM2-135M-Instruct GGUF) to an HF folder; print its path."""
-    from .core.models import prepare_default
+    from ..core.models import prepare_default
 
     print(prepare_default(force=args.force))
     return 0
@@ -18,7 +20,7 @@ def cmd_models_prepare(args) -> int:
 
 def cmd_build(args) -> int:
     """Write a DJL Serving model dir: serving.properties, model.py, the handler, adapters."""
-    from .build import build_model_dir, parse_adapter_args
+    from ..build import build_model_dir, parse_adapter_args
 
     options = dict(_pair(o, "--option") for o in args.option)
     out = build_model_dir(
@@ -43,7 +45,7 @@ def cmd_serve(args) -> int:
     """Run DJL Serving on a model dir until it stops or Ctrl-C; print the URL once /ping answers."""
     import signal
 
-    from .runtime import Server
+    from ..runtime import Server
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -146,7 +148,7 @@ def cmd_eval(args) -> int:
     """Score the base model and adapters on the same documents with lm-eval; write eval.json and samples/."""
     from loraship.evaluation.score import EvalConfig, EvalError, run_eval
 
-    from .build import parse_adapter_args
+    from ..build import parse_adapter_args
 
     adapters = parse_adapter_args(args.adapter)
     if not adapters and args.split_from and Path(args.split_from, "adapter_config.json").is_file():
@@ -221,52 +223,23 @@ def cmd_bench(args) -> int:
     import signal
 
     if args.bench_command == "compare":
-        from loraship.evaluation.bench.compare import CompareError, compare_text, load
+        from loraship.evaluation.bench.compare import compare_text, load
 
-        try:
-            print(compare_text(load(args.a), load(args.b), args.a_level, args.b_level))
-        except CompareError as exc:
-            print(f"loraship bench compare: error: {exc}", file=sys.stderr)
-            return 2
+        print(compare_text(load(args.a), load(args.b), args.a_level, args.b_level))
         return 0
 
-    from loraship.evaluation.bench.run import BenchConfig, BenchError, exit_code, parse_slo, run_bench
-    from loraship.evaluation.bench.workload import WorkloadError
+    from loraship.evaluation.bench.run import BenchConfig, exit_code, run_bench
+
+    from .flags import as_command_line, from_args
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)  # like Ctrl-C: stop, keep what was measured, write it
     try:
-        if not args.url or not args.out:
-            raise BenchError("--url and --out are required (or use `loraship bench compare A B`)")
-        cfg = BenchConfig(
-            url=args.url,
-            out=Path(args.out),
-            concurrency=args.concurrency or [],
-            rate=args.rate or [],
-            requests=args.requests,
-            duration=args.duration,
-            model=args.model,
-            endpoint=args.endpoint,
-            dataset=args.dataset,
-            adapters=args.adapters,
-            mix=args.mix,
-            max_new_tokens=args.max_new_tokens,
-            stream=args.stream,
-            warmup=args.warmup,
-            cold_probe=not args.no_cold_probe,
-            slo_ms=parse_slo(args.slo),
-            seed=args.seed,
-            timeout=args.timeout,
-            command=_bench_command_line(args),
-        )
+        cfg = from_args(BenchConfig, args)
+        cfg.command = as_command_line(["loraship", "bench"], BenchConfig, cfg)
         result = run_bench(cfg)
-    except (BenchError, WorkloadError) as exc:
-        print(f"loraship bench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(
@@ -280,7 +253,7 @@ def cmd_package(args) -> int:
     """Check a model dir and write the SageMaker model artifact (model.tar.gz) with a manifest of hashes."""
     import json
 
-    from .package import PackageError, package_model_dir
+    from ..package import PackageError, package_model_dir
 
     try:
         art = package_model_dir(
@@ -310,7 +283,7 @@ def cmd_rollout(args) -> int:
     import json
     from pathlib import Path
 
-    from .rollout import RolloutError, RolloutOptions, RolloutRefused, parse_autoscale, rollout
+    from ..rollout import RolloutError, RolloutOptions, RolloutRefused, parse_autoscale, rollout
 
     try:
         opts = RolloutOptions(
@@ -340,7 +313,7 @@ def cmd_rollout(args) -> int:
 
 def cmd_perf(args) -> int:
     """Measure the handler's batching gain, mixed-adapter cost, DJL overhead and fp32 vs bf16."""
-    from .perf import print_figures, run_perf, run_threads
+    from ..perf import print_figures, run_perf, run_threads
 
     if args.thread_sweep:
         policies = [p.strip() for p in args.thread_sweep.split(",") if p.strip()]
@@ -366,14 +339,14 @@ def cmd_perf(args) -> int:
 
 def cmd_demo(args) -> int:
     """Run the whole workflow on the embedded default model and print what each step proved."""
-    from .demo import run_demo
+    from ..demo import run_demo
 
     return run_demo(port=args.port, questions=args.questions, server=_server_opts(args))
 
 
 def _server_opts(args) -> dict:
     """The server choice of serve, perf and demo, checked before anything starts."""
-    from .runtime import resolve_server
+    from ..runtime import resolve_server
 
     kind, home = resolve_server(args.server, args.djl_home)
     return {"kind": kind, "djl_home": home, "threads": args.threads}
@@ -399,10 +372,6 @@ def _add_server_args(p) -> None:
     )
 
 
-class UsageError(Exception):
-    """A flag's value is malformed: exit 2 (bad input), never 1, which means a failed verdict."""
-
-
 def _pair(value: str, flag: str) -> tuple[str, str]:
     key, sep, val = value.partition("=")
     if not sep or not key:
@@ -410,31 +379,11 @@ def _pair(value: str, flag: str) -> tuple[str, str]:
     return key, val
 
 
-def _bench_command_line(args) -> list[str]:
-    """The bench options as a command line, for bench.json (also when main() is called with a list)."""
-    cmd = ["loraship", "bench"]
-    for key, value in vars(args).items():
-        if key in ("func", "command", "bench_command") or value is None or value is False:
-            continue
-        cmd.append("--" + key.replace("_", "-"))
-        if value is not True:
-            cmd.append(",".join(map(str, value)) if isinstance(value, list) else str(value))
-    return cmd
-
-
-def _csv(kind):
-    """An argparse type for comma-separated values: ``1,2,4,8``."""
-
-    def parse(text: str) -> list:
-        try:
-            return [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from loraship.evaluation.bench.run import BenchConfig
+
+    from .flags import add_flags
+
     parser = argparse.ArgumentParser(
         prog="loraship", description="Train, evaluate, serve and ship LoRA adapters on DJL Serving."
     )
@@ -591,50 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
         "requests.jsonl, summary.md and PNG plots into --out; `loraship bench compare A B` prints "
         "B/A ratios of two runs.",
     )
-    p.add_argument("--url", help="the server, e.g. http://127.0.0.1:8080")
-    p.add_argument("--out", help="folder for the results")
-    loop = p.add_mutually_exclusive_group()
-    loop.add_argument(
-        "--concurrency",
-        type=_csv(int),
-        metavar="C,C,...",
-        help="closed loop: a sweep of fixed concurrencies, e.g. 1,2,4,8",
-    )
-    loop.add_argument(
-        "--rate",
-        type=_csv(float),
-        metavar="R,R,...",
-        help="open loop: Poisson arrivals at R requests/s (seeded), one level per rate",
-    )
-    p.add_argument("--requests", type=int, help="requests per level")
-    p.add_argument("--duration", type=float, help="seconds per level (with --requests, whichever ends first)")
-    p.add_argument("--model", help="model name for GET /models/{m} (default: the first the server lists)")
-    p.add_argument("--endpoint", default="/invocations", help="path requests are POSTed to")
-    p.add_argument("--dataset", help="JSONL (instruction/response) or FAQ-layout CSV; default: the FAQ questions")
-    p.add_argument(
-        "--adapters",
-        type=_csv(str),
-        default=["__base__"],
-        metavar="A,B,...",
-        help="adapter names to spread requests over; __base__ is the base model",
-    )
-    p.add_argument(
-        "--mix",
-        default="round-robin",
-        choices=["round-robin", "uniform", "skewed"],
-        help="how requests are spread over --adapters (skewed: shares 1, 1/2, 1/3, ...)",
-    )
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per request (min_new_tokens is the same)")
-    p.add_argument("--stream", action="store_true", help="stream replies: measures TTFT, TPOT and ITL")
-    p.add_argument("--warmup", type=int, default=2, help="requests sent first and not counted")
-    p.add_argument(
-        "--no-cold-probe",
-        action="store_true",
-        help="skip the cold/warm probe (3 lone requests per adapter before the load)",
-    )
-    p.add_argument("--slo", metavar="ttft=MS,tpot=MS,e2e=MS", help="SLOs in ms for goodput")
-    p.add_argument("--seed", type=int, default=0, help="seed for prompt order, adapter draws and arrivals")
-    p.add_argument("--timeout", type=float, default=300, help="seconds before a request counts as timed out")
+    add_flags(p, BenchConfig, require=False)  # `bench compare A B` needs neither --url nor --out
     p.set_defaults(func=cmd_bench)
     bsub = p.add_subparsers(dest="bench_command", metavar="ACTION")
     c = bsub.add_parser("compare", help="side-by-side B/A ratios of two runs' bench.json (or their folders)")
@@ -715,15 +621,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .build import BuildError
-    from .core.models import ModelError
-    from .runtime import RuntimeMissing
-
     try:
         return args.func(args)
-    except (BuildError, ModelError, RuntimeMissing, UsageError) as exc:
+    except LorashipError as exc:
         print(f"loraship {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"loraship {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
