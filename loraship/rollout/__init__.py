@@ -27,8 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .core.aws import RESOURCE_NAME, ROLE_ARN, client_error, clients, default_region
-from .package import ArchiveContents, PackageError, read_archive
+from ..core.aws import RESOURCE_NAME, ROLE_ARN, client_error, clients, default_region
+from ..package import ArchiveContents, PackageError, read_archive
 
 #: The LMI line the container (docker/Dockerfile) and the SageMaker Model both use.
 LMI_VERSION = "0.36.0"
