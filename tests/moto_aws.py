@@ -1,5 +1,6 @@
-"""A moto server on 127.0.0.1 for tests that make real boto3 calls over HTTP, and the environment
-that keeps those calls away from real AWS (dummy credentials, no AWS config files)."""
+"""A moto server on 127.0.0.1 for tests that make real boto3 calls over HTTP, the environment
+that keeps those calls away from real AWS (dummy credentials, no AWS config files), and the
+patches of moto's internals that stand in for what moto lacks (each names the moto it was written for)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,67 @@ class AwsClients:
 
     def keys(self) -> list[str]:
         return sorted(o["Key"] for o in self.s3.list_objects_v2(Bucket=self.bucket).get("Contents", []))
+
+
+def _update_endpoint(self):
+    from moto.core.responses import ActionResult
+    from moto.core.utils import utcnow
+
+    backend = self.sagemaker_backend
+    name = self._get_param("EndpointName")
+    backend.describe_endpoint(name)  # moto's own "Could not find endpoint" error
+    config = backend.describe_endpoint_config(self._get_param("EndpointConfigName"))
+    endpoint = backend.endpoints[name]
+    endpoint.endpoint_config_name = config["EndpointConfigName"]
+    endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
+    endpoint.last_modified_time = utcnow()
+    return ActionResult({"EndpointArn": endpoint.arn})
+
+
+@contextlib.contextmanager
+def moto_update_endpoint():
+    """SageMaker UpdateEndpoint in moto's server while the context lasts; a moto that has its own is left alone.
+
+    Written for moto 5.2.5, which has no UpdateEndpoint action. This one is added to moto's
+    SageMakerResponse and works on its SageMaker backend: the endpoint switches to the new config at
+    once, as a real blue/green update does when it succeeds (moto endpoints are InService at once).
+    """
+    from moto.sagemaker.responses import SageMakerResponse
+
+    patched = not hasattr(SageMakerResponse, "update_endpoint")
+    if patched:
+        SageMakerResponse.update_endpoint = _update_endpoint
+    try:
+        yield
+    finally:
+        if patched:
+            del SageMakerResponse.update_endpoint
+
+
+def moto_job_statuses(monkeypatch):
+    """Make moto's own backend answer DescribeTrainingJob with these states, one per call, once the
+    job exists: ``use(("InProgress", "Starting"), ..., ("Failed", "Failed", "reason"))``.
+
+    Written for moto 5.2.5, whose training jobs run nothing: a created job is ``Completed`` at once
+    and never progresses or fails. This wraps SageMakerModelBackend.describe_training_job (undone by
+    ``monkeypatch``) to set the job's status, secondary status and failure reason first.
+    """
+    from moto.sagemaker.models import SageMakerModelBackend
+
+    original = SageMakerModelBackend.describe_training_job
+
+    def use(*states):
+        queue = list(states)
+
+        def describe(self, training_job_name):
+            job = self.training_jobs.get(training_job_name)
+            if job is not None and queue:
+                status, secondary, *reason = queue.pop(0)
+                job.training_job_status, job.secondary_status = status, secondary
+                if reason:
+                    job.failure_reason = reason[0]
+            return original(self, training_job_name)
+
+        monkeypatch.setattr(SageMakerModelBackend, "describe_training_job", describe)
+
+    return use

@@ -2,7 +2,7 @@
 
 moto 5.2 implements S3, the SageMaker Model / EndpointConfig / Endpoint calls, sagemaker-runtime's
 InvokeEndpoint (canned replies, configured through moto's ``/moto-api/static/sagemaker/endpoint-results``)
-and Application Auto Scaling. It lacks SageMaker's UpdateEndpoint: ``moto_update_endpoint`` below adds
+and Application Auto Scaling. It lacks SageMaker's UpdateEndpoint: ``moto_aws.moto_update_endpoint`` adds
 that one action to moto's own SageMaker backend (the endpoint switches to the new config, as it does
 when a real blue/green update succeeds; moto endpoints are InService at once). Its instance-type enum
 predates g5, hence ml.g4dn.* here.
@@ -14,7 +14,7 @@ import tarfile
 
 import pytest
 import requests
-from moto_aws import REGION, AwsClients, fake_aws, moto_server
+from moto_aws import REGION, AwsClients, fake_aws, moto_server, moto_update_endpoint
 
 from loraship.build import build_model_dir
 from loraship.cli import main
@@ -26,33 +26,10 @@ BUCKET = "loraship-artifacts"
 GPU = "ml.g4dn.xlarge"
 
 
-def moto_update_endpoint(self):
-    """UpdateEndpoint for moto's SageMaker backend (moto 5.2.5 has no such action)."""
-    from moto.core.responses import ActionResult
-    from moto.core.utils import utcnow
-
-    backend = self.sagemaker_backend
-    name = self._get_param("EndpointName")
-    backend.describe_endpoint(name)  # moto's own "Could not find endpoint" error
-    config = backend.describe_endpoint_config(self._get_param("EndpointConfigName"))
-    endpoint = backend.endpoints[name]
-    endpoint.endpoint_config_name = config["EndpointConfigName"]
-    endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
-    endpoint.last_modified_time = utcnow()
-    return ActionResult({"EndpointArn": endpoint.arn})
-
-
 @pytest.fixture(scope="module")
 def moto_url():
-    from moto.sagemaker.responses import SageMakerResponse
-
-    patched = not hasattr(SageMakerResponse, "update_endpoint")
-    if patched:
-        SageMakerResponse.update_endpoint = moto_update_endpoint
-    with moto_server() as url:
+    with moto_update_endpoint(), moto_server() as url:
         yield url
-    if patched:
-        del SageMakerResponse.update_endpoint
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ moto 5.2.5 implements CreateTrainingJob, DescribeTrainingJob and ListTrainingJob
 no container: a created job is ``Completed`` at once (SecondaryStatus ``Completed``) and its
 ModelArtifacts point at ``<S3OutputPath>/<job>/output/model.tar.gz``, which nothing writes, so the
 tests put a real adapter's archive there first. Its status never progresses and never fails, so
-``job_statuses`` below makes moto's own backend step a job through given states. moto keeps what
+``moto_aws.moto_job_statuses`` makes moto's own backend step a job through given states. moto keeps what
 DescribeTrainingJob shows for AlgorithmSpecification (adding a MetricDefinitions entry),
 HyperParameters, InputDataConfig, OutputDataConfig, ResourceConfig, StoppingCondition and
 CheckpointConfig; it drops Environment and RetryStrategy, has no StopTrainingJob, checks neither
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from moto_aws import AwsClients, fake_aws, moto_server
+from moto_aws import AwsClients, fake_aws, moto_job_statuses, moto_server
 from safetensors.torch import load_file
 
 from loraship.cli import main
@@ -86,27 +86,7 @@ def aws(moto_url, monkeypatch, tmp_path):
 
 @pytest.fixture
 def job_statuses(monkeypatch):
-    """Make moto's own backend answer DescribeTrainingJob with these states, one per call, once the
-    job exists: ``use(("InProgress", "Starting"), ..., ("Failed", "Failed", "reason"))``."""
-    from moto.sagemaker.models import SageMakerModelBackend
-
-    original = SageMakerModelBackend.describe_training_job
-
-    def use(*states):
-        queue = list(states)
-
-        def describe(self, training_job_name):
-            job = self.training_jobs.get(training_job_name)
-            if job is not None and queue:
-                status, secondary, *reason = queue.pop(0)
-                job.training_job_status, job.secondary_status = status, secondary
-                if reason:
-                    job.failure_reason = reason[0]
-            return original(self, training_job_name)
-
-        monkeypatch.setattr(SageMakerModelBackend, "describe_training_job", describe)
-
-    return use
+    return moto_job_statuses(monkeypatch)
 
 
 @pytest.fixture
