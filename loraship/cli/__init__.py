@@ -146,7 +146,7 @@ def _usage(command: str, message: str) -> int:
 
 def cmd_eval(args) -> int:
     """Score the base model and adapters on the same documents with lm-eval; write eval.json and samples/."""
-    from loraship.evaluation.score import EvalConfig, EvalError, run_eval
+    from loraship.evaluation.score import EvalConfig, run_eval
 
     from ..build import parse_adapter_args
 
@@ -173,11 +173,7 @@ def cmd_eval(args) -> int:
         seed=args.seed,
         device=args.device,
     )
-    try:
-        result = run_eval(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except EvalError as exc:
-        print(f"loraship eval: error: {exc}", file=sys.stderr)
-        return 2
+    result = run_eval(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     for metric, entry in result["metrics"].items():
         for name, s in entry["adapters"].items():
             ci = ", ".join("n/a" if v is None else f"{v:+.4f}" for v in s["ci"])
@@ -253,19 +249,15 @@ def cmd_package(args) -> int:
     """Check a model dir and write the SageMaker model artifact (model.tar.gz) with a manifest of hashes."""
     import json
 
-    from ..package import PackageError, package_model_dir
+    from ..package import package_model_dir
 
-    try:
-        art = package_model_dir(
-            args.model_dir,
-            None if args.check else args.out,
-            include_model=args.include_model,
-            profile=args.profile,
-            overwrite=args.overwrite,
-        )
-    except PackageError as exc:
-        print(f"loraship package: error: {exc}", file=sys.stderr)
-        return 2
+    art = package_model_dir(
+        args.model_dir,
+        None if args.check else args.out,
+        include_model=args.include_model,
+        profile=args.profile,
+        overwrite=args.overwrite,
+    )
     summary = {
         "artifact": str(art.path) if art.path else None,
         "sha256": art.sha256 or None,
@@ -283,30 +275,26 @@ def cmd_rollout(args) -> int:
     import json
     from pathlib import Path
 
-    from ..rollout import RolloutError, RolloutOptions, RolloutRefused, parse_autoscale, rollout
+    from ..rollout import RolloutOptions, parse_autoscale, rollout
 
-    try:
-        opts = RolloutOptions(
-            artifact=Path(args.artifact),
-            gate_report=Path(args.gate_report),
-            bucket=args.bucket,
-            endpoint_name=args.endpoint_name,
-            instance_type=args.instance_type,
-            role=args.role,
-            region=args.region,
-            instance_count=args.instance_count,
-            autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
-            target_invocations=args.target_invocations,
-            image_uri=args.image_uri,
-            prefix=args.prefix,
-            endpoint_url=args.endpoint_url,
-            timeout=args.timeout,
-            poll=args.poll,
-        )
-        result = rollout(opts, dry_run=args.dry_run)
-    except RolloutError as exc:
-        print(f"loraship rollout: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, RolloutRefused) else 1
+    opts = RolloutOptions(
+        artifact=Path(args.artifact),
+        gate_report=Path(args.gate_report),
+        bucket=args.bucket,
+        endpoint_name=args.endpoint_name,
+        instance_type=args.instance_type,
+        role=args.role,
+        region=args.region,
+        instance_count=args.instance_count,
+        autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
+        target_invocations=args.target_invocations,
+        image_uri=args.image_uri,
+        prefix=args.prefix,
+        endpoint_url=args.endpoint_url,
+        timeout=args.timeout,
+        poll=args.poll,
+    )
+    result = rollout(opts, dry_run=args.dry_run)
     print(json.dumps(result, indent=2))
     return 0
 

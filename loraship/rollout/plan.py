@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.aws import RESOURCE_NAME, ROLE_ARN, default_region
+from ..core.errors import EXIT_BAD_INPUT, Failed
 from ..package import ArchiveContents, PackageError, read_archive
 
 #: The LMI line the container (docker/Dockerfile) and the SageMaker Model both use.
@@ -47,12 +48,14 @@ SMOKE_PROMPT = "What is Amazon SageMaker?"
 
 
 # The package's errors live here, in the module the others import.
-class RolloutError(Exception):
-    pass
+class RolloutError(Failed):
+    """The rollout failed (exit 1)."""
 
 
 class RolloutRefused(RolloutError):
-    """Nothing was touched: the inputs or the gate do not allow this rollout."""
+    """Nothing was touched: the inputs or the gate do not allow this rollout (exit 2)."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class RolloutFailed(RolloutError):
