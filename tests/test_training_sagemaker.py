@@ -239,7 +239,7 @@ def test_submission_uploads_the_inputs_and_creates_the_job(aws, tiny_neox, faq_s
         "training/configs/sagemaker_faqs.yaml",
         "training/data/LICENSE-amazon-faqs.txt",
         "handler/pipelines/instruction.py",
-        "evaluation/gate.py",
+        "evaluation/gate/__init__.py",
         "loraship/cli.py",
         "setup.cfg",
         "pyproject.toml",
