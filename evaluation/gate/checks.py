@@ -236,10 +236,14 @@ def hash_check(adapter: str, info: dict, folder: str | Path | None) -> Check:
 
 
 def budget_checks(adapter: str, budgets: Budgets, figures: dict | None) -> list[Check]:
+    """One check per budget the policy sets (``budget.<name>``), at every bench level that sent ``adapter``."""
     wanted = [
-        (k, getattr(budgets, k))
-        for k in ("p99_latency_ratio", "output_tokens_per_s_ratio")
-        if getattr(budgets, k) is not None
+        (k, v)
+        for k, v in (
+            ("p99_latency_ratio", budgets.p99_latency_ratio),
+            ("output_tokens_per_s_ratio", budgets.output_tokens_per_s_ratio),
+        )
+        if v is not None
     ]
     if not wanted:
         return []
