@@ -219,7 +219,7 @@ def test_submission_uploads_the_inputs_and_creates_the_job(aws, tiny_neox, faq_s
         "training/configs/sagemaker_faqs.yaml",
         "training/data/LICENSE-amazon-faqs.txt",
         "handler/pipelines/instruction.py",
-        "evaluation/gate.py",
+        "evaluation/gate/__init__.py",
         "loraship/cli/__init__.py",
         "setup.cfg",
         "pyproject.toml",
