@@ -50,13 +50,13 @@ optim: {betas: [0.9, "x"]}
     assert "8 problem(s)" in msg
     for key in (
         "  - lr: unknown key",
-        "model.path: expected a string",
-        "model.precision: expected 'fp32'",
-        "lora.r: expected an integer, got '8'",
+        "model.path: must be a string, got 3",
+        "model.precision: must be one of fp32, bf16-mixed or fp16-mixed, got 'fp8'",
+        "lora.r: must be an integer, got '8'",
         "lora.rank: unknown key",
-        "train.epochs: expected an integer",
-        "train.batch_size: expected an integer, got True",
-        "optim.betas: expected a list of a number",
+        "train.epochs: must be an integer, got 1.5",
+        "train.batch_size: must be an integer, got True",
+        "optim.betas.1: must be a number, got 'x'",
     ):
         assert key in msg
 
@@ -77,7 +77,7 @@ optim: {betas: [0.9, "x"]}
         (["train.max_steps=0"], "train.max_steps: must be >= 1 or null"),
         (["train.checkpoint_every=-1"], "train.checkpoint_every: must be >= 0"),
         (["nope.x=1"], "nope: unknown key"),
-        (["train=3"], "train: expected a mapping"),
+        (["train=3"], "train: must be a mapping, got int"),
         (["train.max_steps"], "--set takes KEY=VALUE"),
     ],
 )

@@ -1,23 +1,23 @@
 """The training config: typed sections with a docstring per field, loaded from YAML.
 
-``load_config`` applies ``--set key=value`` overrides, checks every key and type against the
-dataclasses below and every value against its section's rules, and raises one ``ConfigError``
-listing all the problems it found, each with its dotted key.
+``load_config`` applies ``--set key=value`` overrides and validates the result against the
+:class:`~loraship.handler.settings.Settings` models below; it raises one ``ConfigError`` listing
+every problem found, each with its dotted key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import types
-import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, ConfigDict, Field, PlainValidator, ValidationError
 
-from .data import FIELDS
+from loraship.handler.settings import Settings, problems
+
+from .data import FIELDS, REQUIRED
 
 
 class _Loader(yaml.SafeLoader):
@@ -46,8 +46,60 @@ class ConfigError(Exception):
     """A config file or override that cannot be trained from; the message lists every problem."""
 
 
-@dataclass
-class ModelArgs:
+def _rule(ok: Callable[[Any], bool], message: str) -> AfterValidator:
+    """A value rule beyond a bound: ``message`` (``{}`` is the value) when ``ok(value)`` is false."""
+
+    def check(value):
+        if not ok(value):
+            raise ValueError(message.format(value))
+        return value
+
+    return AfterValidator(check)
+
+
+def _header(value):
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise ValueError(f"must be true, false or auto, got {value!r}")
+
+
+def _columns(value):
+    """Every problem of the mapping in one message (pydantic would stop at a bad value)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping, got {type(value).__name__}")
+    out = []
+    unknown = sorted(set(value) - set(FIELDS))
+    if unknown:
+        out.append(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    out += [f"needs a column for {name!r}" for name in REQUIRED if name not in value]
+    for name, col in value.items():
+        if isinstance(col, bool) or not isinstance(col, (str, int)):
+            out.append(f"{name}: a column is a name or a 0-based position, got {col!r}")
+        elif isinstance(col, int) and col < 0:
+            out.append(f"{name}: a position must be >= 0, got {col}")
+    if out:
+        raise ValueError("; ".join(out))
+    return value
+
+
+def _test_size(value):
+    # int and float mean different things here (a count, a fraction): no coercion either way.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a row count or a fraction, got {value!r}")
+    if isinstance(value, float) and not 0 < value < 1:
+        raise ValueError(f"a fraction must be in (0, 1), got {value}")
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"a row count must be >= 1, got {value}")
+    return value
+
+
+class _Section(Settings):
+    """Strict: YAML already types each value, so a quoted number or a ``true`` count is a mistake."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class ModelArgs(_Section):
     path: str = "default"
     """'default' (the embedded SmolLM2-135M-Instruct), a local HF folder, or a hub id (org/name)."""
     quantize: Literal["none", "8bit", "4bit"] = "none"
@@ -58,164 +110,100 @@ class ModelArgs:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: about 30% slower, much less activation memory."""
 
-    def problems(self) -> list[str]:
-        return []
 
-
-@dataclass
-class DataArgs:
+class DataArgs(_Section):
     path: str = "../data/amazon_sagemaker_faqs.csv"
     """The data file; a relative path in a config file is relative to that file's folder."""
     format: Literal["auto", "csv", "jsonl"] = "auto"
     """File format; 'auto' picks by suffix (.csv, .jsonl / .json)."""
-    header: bool | Literal["auto"] = "auto"
+    header: Annotated[bool | Literal["auto"], PlainValidator(_header)] = "auto"
     """CSV only: whether the first row names the columns; 'auto' says yes when it holds the
     instruction and response columns that ``columns`` names."""
-    columns: dict[str, str | int] = field(
+    columns: Annotated[dict[str, str | int], PlainValidator(_columns)] = Field(
         default_factory=lambda: {"instruction": "instruction", "context": "context", "response": "response"}
     )
     """Which column holds each field (instruction, response, optional context): a name (CSV header
     or JSON key) or a 0-based CSV position. Dolly-15k rows need no mapping."""
-    test_size: int | float = 14
+    test_size: Annotated[int | float, PlainValidator(_test_size)] = 14
     """Held-out rows: a count, or a fraction in (0, 1). They are never trained on."""
     seed: int = 0
     """Seed of the train/test split (the same permutation as ``datasets.Dataset.train_test_split``)."""
-    max_length: int = 256
+    max_length: int = Field(256, ge=8)
     """Training examples longer than this many tokens (prompt + response) are dropped and counted."""
     drop_empty: bool = False
     """Drop rows with an empty instruction or response (and count them) instead of failing."""
 
-    def problems(self) -> list[str]:
-        out = []
-        unknown = sorted(set(self.columns) - set(FIELDS))
-        if unknown:
-            out.append(f"data.columns: unknown field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
-        for name in ("instruction", "response"):
-            if name not in self.columns:
-                out.append(f"data.columns: needs a column for {name!r}")
-        for name, col in self.columns.items():
-            if isinstance(col, int) and col < 0:
-                out.append(f"data.columns.{name}: a position must be >= 0, got {col}")
-        if isinstance(self.test_size, float) and not 0 < self.test_size < 1:
-            out.append(f"data.test_size: a fraction must be in (0, 1), got {self.test_size}")
-        if isinstance(self.test_size, int) and self.test_size < 1:
-            out.append(f"data.test_size: a row count must be >= 1, got {self.test_size}")
-        if self.max_length < 8:
-            out.append(f"data.max_length: must be >= 8, got {self.max_length}")
-        return out
 
-
-@dataclass
-class TemplateArgs:
+class TemplateArgs(_Section):
     special_tokens: bool = False
     """Add the template markers (### Instruction:, ### Response:, ### End) as special tokens, as
     Dolly did. The adapter then carries the resized embeddings and its own tokenizer."""
 
-    def problems(self) -> list[str]:
-        return []
 
-
-@dataclass
-class LoraArgs:
-    r: int = 8
+class LoraArgs(_Section):
+    r: int = Field(8, ge=1)
     """Rank of the update matrices: adapter size and memory grow linearly with it."""
-    alpha: float = 16.0
+    alpha: float = Field(16.0, gt=0)
     """Scale of the update (alpha / r multiplies it)."""
-    dropout: float = 0.05
+    dropout: Annotated[float, _rule(lambda v: 0 <= v < 1, "must be in [0, 1), got {}")] = 0.05
     """Dropout on the LoRA branch's input."""
-    target_modules: list[str] | None = None
+    target_modules: Annotated[
+        list[str] | None, _rule(lambda v: v != [], "an empty list adapts nothing; use null for the default")
+    ] = None
     """Module names to adapt; null picks per architecture (GPT-NeoX: query_key_value, Llama and
     kin: q_proj, k_proj, v_proj, o_proj)."""
 
-    def problems(self) -> list[str]:
-        out = []
-        if self.r < 1:
-            out.append(f"lora.r: must be >= 1, got {self.r}")
-        if self.alpha <= 0:
-            out.append(f"lora.alpha: must be > 0, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            out.append(f"lora.dropout: must be in [0, 1), got {self.dropout}")
-        if self.target_modules is not None and not self.target_modules:
-            out.append("lora.target_modules: an empty list adapts nothing; use null for the default")
-        return out
 
-
-@dataclass
-class OptimArgs:
+class OptimArgs(_Section):
     name: Literal["adamw", "sgd"] = "adamw"
     """torch.optim.AdamW or SGD (with momentum 0.9) over the trainable parameters."""
-    lr: float = 3e-4
+    lr: float = Field(3e-4, gt=0)
     """Peak learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: float = Field(0.0, ge=0)
     """Decoupled weight decay on the LoRA matrices."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: Annotated[
+        list[float], _rule(lambda b: len(b) == 2 and all(0 <= x < 1 for x in b), "needs two values in [0, 1), got {}")
+    ] = Field(default_factory=lambda: [0.9, 0.999])
     """AdamW's betas."""
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: Annotated[float | None, _rule(lambda v: v is None or v > 0, "must be > 0 or null, got {}")] = 1.0
     """Clip the gradient norm to this; null does not clip."""
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     """Learning-rate schedule over the run (transformers.get_scheduler)."""
-    warmup_steps: int = 0
+    warmup_steps: int = Field(0, ge=0)
     """Optimizer steps of linear warm-up."""
 
-    def problems(self) -> list[str]:
-        out = []
-        if self.lr <= 0:
-            out.append(f"optim.lr: must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            out.append(f"optim.weight_decay: must be >= 0, got {self.weight_decay}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            out.append(f"optim.betas: needs two values in [0, 1), got {self.betas}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            out.append(f"optim.max_grad_norm: must be > 0 or null, got {self.max_grad_norm}")
-        if self.warmup_steps < 0:
-            out.append(f"optim.warmup_steps: must be >= 0, got {self.warmup_steps}")
-        return out
 
-
-@dataclass
-class TrainArgs:
-    epochs: int = 1
+class TrainArgs(_Section):
+    epochs: int = Field(1, ge=1)
     """Passes over the training rows (ignored when max_steps is set)."""
-    max_steps: int | None = None
+    max_steps: Annotated[int | None, _rule(lambda v: v is None or v >= 1, "must be >= 1 or null, got {}")] = None
     """Optimizer steps to run; null runs ``epochs`` full passes."""
-    batch_size: int = 4
+    batch_size: int = Field(4, ge=1)
     """Examples per forward pass (per process): activation memory grows linearly with it."""
-    grad_accum: int = 1
+    grad_accum: int = Field(1, ge=1)
     """Forward passes per optimizer step: the effective batch is batch_size x grad_accum x processes."""
-    eval_every: int = 0
+    eval_every: int = Field(0, ge=0)
     """Score the held-out rows every N optimizer steps (and always before the first and after the
     last step); 0 only does the two."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = Field(0, ge=0)
     """Write a resumable checkpoint every N optimizer steps; 0 writes none."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = Field(2, ge=1)
     """How many of the newest checkpoints to keep."""
 
-    def problems(self) -> list[str]:
-        out = []
-        for name in ("epochs", "batch_size", "grad_accum", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                out.append(f"train.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                out.append(f"train.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            out.append(f"train.max_steps: must be >= 1 or null, got {self.max_steps}")
-        return out
 
-
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     seed: int = 0
     """Seed of model initialisation (LoRA matrices, new token rows), dropout and data order."""
-    model: ModelArgs = field(default_factory=ModelArgs)
-    data: DataArgs = field(default_factory=DataArgs)
-    template: TemplateArgs = field(default_factory=TemplateArgs)
-    lora: LoraArgs = field(default_factory=LoraArgs)
-    optim: OptimArgs = field(default_factory=OptimArgs)
-    train: TrainArgs = field(default_factory=TrainArgs)
+    model: ModelArgs = Field(default_factory=ModelArgs)
+    data: DataArgs = Field(default_factory=DataArgs)
+    template: TemplateArgs = Field(default_factory=TemplateArgs)
+    lora: LoraArgs = Field(default_factory=LoraArgs)
+    optim: OptimArgs = Field(default_factory=OptimArgs)
+    train: TrainArgs = Field(default_factory=TrainArgs)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data (what the run folder's training_config.yaml and the manifest hold)."""
+        return self.model_dump()
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -232,25 +220,22 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         data["path"] = str((path.parent / Path(data["path"]).expanduser()).resolve())
-    problems = []
+    found = []
     for item in overrides:
-        problems += _apply_override(raw, item)
-    cfg = config_from_dict(raw, problems, source=str(path))
-    return cfg
+        found += _apply_override(raw, item)
+    return config_from_dict(raw, found, source=str(path))
 
 
-def config_from_dict(raw: dict, problems: list[str] | None = None, source: str = "config") -> TrainConfig:
-    """Build a TrainConfig from plain data; raise one ConfigError with every problem found."""
-    problems = list(problems or [])
-    # A value of the wrong type is left at its default, so the value rules can still run on the rest.
-    cfg = _build(TrainConfig, raw, "", problems)
-    for section in dataclasses.fields(TrainConfig):
-        value = getattr(cfg, section.name)
-        if dataclasses.is_dataclass(value):
-            problems += value.problems()
-    if problems:
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(f"{source}: {len(problems)} problem(s):\n{lines}")
+def config_from_dict(raw: Any, found: list[str] | None = None, source: str = "config") -> TrainConfig:
+    """Build a TrainConfig from plain data; raise one ConfigError with ``found`` and every problem in ``raw``."""
+    found = list(found or [])
+    try:
+        cfg = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        found += problems(exc)
+    if found:
+        lines = "\n".join(f"  - {p}" for p in found)
+        raise ConfigError(f"{source}: {len(found)} problem(s):\n{lines}")
     return cfg
 
 
@@ -274,73 +259,3 @@ def _apply_override(raw: dict, item: str) -> list[str]:
         node = child
     node[parts[-1]] = value
     return []
-
-
-def _build(cls, raw, prefix: str, problems: list[str]):
-    """Instantiate dataclass ``cls`` from ``raw``, recording unknown keys and wrong types."""
-    if not isinstance(raw, dict):
-        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_type_name(raw)}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in known:
-            problems.append(f"{prefix}{key}: unknown key; known keys: {', '.join(sorted(known))}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            continue
-        value, hint = raw[f.name], hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[f.name] = _build(hint, value, f"{prefix}{f.name}.", problems)
-        elif _matches(value, hint):
-            kwargs[f.name] = float(value) if hint is float and isinstance(value, int) else value
-        else:
-            problems.append(f"{prefix}{f.name}: expected {_hint_name(hint)}, got {value!r} ({_type_name(value)})")
-    return cls(**kwargs)
-
-
-def _matches(value, hint) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if origin is Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if origin is list:
-        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _hint_name(hint) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is type(None):
-        return "null"
-    if origin is Literal:
-        return " | ".join(repr(a) if isinstance(a, str) else str(a).lower() for a in args)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_hint_name(a) for a in args)
-    if origin is list:
-        return f"a list of {_hint_name(args[0])}"
-    if origin is dict:
-        return f"a mapping of {_hint_name(args[0])} to {_hint_name(args[1])}"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
-
-
-def _type_name(value) -> str:
-    return {
-        type(None): "null",
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "list",
-        dict: "mapping",
-    }.get(type(value), type(value).__name__)

@@ -75,6 +75,30 @@ def prepare_output(out: Path, *, resume: bool, overwrite: bool) -> Path | None:
     return latest_checkpoint(out)
 
 
+def start_output(out: Path, config: dict, *, resume: bool, overwrite: bool) -> Path | None:
+    """:func:`prepare_output`, then write the run's config there (``--resume`` must not change
+    it); return the checkpoint to resume from, if any."""
+    import yaml
+
+    checkpoint = prepare_output(out, resume=resume, overwrite=overwrite)
+    saved = out / CONFIG
+    if resume and saved.is_file():
+        changed = _diff(yaml.safe_load(saved.read_text(encoding="utf-8")), config)
+        if changed:
+            raise TrainingError(f"--resume needs the config the run started with; changed: {', '.join(changed)}")
+    out.mkdir(parents=True, exist_ok=True)
+    # Written first: it marks the folder as a training run (see prepare_output).
+    atomic_write_text(saved, yaml.safe_dump(config, sort_keys=False))
+    return checkpoint
+
+
+def _diff(before, after, prefix: str = "") -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = sorted(set(before) | set(after))
+        return [d for k in keys for d in _diff(before.get(k), after.get(k), f"{prefix}{k}.")]
+    return [] if before == after else [f"{prefix.rstrip('.')} ({before!r} -> {after!r})"]
+
+
 def checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a half-written one still ends in ``.tmp``)."""
     found = [p for p in out.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX) :].isdigit()]

@@ -285,8 +285,8 @@ def make_plan(opts: JobOptions) -> Plan:
 
     root = f"{PREFIX}/{job}"
     files = [(f"{root}/data/{data.name}", data)]
-    resolved = cfg.to_dict()
-    resolved["data"]["path"] = f"{CHANNELS}/train/{data.name}"
+    resolved = cfg.model_copy(deep=True)
+    resolved.data.path = f"{CHANNELS}/train/{data.name}"
     channels = {"train": f"{root}/data/", "code": f"{root}/code/"}
     hyperparameters = {"config": f"{CHANNELS}/code/{CONFIG}"}
     if model_folder:
@@ -295,7 +295,7 @@ def make_plan(opts: JobOptions) -> Plan:
             for f in sorted(model_folder.rglob("*"))
             if f.is_file()
         ]
-        resolved["model"]["path"] = f"{CHANNELS}/model"
+        resolved.model.path = f"{CHANNELS}/model"
         channels["model"] = f"{root}/model/"
     elif cfg.model.path == DEFAULT:
         hyperparameters["default_model_package"] = DEFAULT_MODEL_PACKAGE
@@ -348,7 +348,7 @@ def make_plan(opts: JobOptions) -> Plan:
         bucket=opts.bucket,
         root=root,
         files=files,
-        resolved_config=resolved,
+        resolved_config=resolved.to_dict(),
         request=request,
         output=output,
     )
