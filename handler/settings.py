@@ -57,6 +57,10 @@ def _message(error: dict) -> str:
         return f"must be {op} {bound}, got {got!r}"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"must be an integer, got {got!r}"
+    if kind == "too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"needs at least {ctx.get('min_length')} items"
+    if kind == "finite_number":
+        return f"must be a finite number, got {got!r}"
     if kind in ("float_parsing", "float_type"):
         return f"must be a number, got {got!r}"
     if kind in ("bool_parsing", "bool_type"):

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraship.training.config import ConfigError, TrainConfig, config_from_dict, load_config
+from loraship.training.config import TrainConfig, TrainConfigError, config_from_dict, load_config
 from loraship.training.recipe import CONFIGS_DIR, DEFAULT_CONFIG
 
 CONFIG_FILES = sorted(CONFIGS_DIR.rglob("*.yaml"))
@@ -44,14 +44,14 @@ train: {epochs: 1.5, batch_size: true}
 optim: {betas: [0.9, "x"]}
 """,
     )
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(TrainConfigError) as err:
         load_config(path)
     msg = str(err.value)
     assert "8 problem(s)" in msg
     for key in (
         "  - lr: unknown key",
         "model.path: must be a string, got 3",
-        "model.precision: must be one of fp32, bf16-mixed or fp16-mixed, got 'fp8'",
+        "model.precision: must be one of fp32, bf16-mixed, fp16-mixed, got 'fp8'",
         "lora.r: must be an integer, got '8'",
         "lora.rank: unknown key",
         "train.epochs: must be an integer, got 1.5",
@@ -82,7 +82,7 @@ optim: {betas: [0.9, "x"]}
     ],
 )
 def test_value_rules(overrides, problem):
-    with pytest.raises(ConfigError, match="problem") as err:
+    with pytest.raises(TrainConfigError, match="problem") as err:
         load_config(DEFAULT_CONFIG, overrides)
     assert problem in str(err.value)
 
@@ -114,7 +114,7 @@ def test_data_path_is_relative_to_the_file_but_an_override_to_the_cwd(tmp_path, 
 
 def test_empty_file_gives_the_defaults_and_a_list_is_rejected(tmp_path):
     assert load_config(write(tmp_path, "")).train == TrainConfig().train
-    with pytest.raises(ConfigError, match="top level must be a mapping"):
+    with pytest.raises(TrainConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- 1\n"))
 
 

@@ -41,7 +41,7 @@ from loraship.training.sagemaker import (
     run_job,
 )
 from loraship.training.sagemaker_entry import (
-    StepFailed,
+    JobStepFailed,
     drop_incomplete_checkpoints,
     export_model,
     resume_flags,
@@ -374,7 +374,7 @@ def test_resume_decision_and_incomplete_checkpoints(tmp_path):
 def test_export_copies_the_run_without_checkpoints(tmp_path):
     out, model = tmp_path / "run", tmp_path / "model"
     with pytest.raises(
-        StepFailed, match="without adapter_model.safetensors, adapter_config.json, training_manifest.json"
+        JobStepFailed, match="without adapter_model.safetensors, adapter_config.json, training_manifest.json"
     ):
         export_model(out, model)
     (out / "checkpoint-000003").mkdir(parents=True)

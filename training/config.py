@@ -1,7 +1,7 @@
 """The training config: typed sections with a docstring per field, loaded from YAML.
 
 ``load_config`` applies ``--set key=value`` overrides and validates the result against the
-:class:`~loraship.handler.settings.Settings` models below; it raises one ``ConfigError`` listing
+:class:`~loraship.handler.settings.Settings` models below; it raises one ``TrainConfigError`` listing
 every problem found, each with its dotted key.
 """
 
@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, ConfigDict, Field, PlainValidator, ValidationError
 
+from loraship.core.errors import LorashipError
 from loraship.handler.settings import Settings, problems
 
 from .data import FIELDS, REQUIRED
@@ -42,7 +43,7 @@ def _yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(Exception):
+class TrainConfigError(LorashipError):
     """A config file or override that cannot be trained from; the message lists every problem."""
 
 
@@ -212,11 +213,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     try:
         raw = _yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from None
+        raise TrainConfigError(f"cannot read config {path}: {exc}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+        raise TrainConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         data["path"] = str((path.parent / Path(data["path"]).expanduser()).resolve())
@@ -227,7 +228,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
 
 
 def config_from_dict(raw: Any, found: list[str] | None = None, source: str = "config") -> TrainConfig:
-    """Build a TrainConfig from plain data; raise one ConfigError with ``found`` and every problem in ``raw``."""
+    """Build a TrainConfig from plain data; raise one TrainConfigError with ``found`` and every problem in ``raw``."""
     found = list(found or [])
     try:
         cfg = TrainConfig.model_validate(raw)
@@ -235,7 +236,7 @@ def config_from_dict(raw: Any, found: list[str] | None = None, source: str = "co
         found += problems(exc)
     if found:
         lines = "\n".join(f"  - {p}" for p in found)
-        raise ConfigError(f"{source}: {len(found)} problem(s):\n{lines}")
+        raise TrainConfigError(f"{source}: {len(found)} problem(s):\n{lines}")
     return cfg
 
 

@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+from loraship.core.errors import LorashipError
 from loraship.handler.pipelines.instruction import format_prompt, format_response
 
 FIELDS = ("instruction", "context", "response")
@@ -21,8 +22,8 @@ FAQ_CSV = Path(__file__).resolve().parent / "data" / "amazon_sagemaker_faqs.csv"
 """Label of a position that is not scored (prompt and padding); cross_entropy's ignore_index."""
 
 
-class DataError(Exception):
-    pass
+class DataError(LorashipError):
+    """A data file that cannot be read as rows (exit 2)."""
 
 
 def read_qa_csv(path: str | Path, columns: dict | None = None, header: bool | str = "auto") -> list[dict]:

@@ -22,7 +22,8 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
 class TrainingError(Exception):
-    """A run that cannot start or continue; the message says what to change."""
+    """A run that cannot start or continue; the message says what to change. (Not a LorashipError:
+    this module's top level stays stdlib-only; run_cli turns it into exit 2.)"""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

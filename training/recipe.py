@@ -15,7 +15,7 @@ from pathlib import Path
 
 from loraship.core.models import resolve_model
 
-from .config import ConfigError, TrainConfig, load_config
+from .config import TrainConfig, TrainConfigError, load_config
 from .data import DataError
 from .loop import CompletionLoss, LoopState, count_steps, restore, train_loop
 from .outputs import TrainingError, latest_checkpoint, start_output
@@ -122,7 +122,7 @@ def run_cli(
     try:
         cfg = load_config(config_path, overrides)
         manifest = train(cfg, out, resume=resume, overwrite=overwrite)
-    except (ConfigError, DataError, TrainingError) as exc:
+    except (TrainConfigError, DataError, TrainingError) as exc:
         print(f"loraship train: error: {exc}", file=sys.stderr)
         return 2
     if manifest is not None:

@@ -37,10 +37,11 @@ from pathlib import Path
 import yaml
 
 from loraship.core.aws import RESOURCE_NAME, ROLE_ARN, client_error, clients, default_region
+from loraship.core.errors import EXIT_BAD_INPUT, Failed
 from loraship.core.models import DEFAULT, ModelError, resolve_model
 from loraship.core.paths import source_checkout
 
-from .config import ConfigError, load_config
+from .config import TrainConfigError, load_config
 from .outputs import ADAPTER_FILES, CONFIG, MANIFEST
 
 PREFIX = "loraship/train"
@@ -69,12 +70,14 @@ _INSTANCE_TYPE = re.compile(r"^ml\.([a-z][a-z0-9-]*)\.([a-z0-9]+)$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-class SageMakerError(Exception):
-    pass
+class SageMakerError(Failed):
+    """The job failed (exit 1)."""
 
 
 class SubmitRefused(SageMakerError):
-    """Nothing was uploaded or created: an input is wrong or AWS refused the first checks."""
+    """Nothing was uploaded or created: an input is wrong or AWS refused the first checks (exit 2)."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class JobFailed(SageMakerError):
@@ -250,7 +253,7 @@ def make_plan(opts: JobOptions) -> Plan:
     data = None
     try:
         cfg = load_config(opts.config, opts.overrides)
-    except ConfigError as exc:
+    except TrainConfigError as exc:
         cfg = None
         problems.append(str(exc))
     if cfg is not None:

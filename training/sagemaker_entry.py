@@ -37,7 +37,7 @@ RUN = "run"
 """The training output's folder under the checkpoint dir."""
 
 
-class StepFailed(Exception):
+class JobStepFailed(Exception):
     """A step of the job failed; the message goes to /opt/ml/output/failure (the job's FailureReason)."""
 
 
@@ -45,7 +45,7 @@ def run(cmd: list[str]) -> None:
     print("loraship job: $ " + " ".join(cmd), flush=True)
     code = subprocess.call(cmd)
     if code != 0:
-        raise StepFailed(f"`{' '.join(cmd)}` exited with {code}; the job's CloudWatch log has its output")
+        raise JobStepFailed(f"`{' '.join(cmd)}` exited with {code}; the job's CloudWatch log has its output")
 
 
 def resume_flags(out: Path) -> list[str] | None:
@@ -77,7 +77,7 @@ def export_model(out: Path, model_dir: Path) -> None:
     not the checkpoints (they stay in the checkpoint S3 URI) nor temporary files."""
     missing = [name for name in (*ADAPTER_FILES, MANIFEST) if not (out / name).is_file()]
     if missing:
-        raise StepFailed(f"training finished without {', '.join(missing)} in {out}")
+        raise JobStepFailed(f"training finished without {', '.join(missing)} in {out}")
     model_dir.mkdir(parents=True, exist_ok=True)
     for item in sorted(out.iterdir()):
         if item.name.startswith((".", CHECKPOINT_PREFIX)):
@@ -121,7 +121,7 @@ def main(opt_ml: Path = OPT_ML) -> int:
             run([sys.executable, "-m", "pip", "install", "--no-cache-dir", "--no-deps", package])
             run([sys.executable, "-m", "loraship.cli", "models", "prepare"])
         train_and_export(Path(hyperparameters["config"]), opt_ml / "checkpoints" / RUN, opt_ml / "model")
-    except StepFailed as exc:
+    except JobStepFailed as exc:
         (opt_ml / "output").mkdir(parents=True, exist_ok=True)
         (opt_ml / "output" / "failure").write_text(str(exc))
         print(f"loraship job: error: {exc}", file=sys.stderr, flush=True)

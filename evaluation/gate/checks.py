@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loraship.core.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from loraship.core.hashing import adapter_sha256
 
 from .policy import Budgets, GateInputError, MetricRule, Policy
 
 BASE = "__base__"
 PASS, FAIL, SKIP = "pass", "fail", "skip"
-EXIT_PASS, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
+EXIT_PASS, EXIT_FAIL, EXIT_INVALID = EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT  # the CLI's codes
 
 
 def _read_json_object(path: Path, what: str) -> dict:

@@ -8,12 +8,13 @@ from typing import Literal
 import yaml
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, model_validator
 
+from loraship.core.errors import LorashipError
 from loraship.handler.settings import Settings, validate
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "policies" / "default.yaml"
 
 
-class GateInputError(Exception):
+class GateInputError(LorashipError):
     """An input the gate cannot judge from (exit code 2); the message lists every problem."""
 
 

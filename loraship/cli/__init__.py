@@ -92,8 +92,6 @@ def cmd_train(args) -> int:
         DEFAULT_INSTANCE_TYPE,
         DEFAULT_MAX_RUN,
         JobOptions,
-        SageMakerError,
-        SubmitRefused,
         run_job,
     )
 
@@ -112,13 +110,7 @@ def cmd_train(args) -> int:
         wait=args.wait,
         output=Path(args.output) if args.output else None,
     )
-    try:
-        result = run_job(opts, dry_run=args.dry_run)
-    except SageMakerError as exc:
-        print(f"loraship train: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, SubmitRefused) else 1
-    except KeyboardInterrupt:  # run_job said what was left behind
-        return 130
+    result = run_job(opts, dry_run=args.dry_run)  # on Ctrl-C it says what was left behind
     print(json.dumps(result, indent=2))
     return 0
 
@@ -197,14 +189,10 @@ def _adapter_name(folder: str) -> str:
 
 def cmd_gate(args) -> int:
     """Pass or fail adapters: eval scores (and bench budgets) against a policy; exit 0 pass, 1 fail, 2 bad input."""
-    from loraship.evaluation.gate import DEFAULT_POLICY, EXIT_INVALID, GateInputError, run_gate
+    from loraship.evaluation.gate import DEFAULT_POLICY, run_gate
 
-    try:
-        dirs = dict(_pair(a, "--adapter") for a in args.adapter)
-        result = run_gate(args.eval, args.policy or DEFAULT_POLICY, args.out, bench_path=args.bench, adapter_dirs=dirs)
-    except GateInputError as exc:
-        print(f"loraship gate: error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+    dirs = dict(_pair(a, "--adapter") for a in args.adapter)
+    result = run_gate(args.eval, args.policy or DEFAULT_POLICY, args.out, bench_path=args.bench, adapter_dirs=dirs)
     for c in result.checks:
         if c.status != "pass":
             print(f"  {c.status.upper():4s} {c.adapter} {c.metric or '-'} {c.check}: {c.reason}")
