@@ -42,6 +42,12 @@ LMI_ENV = {"MODEL_LOADING_TIMEOUT": "1200", "PREDICT_TIMEOUT": "240"}
 DEFAULT_THREADS = 1
 
 
+_BUILD_IT = (
+    "run `make runtime` in a checkout (or set $LORASHIP_RUNTIME to a folder built that way); "
+    "--server djl with a DJL Serving install needs none of it"
+)
+
+
 class RuntimeMissing(LorashipError):
     pass
 
@@ -86,9 +92,9 @@ def java_command(model_dir: Path, host: str, port: int, tmpdir: str | None = Non
     lib = runtime_dir()
     jars = sorted((lib / "djl").glob("*.jar"))
     if not any(j.name.startswith("python-") for j in jars):
-        raise RuntimeMissing(f"DJL's Python engine jars are missing from {lib / 'djl'}: run `make runtime`")
+        raise RuntimeMissing(f"DJL's Python engine jars are missing from {lib / 'djl'}: {_BUILD_IT}")
     if not (lib / "host" / "ai" / "loraship" / "host" / "DjlHost.class").is_file():
-        raise RuntimeMissing(f"the compiled DJL host is missing from {lib / 'host'}: run `make runtime`")
+        raise RuntimeMissing(f"the compiled DJL host is missing from {lib / 'host'}: {_BUILD_IT}")
     classpath = os.pathsep.join([str(lib / "host"), str(lib / "djl" / "*")])
     # DJL names worker sockets /tmp/djl_sock.<19000+n> and kills "dangling" workers that hold
     # those names at start-up, so two servers on one host would kill each other's workers: each
