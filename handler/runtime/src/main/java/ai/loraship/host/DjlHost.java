@@ -3,15 +3,13 @@ package ai.loraship.host;
 import ai.djl.Device;
 import ai.djl.Model;
 import ai.djl.engine.Engine;
-import ai.djl.engine.EngineException;
 import ai.djl.inference.streaming.ChunkedBytesSupplier;
 import ai.djl.modality.Input;
 import ai.djl.modality.Output;
 import ai.djl.ndarray.BytesSupplier;
 import ai.djl.translate.NoopServingTranslatorFactory;
-import ai.djl.translate.TranslateException;
 import ai.djl.translate.Translator;
-import ai.djl.util.JsonUtils;
+import ai.loraship.host.Http.Page;
 
 import com.sun.net.httpserver.Headers;
 import com.sun.net.httpserver.HttpExchange;
@@ -47,10 +45,22 @@ import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Supplier;
 import java.util.stream.Stream;
+
+import static ai.loraship.host.Http.methodNotAllowed;
+import static ai.loraship.host.Http.modelNotFound;
+import static ai.loraship.host.Http.notFound;
+import static ai.loraship.host.Http.obj;
+import static ai.loraship.host.Http.query;
+import static ai.loraship.host.Http.requireMethod;
+import static ai.loraship.host.Http.requiredParam;
+import static ai.loraship.host.Http.sendError;
+import static ai.loraship.host.Http.sendException;
+import static ai.loraship.host.Http.sendJson;
+import static ai.loraship.host.Http.singleParams;
+import static ai.loraship.host.Http.validCode;
 
 /**
  * A small stand-in for DJL Serving's ModelServer that serves one Python model over HTTP on top of
@@ -374,14 +384,14 @@ public final class DjlHost {
             return;
         }
         List<Map<String, Object>> models = new ArrayList<>();
-        for (int i = page.first; i < page.last; i++) {
+        for (int i = page.first(); i < page.last(); i++) {
             // version is null, so left out, as DJL's Gson leaves it out. The model stays READY while a worker
             // restarts, as in DJL below its retry_threshold (the host never gives up on a worker).
             models.add(obj("modelName", config.modelName, "modelUrl", config.modelUrl, "status", "READY"));
         }
         Map<String, Object> body = new LinkedHashMap<>();
-        if (page.nextPageToken != null) {
-            body.put("nextPageToken", page.nextPageToken);
+        if (page.nextPageToken() != null) {
+            body.put("nextPageToken", page.nextPageToken());
         }
         body.put("models", models);
         sendJson(ex, 200, body);
@@ -532,7 +542,7 @@ public final class DjlHost {
         try {
             output = job.result.get();
         } catch (ExecutionException e) {
-            sendException(ex, e.getCause());
+            sendException(ex, e.getCause(), config.predictTimeoutSeconds);
             return;
         }
         sendOutput(ex, output);
@@ -649,12 +659,12 @@ public final class DjlHost {
             return;
         }
         List<Map<String, Object>> list = new ArrayList<>();
-        for (int i = page.first; i < page.last; i++) {
+        for (int i = page.first(); i < page.last(); i++) {
             list.add(adapterJson(all.get(i)));
         }
         Map<String, Object> body = new LinkedHashMap<>();
-        if (page.nextPageToken != null) {
-            body.put("nextPageToken", page.nextPageToken);
+        if (page.nextPageToken() != null) {
+            body.put("nextPageToken", page.nextPageToken());
         }
         body.put("adapters", list);
         sendJson(ex, 200, body);
@@ -778,11 +788,11 @@ public final class DjlHost {
         try {
             out = onAllWorkers(input);
         } catch (ExecutionException e) {
-            sendException(ex, e.getCause());
+            sendException(ex, e.getCause(), config.predictTimeoutSeconds);
             return null;
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            sendException(ex, e);
+            sendException(ex, e, config.predictTimeoutSeconds);
             return null;
         }
         if (out.getCode() >= 300) {
@@ -813,169 +823,5 @@ public final class DjlHost {
             }
         }
         return failure != null ? failure : first;
-    }
-
-    /** A status the HTTP layer can send: a handler's code outside 100-599 is answered as 500. */
-    private static int validCode(int code) {
-        return code >= 100 && code <= 599 ? code : 500;
-    }
-
-    /**
-     * DJL's pagination of list answers: {@code limit} (default and most 100) items from
-     * {@code next_page_token} (default 0); nextPageToken is set while items are left. A parameter that
-     * is not an integer is answered as DJL answers its NumberFormatException (409), and null returned.
-     */
-    private record Page(int first, int last, String nextPageToken) {
-        static Page of(HttpExchange ex, int size) throws IOException {
-            List<String[]> query = query(ex);
-            int limit;
-            int token;
-            try {
-                limit = intParam(query, "limit", 100);
-                token = intParam(query, "next_page_token", 0);
-            } catch (NumberFormatException e) {
-                sendError(ex, 409, "NumberFormatException", e.getMessage());
-                return null;
-            }
-            if (limit > 100 || limit < 0) {
-                limit = 100;
-            }
-            token = Math.max(0, token);
-            int last = (int) Math.min((long) token + limit, size);
-            return new Page(token, last, last < size ? String.valueOf(last) : null);
-        }
-    }
-
-    // ---- HTTP helpers --------------------------------------------------------------------------
-
-    /** Query parameters in order, decoded as Netty's QueryStringDecoder does ({@code +} is a space). */
-    private static List<String[]> query(HttpExchange ex) {
-        List<String[]> params = new ArrayList<>();
-        String raw = ex.getRequestURI().getRawQuery();
-        if (raw == null || raw.isEmpty()) {
-            return params;
-        }
-        for (String part : raw.split("&")) {
-            if (part.isEmpty()) {
-                continue;
-            }
-            int eq = part.indexOf('=');
-            String key = eq < 0 ? part : part.substring(0, eq);
-            String value = eq < 0 ? "" : part.substring(eq + 1);
-            params.add(new String[] {
-                URLDecoder.decode(key, StandardCharsets.UTF_8), URLDecoder.decode(value, StandardCharsets.UTF_8)
-            });
-        }
-        return params;
-    }
-
-    /** Parameters given exactly once (DJL ignores repeated ones for adapter options). */
-    private static Map<String, String> singleParams(List<String[]> query) {
-        Map<String, String> single = new LinkedHashMap<>();
-        Map<String, Integer> counts = new LinkedHashMap<>();
-        for (String[] kv : query) {
-            single.put(kv[0], kv[1]);
-            counts.merge(kv[0], 1, Integer::sum);
-        }
-        counts.forEach((k, n) -> {
-            if (n > 1) {
-                single.remove(k);
-            }
-        });
-        return single;
-    }
-
-    /** The first value of a parameter, as DJL's getParameter: an empty one counts as absent. */
-    private static String param(List<String[]> query, String key) {
-        for (String[] kv : query) {
-            if (kv[0].equals(key)) {
-                return kv[1].isEmpty() ? null : kv[1];
-            }
-        }
-        return null;
-    }
-
-    /** A required parameter, or null after answering DJL's 400 "The parameter KEY is required". */
-    private static String requiredParam(HttpExchange ex, List<String[]> query, String key) throws IOException {
-        String value = param(query, key);
-        if (value == null) {
-            sendError(ex, 400, "BadRequestException", "The parameter " + key + " is required");
-        }
-        return value;
-    }
-
-    /** An integer parameter; throws NumberFormatException as DJL's getIntParameter does. */
-    private static int intParam(List<String[]> query, String key, int def) {
-        String value = param(query, key);
-        return value == null ? def : Integer.parseInt(value);
-    }
-
-    private static boolean requireMethod(HttpExchange ex, String method, String expected) throws IOException {
-        if (expected.equals(method)) {
-            return true;
-        }
-        ex.getResponseHeaders().set("Allow", expected);
-        methodNotAllowed(ex);
-        return false;
-    }
-
-    private static void methodNotAllowed(HttpExchange ex) throws IOException {
-        sendError(ex, 405, "MethodNotAllowedException", "Requested method is not allowed, please refer to API document.");
-    }
-
-    private static void notFound(HttpExchange ex) throws IOException {
-        sendError(ex, 404, "ResourceNotFoundException", "Requested resource is not found, please refer to API document.");
-    }
-
-    /** An inference request for a model this server does not have (DJL's ModelNotFoundException). */
-    private static void modelNotFound(HttpExchange ex, String name) throws IOException {
-        sendError(ex, 404, "ModelNotFoundException", "Model or workflow not found: " + name);
-    }
-
-    /** EngineException (worker died, timed out, restarting) is 503, TranslateException 400 as in DJL, else 500. */
-    private void sendException(HttpExchange ex, Throwable t) throws IOException {
-        int code = t instanceof EngineException ? 503 : t instanceof TranslateException ? 400 : 500;
-        logger.warn("Request failed with {}: {}", code, t.toString());
-        String type = t.getClass().getSimpleName();
-        String message = String.valueOf(t.getMessage());
-        if (hasCause(t, TimeoutException.class)) {
-            type = "PredictTimeoutException";
-            message = "The request ran longer than predict_timeout (" + config.predictTimeoutSeconds
-                    + " s); its Python worker was stopped and is being restarted";
-        } else if (t instanceof EngineException && message.contains("Python worker disconnected")) {
-            type = "WorkerDiedException";
-            message = "The Python worker exited while serving this request; it is being restarted";
-        }
-        sendError(ex, code, type, message);
-    }
-
-    private static boolean hasCause(Throwable t, Class<? extends Throwable> type) {
-        for (Throwable c = t; c != null; c = c.getCause() == c ? null : c.getCause()) {
-            if (type.isInstance(c)) {
-                return true;
-            }
-        }
-        return false;
-    }
-
-    private static void sendError(HttpExchange ex, int code, String type, String message) throws IOException {
-        sendJson(ex, code, obj("code", code, "type", type, "message", message));
-    }
-
-    /** A JSON object that keeps its keys in the order given. */
-    private static Map<String, Object> obj(Object... keyValues) {
-        Map<String, Object> m = new LinkedHashMap<>();
-        for (int i = 0; i < keyValues.length; i += 2) {
-            m.put((String) keyValues[i], keyValues[i + 1]);
-        }
-        return m;
-    }
-
-    /** JSON as DJL's NettyUtils sends it: its pretty-printing Gson (dates, escaping), then a newline. */
-    private static void sendJson(HttpExchange ex, int code, Object body) throws IOException {
-        byte[] bytes = (JsonUtils.GSON_PRETTY.toJson(body) + "\n").getBytes(StandardCharsets.UTF_8);
-        ex.getResponseHeaders().set("Content-Type", "application/json");
-        ex.sendResponseHeaders(code, bytes.length);
-        ex.getResponseBody().write(bytes);
     }
 }
