@@ -38,10 +38,6 @@ import java.util.Map;
 import java.util.Set;
 import java.util.TreeSet;
 import java.util.UUID;
-import java.util.concurrent.ArrayBlockingQueue;
-import java.util.concurrent.BlockingQueue;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
@@ -86,8 +82,7 @@ public final class DjlHost {
     private static final int SHUTDOWN_GRACE_SECONDS = 5;
 
     private final HostConfig config;
-    private final BlockingQueue<Worker.Job> jobs;
-    private final List<Worker> workers = new CopyOnWriteArrayList<>();
+    private final Worker.Pool pool;
     private final Adapters adapters = new Adapters();
     /** Adapter operations run one at a time so every worker sees them in the same order. */
     private final Object adapterLock = new Object();
@@ -100,7 +95,7 @@ public final class DjlHost {
 
     private DjlHost(HostConfig config) {
         this.config = config;
-        this.jobs = new ArrayBlockingQueue<>(config.jobQueueSize);
+        this.pool = new Worker.Pool(config.jobQueueSize);
     }
 
     public static void main(String[] args) {
@@ -142,18 +137,7 @@ public final class DjlHost {
         model.load(config.modelDir, null, config.options);
         Translator<Input, Output> translator =
                 new NoopServingTranslatorFactory().newInstance(Input.class, Output.class, model, Map.of());
-        List<CompletableFuture<Void>> starts = new ArrayList<>();
-        for (int i = 0; i < config.workers; i++) {
-            Worker worker = new Worker(i, model, translator, jobs, config, adapters::list,
-                    () -> workers.stream().anyMatch(Worker::isHealthy));
-            workers.add(worker);
-            starts.add(CompletableFuture.runAsync(worker::start));
-        }
-        try {
-            CompletableFuture.allOf(starts.toArray(CompletableFuture<?>[]::new)).join();
-        } catch (RuntimeException e) {
-            throw e.getCause() instanceof Exception cause ? cause : e;
-        }
+        pool.start(model, translator, config, adapters::list);
         logger.info("Model {} loaded in {} ms", config.modelName, System.currentTimeMillis() - begin);
     }
 
@@ -189,7 +173,7 @@ public final class DjlHost {
                 }
                 Adapters.Adapter adapter =
                         new Adapters.Adapter(name, name, path.toAbsolutePath().toString(), Map.of());
-                Output failure = onAllWorkers(adapter::registerInput);
+                Output failure = pool.onAll(adapter::registerInput);
                 if (failure.getCode() >= 300) {
                     throw new IllegalStateException("Adapter " + name + " failed to register: "
                             + failure.getCode() + " " + failure.getMessage());
@@ -208,7 +192,7 @@ public final class DjlHost {
             }
             Output failure;
             try {
-                failure = onAllWorkers(current == null ? adapter::registerInput : adapter::updateInput);
+                failure = pool.onAll(current == null ? adapter::registerInput : adapter::updateInput);
             } catch (ExecutionException e) {
                 failure = new Output(503, String.valueOf(e.getCause()));
             }
@@ -264,14 +248,7 @@ public final class DjlHost {
         if (server != null) {
             server.stop(0);
         }
-        workers.forEach(Worker::requestStop);
-        for (Worker worker : workers) {
-            try {
-                worker.close();
-            } catch (RuntimeException e) {
-                logger.warn("Failed to stop a worker", e);
-            }
-        }
+        pool.close();
         if (model != null) {
             model.close();
         }
@@ -406,15 +383,15 @@ public final class DjlHost {
     private Map<String, Object> describeWorkflow() {
         boolean healthy = healthy();
         List<Map<String, Object>> workerList = new ArrayList<>();
-        for (Worker w : workers) {
+        for (Worker w : pool.workers()) {
             workerList.add(obj("id", w.id() + 1, "startTime", new Date(w.startTime()),
                     "status", w.isHealthy() ? "READY" : "UNLOADING"));
         }
         Device device = Device.cpu();
         Map<String, Object> group = obj(
                 "device", obj("deviceType", device.getDeviceType(), "deviceId", device.getDeviceId()),
-                "minWorkers", workers.size(),
-                "maxWorkers", workers.size(),
+                "minWorkers", pool.workers().size(),
+                "maxWorkers", pool.workers().size(),
                 "workers", workerList);
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("modelName", config.modelName);
@@ -423,7 +400,7 @@ public final class DjlHost {
         m.put("maxBatchDelayMillis", config.maxBatchDelayMillis);
         m.put("maxIdleSeconds", config.maxIdleSeconds);
         m.put("queueSize", config.jobQueueSize);
-        m.put("requestInQueue", jobs.size());
+        m.put("requestInQueue", pool.queued());
         m.put("status", healthy ? "Healthy" : "Unhealthy");
         m.put("loadedAtStartup", true);
         m.put("workerGroups", List.of(group));
@@ -466,7 +443,7 @@ public final class DjlHost {
     // ---- health --------------------------------------------------------------------------------
 
     private boolean healthy() {
-        return !workers.isEmpty() && workers.stream().allMatch(Worker::isHealthy);
+        return pool.healthy();
     }
 
     /**
@@ -533,7 +510,7 @@ public final class DjlHost {
         input.addProperty("requestId", UUID.randomUUID().toString());
 
         Worker.Job job = new Worker.Job(input);
-        if (!jobs.offer(job)) {
+        if (!pool.offer(job)) {
             sendError(ex, 503, "WlmCapacityException",
                     "Job queue is full (job_queue_size=" + config.jobQueueSize + ")");
             return;
@@ -786,7 +763,7 @@ public final class DjlHost {
     private Output runAdapterOp(HttpExchange ex, Supplier<Input> input) throws IOException {
         Output out;
         try {
-            out = onAllWorkers(input);
+            out = pool.onAll(input);
         } catch (ExecutionException e) {
             sendException(ex, e.getCause(), config.predictTimeoutSeconds);
             return null;
@@ -800,28 +777,5 @@ public final class DjlHost {
             return null;
         }
         return out;
-    }
-
-    /**
-     * Sends an input (a fresh one each) to every worker; returns the first Output with code >= 300,
-     * or, when all accepted it, the first worker's.
-     */
-    private Output onAllWorkers(Supplier<Input> input) throws ExecutionException, InterruptedException {
-        List<CompletableFuture<Output>> results = new ArrayList<>();
-        for (Worker worker : workers) {
-            results.add(worker.submitControl(input.get()));
-        }
-        Output first = null;
-        Output failure = null;
-        for (CompletableFuture<Output> result : results) {
-            Output out = result.get();
-            if (first == null) {
-                first = out;
-            }
-            if (failure == null && out.getCode() >= 300) {
-                failure = out;
-            }
-        }
-        return failure != null ? failure : first;
     }
 }
