@@ -17,38 +17,24 @@ import org.slf4j.LoggerFactory;
 
 import java.io.IOException;
 import java.net.InetSocketAddress;
-import java.net.URI;
-import java.net.URISyntaxException;
 import java.net.URLDecoder;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Date;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.Set;
-import java.util.TreeSet;
-import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executors;
 import java.util.concurrent.atomic.AtomicInteger;
-import java.util.function.Supplier;
-import java.util.stream.Stream;
 
 import static ai.loraship.host.Http.methodNotAllowed;
 import static ai.loraship.host.Http.modelNotFound;
 import static ai.loraship.host.Http.notFound;
 import static ai.loraship.host.Http.obj;
-import static ai.loraship.host.Http.query;
 import static ai.loraship.host.Http.requireMethod;
-import static ai.loraship.host.Http.requiredParam;
 import static ai.loraship.host.Http.sendError;
-import static ai.loraship.host.Http.sendException;
 import static ai.loraship.host.Http.sendJson;
-import static ai.loraship.host.Http.singleParams;
-import static ai.loraship.host.Http.validCode;
 
 /**
  * A small stand-in for DJL Serving's ModelServer that serves one Python model over HTTP on top of
@@ -77,8 +63,7 @@ public final class DjlHost {
     private final Worker.Pool pool;
     private final Adapters adapters = new Adapters();
     private final Inference inference;
-    /** Adapter operations run one at a time so every worker sees them in the same order. */
-    private final Object adapterLock = new Object();
+    private final AdapterApi adapterApi;
     private final AtomicInteger inFlight = new AtomicInteger();
     private volatile boolean stopping;
     private Model model;
@@ -88,6 +73,7 @@ public final class DjlHost {
         this.config = config;
         this.pool = new Worker.Pool(config.jobQueueSize);
         this.inference = new Inference(config, adapters, pool);
+        this.adapterApi = new AdapterApi(config, adapters, pool);
     }
 
     public static void main(String[] args) {
@@ -103,7 +89,7 @@ public final class DjlHost {
         Runtime.getRuntime().addShutdownHook(new Thread(host::shutdown, "shutdown"));
         try {
             host.load();
-            host.registerStartupAdapters();
+            host.adapterApi.registerAtStartup();
         } catch (Throwable t) {
             logger.error("Failed to load model {} from {}: {}", config.modelName, config.modelDir, t.toString(), t);
             System.exit(1);
@@ -131,81 +117,6 @@ public final class DjlHost {
                 new NoopServingTranslatorFactory().newInstance(Input.class, Output.class, model, Map.of());
         pool.start(model, translator, config, adapters::list);
         logger.info("Model {} loaded in {} ms", config.modelName, System.currentTimeMillis() - begin);
-    }
-
-    /**
-     * With enable_lora, registers each sub-folder of adapters/ (DJL Serving does the same), then the
-     * adapters recorded in the registry file by earlier runs: a restart loses no adapter registered,
-     * updated or removed at runtime. A recorded adapter that no longer loads is logged and skipped.
-     */
-    private void registerStartupAdapters() throws Exception {
-        if (!config.loraEnabled()) {
-            return;
-        }
-        Adapters.Saved saved;
-        try {
-            saved = Adapters.load(config.adapterRegistry);
-        } catch (IOException e) {
-            logger.error("Adapter registry {} is unreadable, ignoring it: {}", config.adapterRegistry, e.getMessage());
-            saved = new Adapters.Saved(List.of(), Set.of());
-        }
-        Path dir = config.modelDir.resolve("adapters");
-        Set<String> folders = new TreeSet<>();
-        if (Files.isDirectory(dir)) {
-            List<Path> dirs;
-            try (Stream<Path> list = Files.list(dir)) {
-                dirs = list.filter(Files::isDirectory).sorted().toList();
-            }
-            for (Path path : dirs) {
-                String name = path.getFileName().toString();
-                folders.add(name);
-                if (saved.removed().contains(name)) {
-                    logger.info("Adapter {} in adapters/ was unregistered at runtime: not registered", name);
-                    continue;
-                }
-                Adapters.Adapter adapter =
-                        new Adapters.Adapter(name, name, path.toAbsolutePath().toString(), Map.of());
-                Output failure = pool.onAll(adapter::registerInput);
-                if (failure.getCode() >= 300) {
-                    throw new IllegalStateException("Adapter " + name + " failed to register: "
-                            + failure.getCode() + " " + failure.getMessage());
-                }
-                adapters.put(adapter);
-                logger.info("Adapter {} registered from {}", name, adapter.src());
-            }
-        }
-        Set<String> removed = new TreeSet<>(saved.removed());
-        removed.retainAll(folders);
-        adapters.setRemoved(removed);
-        for (Adapters.Adapter adapter : saved.adapters()) {
-            Adapters.Adapter current = adapters.get(adapter.name());
-            if (adapter.equals(current)) {
-                continue;
-            }
-            Output failure;
-            try {
-                failure = pool.onAll(current == null ? adapter::registerInput : adapter::updateInput);
-            } catch (ExecutionException e) {
-                failure = new Output(503, String.valueOf(e.getCause()));
-            }
-            if (failure.getCode() >= 300) {
-                logger.error("Adapter {} from the registry could not be restored from {}, skipped: {} {}",
-                        adapter.name(), adapter.src(), failure.getCode(), failure.getMessage());
-                continue;
-            }
-            adapters.put(adapter);
-            logger.info("Adapter {} restored from {}", adapter.name(), adapter.src());
-        }
-    }
-
-    /** Records the adapters after a change; a failure to write is logged, the change stands. */
-    private void persistAdapters() {
-        try {
-            adapters.save(config.adapterRegistry);
-        } catch (IOException | RuntimeException e) {
-            logger.warn("Could not write the adapter registry {}: {}; a restart will not restore this change",
-                    config.adapterRegistry, e.toString());
-        }
     }
 
     private void bind() throws IOException {
@@ -307,7 +218,7 @@ public final class DjlHost {
                 }
             }
             // The short form: DJL allows it when the server has a single start-up model, as here.
-            case "adapters" -> routeAdapters(ex, method, config.modelName, Arrays.copyOfRange(seg, 1, seg.length));
+            case "adapters" -> adapterApi.route(ex, method, config.modelName, Arrays.copyOfRange(seg, 1, seg.length));
             default -> notFound(ex);
         }
     }
@@ -318,7 +229,7 @@ public final class DjlHost {
      */
     private void routeModels(HttpExchange ex, String method, String[] seg) throws Exception {
         if (seg.length >= 3 && "adapters".equals(seg[2])) {
-            routeAdapters(ex, method, seg[1], Arrays.copyOfRange(seg, 3, seg.length));
+            adapterApi.route(ex, method, seg[1], Arrays.copyOfRange(seg, 3, seg.length));
         } else if (seg.length >= 3 && "invoke".equals(seg[seg.length - 1]) && ex.getRequestURI().getRawQuery() == null) {
             // DJL's inference pattern /models/.+/invoke is matched on the whole URI: any method, no query string.
             if (config.modelName.equals(seg[1])) {
@@ -399,39 +310,6 @@ public final class DjlHost {
         return obj("workflowName", config.modelName, "models", List.of(m));
     }
 
-    /** The adapter API, {@code rest} being what follows {@code /adapters}; dispatched on the method first, as DJL does. */
-    private void routeAdapters(HttpExchange ex, String method, String model, String[] rest) throws Exception {
-        String alias = ex.getRequestHeaders().getFirst("X-Amzn-SageMaker-Adapter-Alias");
-        if (rest.length == 0) {
-            switch (method) {
-                case "GET" -> listAdapters(ex, model);
-                case "POST" -> registerAdapter(ex, model, alias);
-                default -> methodNotAllowed(ex);
-            }
-        } else if ("GET".equals(method)) {
-            describeAdapter(ex, model, rest[0], alias);
-        } else if (rest.length == 2 && "POST".equals(method) && "update".equalsIgnoreCase(rest[1])) {
-            updateAdapter(ex, model, rest[0], alias);
-        } else if ("DELETE".equals(method)) {
-            unregisterAdapter(ex, model, rest[0], alias);
-        } else {
-            methodNotAllowed(ex);
-        }
-    }
-
-    /** DJL's checks before any adapter operation: the model exists, then it has LoRA enabled. */
-    private boolean adapterApiOpen(HttpExchange ex, String model) throws IOException {
-        if (!config.modelName.equals(model)) {
-            sendError(ex, 404, "BadRequestException", "The model " + model + " was not found");
-            return false;
-        }
-        if (!config.loraEnabled()) {
-            sendError(ex, 400, "BadRequestException", "LoRA is not enabled.");
-            return false;
-        }
-        return true;
-    }
-
     // ---- health --------------------------------------------------------------------------------
 
     private boolean healthy() {
@@ -448,169 +326,5 @@ public final class DjlHost {
     private void ping(HttpExchange ex) throws IOException {
         boolean ok = healthy();
         sendJson(ex, ok ? 200 : 500, Map.of(config.modelName, obj("status", ok ? "Healthy" : "Unhealthy")));
-    }
-
-    // ---- adapters ------------------------------------------------------------------------------
-    // DJL Serving's AdapterManagementRequestHandler behaviour: the same checks in the same order, its
-    // bodies (ListAdaptersResponse, DescribeAdapterResponse, StatusResponse, ErrorResponse) and codes.
-
-    private static final String ALREADY_EXISTS = " already exists. If you want to replace it, please unregistering"
-            + " before registering a new adapter with the same name.";
-
-    private static Map<String, Object> adapterJson(Adapters.Adapter a) {
-        return obj("name", a.name(), "src", a.src(), "preload", a.preload(), "pin", a.pin());
-    }
-
-    private void listAdapters(HttpExchange ex, String model) throws IOException {
-        if (!adapterApiOpen(ex, model)) {
-            return;
-        }
-        List<Adapters.Adapter> all = adapters.list();
-        Page page = Page.of(ex, all.size());
-        if (page == null) {
-            return;
-        }
-        List<Map<String, Object>> list = new ArrayList<>();
-        for (int i = page.first(); i < page.last(); i++) {
-            list.add(adapterJson(all.get(i)));
-        }
-        Map<String, Object> body = new LinkedHashMap<>();
-        if (page.nextPageToken() != null) {
-            body.put("nextPageToken", page.nextPageToken());
-        }
-        body.put("adapters", list);
-        sendJson(ex, 200, body);
-    }
-
-    private void describeAdapter(HttpExchange ex, String model, String name, String alias) throws IOException {
-        if (!adapterApiOpen(ex, model)) {
-            return;
-        }
-        Adapters.Adapter a = adapters.get(name);
-        if (a == null) {
-            adapterNotFound(ex, name, alias);
-            return;
-        }
-        sendJson(ex, 200, adapterJson(a));
-    }
-
-    /**
-     * As DJL: name and src are required, every single-valued query parameter is an option, the Python
-     * handler is asked first, and only an adapter it accepted can then clash with a registered name (409).
-     */
-    private void registerAdapter(HttpExchange ex, String model, String alias) throws Exception {
-        if (!adapterApiOpen(ex, model)) {
-            return;
-        }
-        List<String[]> query = query(ex);
-        String name = requiredParam(ex, query, "name");
-        String src = name == null ? null : requiredParam(ex, query, "src");
-        if (src == null) {
-            return;
-        }
-        try {
-            String scheme = new URI(src).getScheme();
-            if (scheme != null && !"file".equals(scheme)) {
-                sendError(ex, 409, "IllegalArgumentException", "URL adapters are not currently supported");
-                return;
-            }
-        } catch (URISyntaxException ignored) {
-            // not a URI: a path
-        }
-        synchronized (adapterLock) {
-            Adapters.Adapter adapter =
-                    new Adapters.Adapter(name, alias == null ? name : alias, src, singleParams(query));
-            Output out = runAdapterOp(ex, adapter::registerInput);
-            if (out == null) {
-                return;
-            }
-            if (adapters.get(name) != null) {
-                sendError(ex, 409, "IllegalArgumentException", "The adapter " + adapter.alias() + ALREADY_EXISTS);
-                return;
-            }
-            adapters.put(adapter);
-            persistAdapters();
-            sendStatus(ex, out);
-        }
-    }
-
-    private void updateAdapter(HttpExchange ex, String model, String name, String alias) throws Exception {
-        if (!adapterApiOpen(ex, model)) {
-            return;
-        }
-        Map<String, String> params = singleParams(query(ex));
-        synchronized (adapterLock) {
-            Adapters.Adapter old = adapters.get(name);
-            if (old == null) {
-                adapterNotFound(ex, name, alias);
-                return;
-            }
-            Map<String, String> options = new LinkedHashMap<>(old.options());
-            options.putAll(params);
-            String src = options.getOrDefault("src", old.src());
-            Adapters.Adapter adapter = new Adapters.Adapter(name, alias == null ? old.alias() : alias, src, options);
-            Output out = runAdapterOp(ex, adapter::updateInput);
-            if (out == null) {
-                return;
-            }
-            adapters.put(adapter);
-            persistAdapters();
-            sendStatus(ex, out);
-        }
-    }
-
-    private void unregisterAdapter(HttpExchange ex, String model, String name, String alias) throws Exception {
-        if (!adapterApiOpen(ex, model)) {
-            return;
-        }
-        synchronized (adapterLock) {
-            Adapters.Adapter adapter = adapters.get(name);
-            if (adapter == null) {
-                adapterNotFound(ex, name, alias);
-                return;
-            }
-            Adapters.Adapter target = alias == null ? adapter
-                    : new Adapters.Adapter(name, alias, adapter.src(), adapter.options());
-            Output out = runAdapterOp(ex, target::unregisterInput);
-            if (out == null) {
-                return;
-            }
-            adapters.remove(name, Files.isDirectory(config.modelDir.resolve("adapters").resolve(name)));
-            persistAdapters();
-            sendStatus(ex, out);
-        }
-    }
-
-    private static void adapterNotFound(HttpExchange ex, String name, String alias) throws IOException {
-        sendError(ex, 404, "BadRequestException", "The adapter " + (alias == null ? name : alias) + " was not found");
-    }
-
-    /** DJL's answer to an adapter operation the handler accepted: its Output's message and code. */
-    private static void sendStatus(HttpExchange ex, Output out) throws IOException {
-        sendJson(ex, validCode(out.getCode()), obj("status", out.getMessage()));
-    }
-
-    /**
-     * Runs an adapter operation on every worker. Returns the first worker's Output when every worker
-     * accepted it; otherwise answers the request and returns null: a handler refusal (code >= 300) is
-     * DJL's {@code BadRequestException} with the Output's code and message.
-     */
-    private Output runAdapterOp(HttpExchange ex, Supplier<Input> input) throws IOException {
-        Output out;
-        try {
-            out = pool.onAll(input);
-        } catch (ExecutionException e) {
-            sendException(ex, e.getCause(), config.predictTimeoutSeconds);
-            return null;
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            sendException(ex, e, config.predictTimeoutSeconds);
-            return null;
-        }
-        if (out.getCode() >= 300) {
-            sendError(ex, validCode(out.getCode()), "BadRequestException", out.getMessage());
-            return null;
-        }
-        return out;
     }
 }
