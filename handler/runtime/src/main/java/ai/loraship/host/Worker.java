@@ -12,8 +12,11 @@ import org.slf4j.LoggerFactory;
 
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.ArrayBlockingQueue;
 import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
 import java.util.function.BooleanSupplier;
@@ -23,7 +26,8 @@ import java.util.function.Supplier;
  * One Python worker process and the only thread that talks to it.
  *
  * <p>A PyPredictor is not thread-safe, so everything sent to this worker (request batches from the
- * shared queue, adapter operations from its own control queue) goes through {@link #run}.
+ * shared queue, adapter operations from its own control queue) goes through {@link #run}. Each
+ * worker restarts its own Python process; {@link Pool} starts and stops them together.
  */
 final class Worker implements Runnable {
 
@@ -34,6 +38,95 @@ final class Worker implements Runnable {
 
         Job(Input input) {
             this.input = input;
+        }
+    }
+
+    /**
+     * The host's workers and the request queue they share. Adapter operations go to every worker, so
+     * each Python process holds the same adapters.
+     */
+    static final class Pool {
+
+        // The lines logged here were DjlHost's: they keep its logger name, so the server log reads as before.
+        private static final Logger logger = LoggerFactory.getLogger(DjlHost.class);
+
+        private final BlockingQueue<Job> jobs;
+        private final List<Worker> workers = new CopyOnWriteArrayList<>();
+
+        Pool(int queueSize) {
+            this.jobs = new ArrayBlockingQueue<>(queueSize);
+        }
+
+        /** Starts every worker in parallel and returns once all have loaded the model. */
+        void start(
+                Model model,
+                Translator<Input, Output> translator,
+                HostConfig config,
+                Supplier<List<Adapters.Adapter>> adapterReplay) throws Exception {
+            List<CompletableFuture<Void>> starts = new ArrayList<>();
+            for (int i = 0; i < config.workers; i++) {
+                Worker worker = new Worker(i, model, translator, jobs, config, adapterReplay,
+                        () -> workers.stream().anyMatch(Worker::isHealthy));
+                workers.add(worker);
+                starts.add(CompletableFuture.runAsync(worker::start));
+            }
+            try {
+                CompletableFuture.allOf(starts.toArray(CompletableFuture<?>[]::new)).join();
+            } catch (RuntimeException e) {
+                throw e.getCause() instanceof Exception cause ? cause : e;
+            }
+        }
+
+        List<Worker> workers() {
+            return workers;
+        }
+
+        /** Queues a request for the next free worker; false when the queue is full. */
+        boolean offer(Job job) {
+            return jobs.offer(job);
+        }
+
+        int queued() {
+            return jobs.size();
+        }
+
+        boolean healthy() {
+            return !workers.isEmpty() && workers.stream().allMatch(Worker::isHealthy);
+        }
+
+        /**
+         * Sends an input (a fresh one each) to every worker; returns the first Output with code >= 300,
+         * or, when all accepted it, the first worker's.
+         */
+        Output onAll(Supplier<Input> input) throws ExecutionException, InterruptedException {
+            List<CompletableFuture<Output>> results = new ArrayList<>();
+            for (Worker worker : workers) {
+                results.add(worker.submitControl(input.get()));
+            }
+            Output first = null;
+            Output failure = null;
+            for (CompletableFuture<Output> result : results) {
+                Output out = result.get();
+                if (first == null) {
+                    first = out;
+                }
+                if (failure == null && out.getCode() >= 300) {
+                    failure = out;
+                }
+            }
+            return failure != null ? failure : first;
+        }
+
+        /** Stops every worker and its Python process; called from the shutdown hook. */
+        void close() {
+            workers.forEach(Worker::requestStop);
+            for (Worker worker : workers) {
+                try {
+                    worker.close();
+                } catch (RuntimeException e) {
+                    logger.warn("Failed to stop a worker", e);
+                }
+            }
         }
     }
 

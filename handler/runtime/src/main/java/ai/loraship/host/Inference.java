@@ -1,0 +1,199 @@
+package ai.loraship.host;
+
+import ai.djl.inference.streaming.ChunkedBytesSupplier;
+import ai.djl.modality.Input;
+import ai.djl.modality.Output;
+import ai.djl.ndarray.BytesSupplier;
+
+import com.sun.net.httpserver.Headers;
+import com.sun.net.httpserver.HttpExchange;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.UUID;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+
+import static ai.loraship.host.Http.query;
+import static ai.loraship.host.Http.sendError;
+import static ai.loraship.host.Http.sendException;
+
+/**
+ * Inference requests as DJL Serving handles them: the request becomes an Input (query parameters as
+ * content, headers as properties), waits in the shared queue for a worker's batch, and the Output
+ * goes back whole or, when its data is chunked, as a stream.
+ */
+final class Inference {
+
+    private final HostConfig config;
+    private final Adapters adapters;
+    private final Worker.Pool pool;
+    private final boolean allowHandlerOverride =
+            Boolean.parseBoolean(System.getenv("ALLOW_REQUEST_HANDLER_OVERRIDE"));
+
+    Inference(HostConfig config, Adapters adapters, Worker.Pool pool) {
+        this.config = config;
+        this.adapters = adapters;
+        this.pool = pool;
+    }
+
+    /** An inference request, answered with the handler's Output. */
+    void predict(HttpExchange ex) throws Exception {
+        Input input = new Input();
+        // As DJL's RequestParser: query parameters are content items, headers are properties.
+        for (String[] kv : query(ex)) {
+            input.add(kv[0], kv[1]);
+        }
+        for (Map.Entry<String, List<String>> header : ex.getRequestHeaders().entrySet()) {
+            String key = headerName(header.getKey());
+            for (String value : header.getValue()) {
+                if ("X-Amzn-SageMaker-Custom-Attributes".equalsIgnoreCase(key)) {
+                    for (String token : value.split(";")) {
+                        String[] pair = token.split("=", 2);
+                        if (pair.length == 2) {
+                            input.addProperty(pair[0].trim(), pair[1].trim());
+                        }
+                    }
+                } else {
+                    input.addProperty(key, value);
+                }
+            }
+        }
+        if (!allowHandlerOverride && input.getProperty("handler", null) != null) {
+            sendError(ex, 400, "BadRequestException", "The handler can't be overridden in a request");
+            return;
+        }
+        // djl_python reads a batch_size property as "this Input is a batch" and batch_NNN.* keys as
+        // its items: a client header of that name would make the worker misparse the request.
+        for (String key : input.getProperties().keySet()) {
+            if (key.toLowerCase(Locale.ROOT).startsWith("batch_")) {
+                sendError(ex, 400, "BadRequestException",
+                        "Header or custom attribute '" + key + "' is reserved for DJL's batch encoding");
+                return;
+            }
+        }
+        // DJL's model job refuses an ?adapter= that its registry lacks (__base__ included): 424 and no body.
+        String queryAdapter = input.getContent().contains("adapter") ? input.getAsString("adapter") : null;
+        if (queryAdapter != null && adapters.get(queryAdapter) == null) {
+            sendFull(ex, new Output(424, "The adapter " + queryAdapter + " has not been registered"), new byte[0]);
+            return;
+        }
+        byte[] body = readBody(ex);
+        if (body == null) {
+            sendError(ex, 413, "RequestTooLargeException",
+                    "Request body exceeds max_request_size (" + config.maxRequestSize + " bytes)");
+            return;
+        }
+        input.add("data", body);
+        input.addProperty("requestId", UUID.randomUUID().toString());
+
+        Worker.Job job = new Worker.Job(input);
+        if (!pool.offer(job)) {
+            sendError(ex, 503, "WlmCapacityException",
+                    "Job queue is full (job_queue_size=" + config.jobQueueSize + ")");
+            return;
+        }
+        Output output;
+        try {
+            output = job.result.get();
+        } catch (ExecutionException e) {
+            sendException(ex, e.getCause(), config.predictTimeoutSeconds);
+            return;
+        }
+        sendOutput(ex, output);
+    }
+
+    /**
+     * The JDK server hands header names over as "Content-type" (first letter upper case only); Netty,
+     * and so DJL, keeps them as sent. Title case restores the usual spelling of what clients send.
+     */
+    private static String headerName(String name) {
+        StringBuilder sb = new StringBuilder(name.length());
+        boolean upper = true;
+        for (char c : name.toCharArray()) {
+            sb.append(upper ? Character.toUpperCase(c) : c);
+            upper = c == '-';
+        }
+        return sb.toString().replace("-Sagemaker-", "-SageMaker-");
+    }
+
+    /** The body, or null when it is larger than max_request_size (then it is not read further). */
+    private byte[] readBody(HttpExchange ex) throws IOException {
+        String length = ex.getRequestHeaders().getFirst("Content-Length");
+        if (length != null && Long.parseLong(length.trim()) > config.maxRequestSize) {
+            return null;
+        }
+        int limit = (int) Math.min(config.maxRequestSize, Integer.MAX_VALUE - 16);
+        try (InputStream in = ex.getRequestBody()) {
+            byte[] body = in.readNBytes(limit + 1);
+            return body.length > limit ? null : body;
+        }
+    }
+
+    /** Status, headers and body from the Output, streamed when its data is chunked (see DJL's sendOutput). */
+    private void sendOutput(HttpExchange ex, Output output) throws IOException {
+        BytesSupplier data = output.getData();
+        if (!(data instanceof ChunkedBytesSupplier chunks)) {
+            sendFull(ex, output, data == null ? new byte[0] : data.getAsBytes());
+            return;
+        }
+        OutputStream os = null;
+        try {
+            while (chunks.hasNext()) {
+                byte[] buf = chunks.nextChunk(config.chunkedReadTimeoutSeconds, TimeUnit.SECONDS);
+                if (os == null) {
+                    if (!chunks.hasNext()) {
+                        // One chunk only: not a stream, send a normal response.
+                        sendFull(ex, output, buf == null ? new byte[0] : buf);
+                        return;
+                    }
+                    // Code and headers are read only now: Python may set them with its first chunk.
+                    copyHeaders(ex, output);
+                    ex.sendResponseHeaders(output.getCode(), 0);
+                    os = ex.getResponseBody();
+                }
+                if (buf != null && buf.length > 0) {
+                    os.write(buf);
+                    os.flush();
+                }
+            }
+        } catch (InterruptedException | IllegalStateException e) {
+            if (os == null) {
+                sendError(ex, 503, e.getClass().getSimpleName(), "Reading the response stream failed: " + e.getMessage());
+                return;
+            }
+            // Headers are gone: closing the connection without the last chunk tells the client.
+            throw new IOException("Response stream aborted: " + e.getMessage(), e);
+        }
+        if (os == null) {
+            sendFull(ex, output, new byte[0]);
+        } else {
+            os.close();
+        }
+    }
+
+    private void sendFull(HttpExchange ex, Output output, byte[] body) throws IOException {
+        copyHeaders(ex, output);
+        int code = output.getCode();
+        boolean noBody = body.length == 0 || code == 204 || code == 304;
+        ex.sendResponseHeaders(code, noBody ? -1 : body.length);
+        if (!noBody) {
+            ex.getResponseBody().write(body);
+        }
+    }
+
+    private static void copyHeaders(HttpExchange ex, Output output) {
+        Headers headers = ex.getResponseHeaders();
+        for (Map.Entry<String, String> p : output.getProperties().entrySet()) {
+            String key = p.getKey();
+            // Framing is the server's job; a stray value from Python would corrupt the response.
+            if (!"content-length".equalsIgnoreCase(key) && !"transfer-encoding".equalsIgnoreCase(key)) {
+                headers.set(key, p.getValue());
+            }
+        }
+    }
+}
