@@ -10,7 +10,15 @@ _service = HandlerService()
 
 
 def handle(inputs):
-    return _service.handle(inputs)
+    try:
+        return _service.handle(inputs)
+    except Exception as exc:
+        if _service.options is not None:
+            raise
+        # The model failed to load. Answered (not raised), DJL logs the reason itself ("Failed to
+        # initialize model: ..."); a raised error reaches its log only through the worker's stderr,
+        # which DJL may stop reading before the traceback arrives.
+        return _service.load_failure(exc)
 
 
 def register_adapter(inputs):

@@ -16,7 +16,7 @@ from typing import NamedTuple
 from djl_python import Input, Output
 
 from .adapters import AdapterSet
-from .errors import BadRequest, GenerationTimeout, PayloadTooLarge, error_json
+from .errors import BadRequest, GenerationTimeout, HandlerError, PayloadTooLarge, error_json
 from .generation import GenerationResult, Generator, load_model
 from .pipelines import get_pipeline
 from .properties import ServingOptions
@@ -67,6 +67,12 @@ class HandlerService:
             self.register(opts.adapter_name, opts.resolve(opts.adapter_checkpoint), pin=True)
         self.options = opts
         log.info("model %s loaded on %s with pipeline %s", opts.model_id, device, pipeline.name)
+
+    def load_failure(self, exc: Exception) -> Output:
+        """What DJL gets when loading failed: status 500 with the reason as the Output's message."""
+        log.error("model load failed", exc_info=exc)
+        reason = str(exc) if isinstance(exc, HandlerError) else f"{type(exc).__name__}: {exc}"
+        return _json_output(500, {"error": reason, "code": 500, "type": type(exc).__name__}, message=reason)
 
     def handle(self, inputs: Input) -> Output | None:
         if self.options is None:
