@@ -18,10 +18,14 @@ import json
 import math
 import os
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import field_validator, model_validator
+
+from loraship.core.adapters import name_from_folder, parse_adapter_pairs
 from loraship.core.hashing import adapter_sha256, file_sha256
+from loraship.handler.settings import Flag, Settings
 
 from .lm import BASE, EndpointLM, EvalError, LocalLM, LocalModel
 from .stats import paired_bootstrap
@@ -37,37 +41,59 @@ SAMPLES_DIR = "samples"
 __all__ = ["EvalConfig", "EvalError", "load_documents", "run_eval"]
 
 
-@dataclass
-class EvalConfig:
-    """What ``loraship eval`` scores and how; ``problems()`` lists everything wrong at once."""
+class EvalConfig(Settings):
+    """What ``loraship eval`` scores and how; ``problems()`` lists everything wrong at once. The fields
+    are the command's flags, the docstrings their help."""
 
-    out: Path
-    """Folder for eval.json, docs.jsonl and samples/."""
     model: str | None = None
-    """'default', an HF folder or a hub id; None: the training run's base model, else 'default'."""
-    adapters: dict[str, Path] = field(default_factory=dict)
-    """Adapter name -> PEFT folder. In endpoint mode the name is the served one; the folder is hashed."""
+    """'default', a local HF folder, or a hub id (default: the training run's base model with
+    --split-from, else 'default')"""
+    adapters: Annotated[dict[str, Path], Flag(name="--adapter", repeat=True, metavar="NAME=DIR")] = {}
+    """a PEFT LoRA adapter to score against the base (repeatable); with --endpoint, NAME is the served
+    name and DIR is hashed (default with --split-from: the training output itself)"""
     data: Path | None = None
-    """JSON Lines (instruction, response, optional context) or a question,answer CSV (the FAQ layout)."""
-    split_from: Path | None = None
-    """A training run's output folder: its held-out split/test.jsonl is scored."""
-    endpoint: str | None = None
-    """Score a running server over HTTP (generation only) instead of in process."""
+    """JSONL (instruction, response, optional context) or a question,answer CSV"""
+    split_from: Annotated[Path | None, Flag(metavar="TRAINING_OUTPUT")] = None
+    """score a training run's held-out split/test.jsonl"""
+    out: Path
+    """folder for eval.json, docs.jsonl and samples/"""
     limit: int | None = None
-    """Score only the first N documents."""
+    """score only the first N documents"""
+    endpoint: Annotated[str | None, Flag(metavar="URL")] = None
+    """score a running server over HTTP (generation metrics only)"""
     max_new_tokens: int | None = None
-    """Generation limit per answer; None keeps the task's (128)."""
+    """generation limit per answer (default: the task's, 128)"""
     batch_size: int = 8
-    """Prompts per forward pass in process."""
-    bootstrap_iterations: int = 10_000
-    confidence: float = 0.95
+    """prompts per forward pass in process"""
+    bootstrap_iterations: Annotated[int, Flag(name="--bootstrap")] = 10_000
+    """paired bootstrap resamples per delta"""
+    confidence: Annotated[float, Flag(hidden=True)] = 0.95
+    """The confidence level of the intervals."""
     seed: int = 0
-    """Seeds lm-eval's RNGs (python, numpy, torch) and the bootstrap."""
+    """seed of lm-eval's RNGs and of the bootstrap"""
     device: str | None = None
-    """torch device in process; None: cuda if present, else cpu."""
+    """torch device in process (default: cuda if present, else cpu)"""
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _pairs(cls, value):
+        # Folders are checked by problems(), with everything else.
+        return parse_adapter_pairs(value, check_folders=False) if isinstance(value, list) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adapter_of_the_split(cls, data):
+        """A training output holds its adapter: score that one when none is named."""
+        if isinstance(data, dict) and not data.get("adapters") and data.get("split_from"):
+            folder = Path(data["split_from"])
+            if (folder / "adapter_config.json").is_file():
+                data = {**data, "adapters": {name_from_folder(folder): folder.resolve()}}
+        return data
 
     def problems(self) -> list[str]:
         out = []
+        if not self.adapters:
+            out.append("give --adapter NAME=DIR (or --split-from a training output that holds one)")
         if (self.data is None) == (self.split_from is None):
             out.append("give exactly one of --data FILE or --split-from TRAINING_OUTPUT")
         if self.limit is not None and self.limit < 1:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import field_validator
 
 from . import handler
+from .core.adapters import AdapterArgError, key_values, parse_adapter_pairs
 from .core.errors import LorashipError
 from .core.hashing import copy_ignore
 from .core.models import resolve_model
 from .handler.properties import ServingOptions
+from .handler.settings import Flag, Settings
 
 HANDLER_SRC = Path(handler.__file__).resolve().parent
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: Admission limits written into every model dir (defaults: ServingOptions; --option KEY=VALUE overrides).
 LIMITS = ("max_inputs_per_request", "max_request_tokens", "max_batch_total_tokens")
 #: Pinned into requirements.txt. torch is left to the host: the LMI container's build matches its CUDA.
@@ -27,22 +30,53 @@ class BuildError(LorashipError):
     pass
 
 
+class BuildOptions(Settings):
+    """A model dir to write: the flags of ``loraship build`` (and ``build_model_dir``'s arguments)."""
+
+    model: str = "default"
+    """'default', a local HF folder, or a hub id"""
+    out: Path
+    """model dir to write"""
+    adapters: Annotated[dict[str, Path], Flag(name="--adapter", repeat=True, metavar="NAME=DIR")] = {}
+    """a PEFT LoRA adapter folder to serve as NAME (repeatable; the first is also the seed's
+    option.adapter_name)"""
+    pipeline: str = "instruction"
+    """pipeline name or module:Class"""
+    batch_size: int = 1
+    """DJL batch_size (requests per generate call)"""
+    max_batch_delay: int = 100
+    """DJL max_batch_delay in ms"""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """weights' dtype (auto: float32 on CPU, bfloat16 on a GPU that has it)"""
+    max_new_tokens: int = 512
+    """cap on a request's max_new_tokens"""
+    predict_timeout: int = 120
+    """seconds before DJL restarts a stuck worker"""
+    retry_threshold: int = 10
+    """worker crashes DJL Serving recovers from before it marks the model FAILED (DJL's own default, 0,
+    fails the model on the first crash)"""
+    options: Annotated[dict[str, str], Flag(name="--option", repeat=True, metavar="KEY=VALUE")] = {}
+    """extra option.KEY=VALUE line for serving.properties (repeatable)"""
+    overwrite: bool = False
+    """replace OUT if it exists"""
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _adapters(cls, value):
+        return parse_adapter_pairs(value) if isinstance(value, list) else value
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, value):
+        return key_values(value) if isinstance(value, list) else value
+
+
 def parse_adapter_args(values: list[str]) -> dict[str, Path]:
     """``NAME=DIR`` pairs -> {name: folder}, with names and folders checked."""
-    adapters: dict[str, Path] = {}
-    for value in values:
-        name, sep, folder = value.partition("=")
-        if not sep or not name or not folder:
-            raise BuildError(f"--adapter takes NAME=DIR, got {value!r}")
-        if not ADAPTER_NAME.match(name) or name == "__base__":
-            raise BuildError(f"adapter name {name!r} must be 1-64 of letters, digits, '.', '_', '-'")
-        if name in adapters:
-            raise BuildError(f"adapter name {name!r} is given twice")
-        path = Path(folder).expanduser()
-        if not path.joinpath("adapter_config.json").is_file():
-            raise BuildError(f"adapter folder {folder!r} has no adapter_config.json")
-        adapters[name] = path.resolve()
-    return adapters
+    try:
+        return parse_adapter_pairs(values)
+    except AdapterArgError as exc:
+        raise BuildError(str(exc)) from None
 
 
 def serving_properties(

@@ -24,8 +24,8 @@ from .core.errors import Failed
 from .core.hashing import file_sha256, tree_sha256
 from .core.models import prepare_default
 from .evaluation.gate import DEFAULT_POLICY as POLICY
-from .runtime import Server, free_port
-from .training.recipe import CONFIGS_DIR
+from .runtime import Server, ServerChoice, free_port
+from .training.config import CONFIGS_DIR
 
 TRAIN_CONFIG = CONFIGS_DIR / "sagemaker_faqs.yaml"
 ADAPTER = "faq"
@@ -304,6 +304,13 @@ def _rel(path: Path) -> str:
 def _clip(text: str, n: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[:n] + "..."
+
+
+class DemoOptions(ServerChoice):
+    port: int = 0
+    """port for the demo server (default: a free one)"""
+    questions: int = 3
+    """how many FAQ questions to ask"""
 
 
 def run_demo(port: int = 0, questions: int = 3, server: dict | None = None) -> int:

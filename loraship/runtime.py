@@ -26,9 +26,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Annotated, Literal
 
 from .core.errors import LorashipError
 from .core.paths import runtime_dir
+from .handler.settings import Flag, Settings
 
 HOST_MAIN = "ai.loraship.host.DjlHost"
 DJL_MAIN = "ai.djl.serving.ModelServer"
@@ -55,6 +57,24 @@ class RuntimeMissing(LorashipError):
 def model_name(model_dir: str | Path) -> str:
     """The name DJL Serving gives a model dir in URLs: the folder name, each non-word character ``_``."""
     return re.sub(r"(\W|^_)", "_", Path(model_dir).resolve().name, flags=re.ASCII)  # Java's \W is ASCII-only
+
+
+class ServerChoice(Settings):
+    """Which server runs a model dir: the flags of serve, perf and demo."""
+
+    server: Literal["auto", "djl", "host"] = "auto"
+    """djl: the real DJL Serving ModelServer from --djl-home; host: loraship's host over DJL's Python
+    engine (make runtime); auto: djl when a DJL home is configured"""
+    djl_home: Annotated[Path | None, Flag(metavar="DIR")] = None
+    """a DJL Serving distribution folder (lib/, conf/); default $DJL_SERVING_HOME"""
+    threads: Annotated[int | None, Flag(metavar="N")] = None
+    """torch threads (OMP_NUM_THREADS) of the Python worker (default: $OMP_NUM_THREADS, else 1, DJL's
+    policy; README, Threads)"""
+
+    def runtime(self) -> dict:
+        """``Server`` keyword arguments, the choice checked before anything starts."""
+        kind, home = resolve_server(self.server, self.djl_home)
+        return {"kind": kind, "djl_home": home, "threads": self.threads}
 
 
 def resolve_server(kind: str = "auto", djl_home: str | Path | None = None) -> tuple[str, Path | None]:

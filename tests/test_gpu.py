@@ -108,8 +108,8 @@ def test_quantized_serving_with_mixed_adapter_batch(gpu_base, model_dir, quantiz
 
 
 def _train(gpu_base, out: Path, *overrides: str) -> dict:
-    from loraship.training.config import load_config
-    from loraship.training.recipe import DEFAULT_CONFIG, train
+    from loraship.training.config import DEFAULT_CONFIG, load_config
+    from loraship.training.recipe import train
 
     cfg = load_config(
         DEFAULT_CONFIG,

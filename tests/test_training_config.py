@@ -3,8 +3,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraship.training.config import TrainConfig, TrainConfigError, config_from_dict, load_config
-from loraship.training.recipe import CONFIGS_DIR, DEFAULT_CONFIG
+from loraship.training.config import (
+    CONFIGS_DIR,
+    DEFAULT_CONFIG,
+    TrainConfig,
+    TrainConfigError,
+    config_from_dict,
+    load_config,
+)
 
 CONFIG_FILES = sorted(CONFIGS_DIR.rglob("*.yaml"))
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from loraship.training.config import load_config
+from loraship.training.config import DEFAULT_CONFIG, load_config
 from loraship.training.data import collate, encode_rows
 from loraship.training.outputs import MANIFEST, TrainingError, load_checkpoint, prepare_output
-from loraship.training.recipe import DEFAULT_CONFIG, CompletionLoss, run_cli, train
+from loraship.training.recipe import CompletionLoss, run_cli, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["train.max_steps=4", "train.batch_size=4", "train.grad_accum=2", "data.max_length=512", "optim.lr=0.02"]

@@ -28,8 +28,7 @@ from moto_aws import AwsClients, fake_aws, moto_job_statuses, moto_server
 from safetensors.torch import load_file
 
 from loraship.cli import main
-from loraship.training.config import load_config
-from loraship.training.recipe import DEFAULT_CONFIG
+from loraship.training.config import DEFAULT_CONFIG, load_config
 from loraship.training.sagemaker import (
     CHECKPOINT_DIR,
     DEFAULT_MODEL_PACKAGE,

@@ -76,7 +76,7 @@ import importlib.util, loraship
 from loraship.core import paths
 from loraship.evaluation.gate import DEFAULT_POLICY
 from loraship.training.data import FAQ_CSV
-from loraship.training.recipe import CONFIGS_DIR
+from loraship.training.config import CONFIGS_DIR
 assert "site-packages" in loraship.__file__, loraship.__file__
 assert paths.source_checkout() is None
 assert paths.runtime_dir() == paths.cache_dir() / "runtime"

@@ -20,6 +20,9 @@ from loraship.handler.settings import Settings, problems
 
 from .data import FIELDS, REQUIRED
 
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIGS_DIR / "sagemaker_faqs.yaml"
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-4`` (no dot) as a string; learning rates are written that way, so read it as a float."""

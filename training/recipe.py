@@ -15,7 +15,7 @@ from pathlib import Path
 
 from loraship.core.models import resolve_model
 
-from .config import TrainConfig, TrainConfigError, load_config
+from .config import DEFAULT_CONFIG, TrainConfig, TrainConfigError, load_config
 from .data import DataError
 from .loop import CompletionLoss, LoopState, count_steps, restore, train_loop
 from .outputs import TrainingError, latest_checkpoint, start_output
@@ -30,9 +30,6 @@ from .setup import (
     setup_scheduler,
     setup_tokenizer,
 )
-
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-DEFAULT_CONFIG = CONFIGS_DIR / "sagemaker_faqs.yaml"
 
 
 def train(cfg: TrainConfig, output: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict | None:

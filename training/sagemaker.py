@@ -31,8 +31,9 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 
@@ -40,8 +41,9 @@ from loraship.core.aws import RESOURCE_NAME, ROLE_ARN, client_error, clients, de
 from loraship.core.errors import EXIT_BAD_INPUT, Failed
 from loraship.core.models import DEFAULT, ModelError, resolve_model
 from loraship.core.paths import source_checkout
+from loraship.handler.settings import Flag, Settings
 
-from .config import TrainConfigError, load_config
+from .config import DEFAULT_CONFIG, TrainConfigError, load_config
 from .outputs import ADAPTER_FILES, CONFIG, MANIFEST
 
 PREFIX = "loraship/train"
@@ -84,25 +86,45 @@ class JobFailed(SageMakerError):
     """Something failed after AWS was touched (the submission, or the job itself)."""
 
 
-@dataclass
-class JobOptions:
-    config: Path
-    overrides: list[str] = field(default_factory=list)
-    role: str | None = None
-    bucket: str | None = None
-    instance_type: str = DEFAULT_INSTANCE_TYPE
-    region: str | None = None
-    endpoint_url: str | None = None
-    job_name: str | None = None
-    image_uri: str | None = None
-    spot: bool = False
-    """Managed spot training: may be interrupted; the job then resumes from its checkpoints."""
-    max_run: int = DEFAULT_MAX_RUN
-    """MaxRuntimeInSeconds; with ``spot``, MaxWaitTimeInSeconds is twice this."""
-    wait: bool = False
+SM = "SageMaker (with --sagemaker, the config runs as a training job; inputs go to s3://BUCKET/loraship/train/JOB/)"
+
+
+class JobOptions(Settings):
+    """A SageMaker training job; the fields are ``loraship train``'s flags, the docstrings their help."""
+
+    config: Path = DEFAULT_CONFIG
+    """YAML config (default: training/configs/sagemaker_faqs.yaml)"""
+    overrides: Annotated[list[str], Flag(name="--set", repeat=True, metavar="KEY=VALUE")] = []
+    """override a config value, e.g. train.max_steps=10 (repeatable)"""
     output: Path | None = None
-    """Where ``wait`` extracts the adapter (default runs/sagemaker/<job name>)."""
-    poll: float = 30.0
+    """output folder (default: runs/<config name>; with --sagemaker --wait, where the job's adapter is
+    extracted, default runs/sagemaker/<job name>)"""
+    sagemaker: Annotated[bool, Flag(group=SM)] = False
+    """submit a SageMaker training job instead of training here"""
+    instance_type: Annotated[str, Flag(group=SM)] = DEFAULT_INSTANCE_TYPE
+    """training instance"""
+    role: Annotated[str | None, Flag(group=SM)] = None
+    """SageMaker execution role ARN (required with --sagemaker)"""
+    bucket: Annotated[str | None, Flag(group=SM)] = None
+    """S3 bucket for the job's inputs, checkpoints and model artifact (required with --sagemaker)"""
+    region: Annotated[str | None, Flag(group=SM)] = None
+    """AWS region (default: AWS_DEFAULT_REGION / the AWS config)"""
+    endpoint_url: Annotated[str | None, Flag(group=SM)] = None
+    """send every AWS call here (default: AWS_ENDPOINT_URL, else AWS)"""
+    job_name: Annotated[str | None, Flag(group=SM)] = None
+    """training job name (default: loraship-<config name>-<UTC time>-<random>)"""
+    image_uri: Annotated[str | None, Flag(group=SM)] = None
+    """training image (default: the SDK's PyTorch training DLC, GPU or CPU by instance type)"""
+    spot: Annotated[bool, Flag(group=SM)] = False
+    """managed spot training; an interrupted job resumes from its checkpoints"""
+    max_run: Annotated[int, Flag(group=SM, metavar="SECONDS")] = DEFAULT_MAX_RUN
+    """stop the job after this long (MaxRuntimeInSeconds; with --spot it may wait as long again)"""
+    wait: Annotated[bool, Flag(group=SM)] = False
+    """wait for the job to end, then download and check the adapter into --output"""
+    dry_run: Annotated[bool, Flag(group=SM)] = False
+    """check and print the uploads and the CreateTrainingJob request as JSON; touch nothing"""
+    poll: Annotated[float, Flag(hidden=True)] = 30.0
+    """Seconds between DescribeTrainingJob calls while waiting."""
 
 
 @dataclass

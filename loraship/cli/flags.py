@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -57,7 +59,8 @@ def add_flags(parser: argparse.ArgumentParser, model: type[Settings], require: b
         kind = _inner(field.annotation)
         help_text = (field.description or "").strip()
         default = None if field.is_required() else field.get_default(call_default_factory=True)
-        if default not in (None, [], {}, "") and kind is not bool and typing.get_origin(kind) is not dict:
+        shown = "default" in help_text  # the docstring says it better than the value would
+        if default not in (None, [], {}, "") and kind is not bool and typing.get_origin(kind) is not dict and not shown:
             help_text += f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})"
         kwargs: dict[str, Any] = {"help": help_text.replace("%", "%%")}
         if spec.metavar:
@@ -70,7 +73,7 @@ def add_flags(parser: argparse.ArgumentParser, model: type[Settings], require: b
             kwargs["action"] = "store_false" if default is True else "store_true"
         elif typing.get_origin(kind) is Literal:
             kwargs["choices"] = typing.get_args(kind)
-        elif typing.get_origin(kind) is list and spec.repeat:
+        elif spec.repeat:  # a list, or a mapping its validator builds from NAME=VALUE strings
             kwargs["action"] = "append"
         elif typing.get_origin(kind) is list and spec.csv:
             kwargs["type"] = _csv
@@ -89,7 +92,10 @@ def from_args(model: type[Settings], args: argparse.Namespace, **values: Any):
         for line in problems(exc):
             key, _, message = line.partition(": ")
             field = key.split(".")[0]
-            named.append(f"{flag_name(model, field)}: {message}" if field in model.model_fields else line)
+            if field not in model.model_fields:
+                named.append(line)
+            else:  # "--slo takes KEY=MS pairs" reads as a sentence; other messages follow a colon
+                named.append(f"{flag_name(model, field)}{' ' if message.startswith('takes ') else ': '}{message}")
         raise UsageError("; ".join(named)) from None
 
 
@@ -117,3 +123,35 @@ def as_command_line(prog: list[str], model: type[Settings], settings: Settings) 
         else:
             cmd += [flag_name(model, name), str(value)]
     return cmd
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``loraship`` command: its options model (flags built from it) and what runs it.
+
+    ``run`` gets the validated options (the raw arguments when there is no model); its docstring is
+    the command's help. ``require=False`` leaves required fields to the model's check, for a command
+    whose sub-commands do not need them.
+    """
+
+    name: str
+    run: Callable[..., int]
+    options: type[Settings] | None = None
+    require: bool = True
+    subcommands: tuple[Command, ...] = ()
+
+    def add_to(self, sub, dest: str = "command_") -> None:
+        doc = " ".join((self.run.__doc__ or "").split())
+        parser = sub.add_parser(self.name, help=doc, description=doc)
+        if self.options is not None:
+            add_flags(parser, self.options, require=self.require)
+        if self.subcommands:
+            actions = parser.add_subparsers(dest=f"{self.name}_action", metavar="ACTION")
+            for command in self.subcommands:
+                command.add_to(actions, dest="action_")
+        parser.set_defaults(**{dest: self})
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        if self.options is None:
+            return self.run(args)
+        return self.run(from_args(self.options, args))

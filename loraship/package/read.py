@@ -153,7 +153,7 @@ def inspect_model_dir(
     from loraship.handler.errors import HandlerError
     from loraship.handler.pipelines import known_pipelines
 
-    from ..build import ADAPTER_NAME
+    from ..handler.adapters import NAME as ADAPTER_NAME
 
     model_dir = Path(model_dir).expanduser().resolve()
     if not model_dir.is_dir():

@@ -14,9 +14,13 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import field_validator
 
 from ..core.aws import RESOURCE_NAME, ROLE_ARN, default_region
 from ..core.errors import EXIT_BAD_INPUT, Failed
+from ..handler.settings import Flag, Settings
 from ..package import ArchiveContents, PackageError, read_archive
 
 #: The LMI line the container (docker/Dockerfile) and the SageMaker Model both use.
@@ -84,27 +88,48 @@ def lmi_image_uri(region: str, version: str = LMI_VERSION) -> tuple[str, str]:
     return LMI_IMAGE_PATTERN.format(account=LMI_ACCOUNT, region=region, tag=LMI_TAG), "pinned pattern"
 
 
-@dataclass
-class RolloutOptions:
+class RolloutOptions(Settings):
+    """A rollout; the fields are ``loraship rollout``'s flags, the docstrings their help."""
+
     artifact: Path
+    """model.tar.gz written by `loraship package`"""
     gate_report: Path
+    """gate.json written by `loraship gate`; must pass"""
     bucket: str
+    """S3 bucket for the artifact"""
     endpoint_name: str
-    instance_type: str
+    """the SageMaker endpoint to create or update"""
+    instance_type: str = "ml.g5.2xlarge"
+    """instance type of the endpoint"""
     role: str
+    """SageMaker execution role ARN"""
     region: str | None = None
+    """AWS region (default: AWS_DEFAULT_REGION / the AWS config)"""
     instance_count: int = 1
-    autoscale: tuple[int, int] | None = None
-    """(min, max) instances for a target-tracking policy on invocations per instance."""
+    """instances behind the endpoint"""
+    autoscale: Annotated[tuple[int, int] | None, Flag(metavar="MIN:MAX")] = None
+    """target-tracking autoscaling on SageMakerVariantInvocationsPerInstance, MIN:MAX instances"""
     target_invocations: float = 70.0
-    """SageMakerVariantInvocationsPerInstance target (requests per instance per minute)."""
+    """invocations per instance per minute that --autoscale aims at"""
     image_uri: str | None = None
+    """container image (default: the pinned DJL LMI image for the region)"""
     prefix: str = "loraship"
+    """S3 key prefix"""
     endpoint_url: str | None = None
+    """send every AWS call here (default: AWS_ENDPOINT_URL, else AWS)"""
     timeout: float = 3600.0
+    """seconds to wait for the endpoint to settle"""
     poll: float = 30.0
-    startup_timeout: int = 900
+    """seconds between status checks"""
+    dry_run: bool = False
+    """check and print the plan as JSON; touch nothing"""
+    startup_timeout: Annotated[int, Flag(hidden=True)] = 900
     """ContainerStartupHealthCheckTimeoutInSeconds: time the container may take to answer /ping."""
+
+    @field_validator("autoscale", mode="before")
+    @classmethod
+    def _autoscale(cls, value):
+        return parse_autoscale(value) if isinstance(value, str) else value
 
 
 def parse_autoscale(value: str) -> tuple[int, int]:
@@ -114,7 +139,7 @@ def parse_autoscale(value: str) -> tuple[int, int]:
     except ValueError:
         bounds = None
     if not sep or bounds is None or not 1 <= bounds[0] <= bounds[1]:
-        raise RolloutRefused(f"--autoscale takes MIN:MAX with 1 <= MIN <= MAX, got {value!r}")
+        raise ValueError(f"takes MIN:MAX with 1 <= MIN <= MAX, got {value!r}")
     return bounds
 
 

@@ -15,6 +15,8 @@ from rel_support import FIGURES, invoke, listening_addresses, raw_request, send
 
 from loraship.build import build_model_dir
 from loraship.cli import build_parser
+from loraship.cli.flags import from_args
+from loraship.cli.serving import ServeOptions
 from loraship.runtime import Server
 
 EVIL = """
@@ -138,7 +140,7 @@ def test_no_request_text_in_the_logs(healthy):
 @pytest.mark.server
 def test_binds_to_loopback_unless_told_otherwise(healthy):
     assert inspect.signature(Server).parameters["host"].default == "127.0.0.1"
-    serve = build_parser().parse_args(["serve", "md"])
+    serve = from_args(ServeOptions, build_parser().parse_args(["serve", "md"]))
     assert serve.host == "127.0.0.1"
     port = int(healthy.url.rsplit(":", 1)[1])
     assert listening_addresses(port) in ({"127.0.0.1"}, {"::ffff:127.0.0.1"})
