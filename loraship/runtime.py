@@ -45,7 +45,7 @@ DEFAULT_THREADS = 1
 
 
 _BUILD_IT = (
-    "run `make runtime` in a checkout (or set $LORASHIP_RUNTIME to a folder built that way); "
+    "run `loraship runtime prepare` (`make runtime` in a checkout does); "
     "--server djl with a DJL Serving install needs none of it"
 )
 
@@ -95,6 +95,42 @@ def resolve_server(kind: str = "auto", djl_home: str | Path | None = None) -> tu
     if not any((home / "lib").glob("serving-*.jar")):
         raise RuntimeMissing(f"{home} is not a DJL Serving distribution folder: no lib/serving-*.jar in it")
     return "djl", home
+
+
+def prepare_runtime(dest: Path | None = None, *, force: bool = False) -> Path:
+    """Fetch DJL's Python engine from Maven Central into ``DEST/djl`` and compile the host into
+    ``DEST/host`` (default: ``runtime_dir()``); ``make runtime`` runs it; an installed wheel too.
+
+    Both are built beside the destination and moved into place whole, so an interrupted run leaves
+    the previous runtime (or none), never half of one.
+    """
+    dest = Path(dest or runtime_dir()).resolve()
+    if not force and any((dest / "djl").glob("python-*.jar")) and (dest / "host" / "ai").is_dir():
+        return dest
+    from . import handler
+
+    source = Path(handler.__file__).resolve().parent / "runtime"  # package data in a wheel too
+    for tool in ("mvn", "javac"):
+        if shutil.which(tool) is None:
+            raise RuntimeMissing(f"`{tool}` is not on PATH: the host runtime needs Maven and a JDK (17 or newer)")
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".prepare-") as tmp:
+        jars, classes = Path(tmp, "djl"), Path(tmp, "host")
+        steps = [
+            ["mvn", "-q", "-B", "-f", str(source / "pom.xml"), "dependency:copy-dependencies",
+             f"-DoutputDirectory={jars}"],
+            ["javac", "-nowarn", "-d", str(classes), "-cp", f"{jars}/*",
+             *sorted(str(p) for p in (source / "src").rglob("*.java"))],
+        ]  # fmt: skip
+        for cmd in steps:
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                output = (done.stdout + done.stderr).strip()[-2000:]
+                raise RuntimeMissing(f"`{' '.join(cmd[:2])} ...` failed:\n{output}")
+        for name, built in (("djl", jars), ("host", classes)):
+            shutil.rmtree(dest / name, ignore_errors=True)
+            built.rename(dest / name)
+    return dest
 
 
 def _java() -> str:

@@ -5,6 +5,8 @@ dependencies come from the test venv through a path entry, which does not run it
 so the checkout's editable install stays out of the way.
 """
 
+import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,9 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Built from a copy: setuptools' build/ would otherwise land in the checkout and keep stale modules.
+    source = tmp_path_factory.mktemp("source") / "loraship"
+    skip = shutil.ignore_patterns(".git", ".venv", "lib", "runs", "build", "*.egg-info", "__pycache__", ".*cache")
+    shutil.copytree(ROOT, source, ignore=skip)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
         check=True,
         capture_output=True,
     )
@@ -110,3 +116,19 @@ sys.exit(demo.run_demo())
     assert (run_dir / "report.md").is_file()
     site = Path(installed.parent.parent)
     assert not list(site.rglob("runs")), "nothing is written beside the installed code"
+
+
+def test_installed_runtime_prepare_fills_the_cache(installed, tmp_path):
+    """An installed wheel builds the host's runtime from its package data (Maven Central and javac, as
+    `make runtime`, which runs the same command, does for a checkout)."""
+    env = {**os.environ, "LORASHIP_CACHE": str(tmp_path / "cache")}
+    env.pop("LORASHIP_RUNTIME", None)
+    done = subprocess.run(
+        [installed.parent / "loraship", "runtime", "prepare"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    runtime = tmp_path / "cache" / "runtime"
+    assert done.stdout.strip() == str(runtime)
+    assert list((runtime / "djl").glob("python-*.jar"))
+    assert (runtime / "host" / "ai" / "loraship" / "host" / "DjlHost.class").is_file()
+    assert not list(runtime.glob(".prepare-*")), "the build folder is gone"

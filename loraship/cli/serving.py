@@ -36,6 +36,27 @@ def models(args) -> int:
     raise UsageError("give an action: loraship models prepare")
 
 
+class RuntimeOptions(Settings):
+    force: bool = False
+    """fetch and compile again even if the runtime is there"""
+
+
+def runtime(args) -> int:
+    """The DJL runtime of `--server host`: DJL's Python engine and loraship's host."""
+    from ..core.errors import UsageError
+
+    raise UsageError("give an action: loraship runtime prepare")
+
+
+def prepare_runtime(opts: RuntimeOptions) -> int:
+    """Fetch DJL's Python engine (Maven Central) and compile the host into the runtime folder
+    ($LORASHIP_RUNTIME, a checkout's lib/, else ~/.cache/loraship/runtime); print its path."""
+    from ..runtime import prepare_runtime as prepare
+
+    print(prepare(force=opts.force))
+    return 0
+
+
 def build(opts: BuildOptions) -> int:
     """Write a DJL Serving model dir: serving.properties, model.py, the handler, adapters."""
     from ..build import build_model_dir
@@ -123,6 +144,7 @@ def demo(opts: DemoOptions) -> int:
 
 COMMANDS = [
     Command("models", models, subcommands=(Command("prepare", prepare, PrepareOptions),)),
+    Command("runtime", runtime, subcommands=(Command("prepare", prepare_runtime, RuntimeOptions),)),
     Command("build", build, BuildOptions),
     Command("serve", serve, ServeOptions),
 ]

@@ -33,7 +33,7 @@ def runtime_dir() -> Path:
     """The DJL runtime (jars in ``djl/``, the compiled host in ``host/``).
 
     ``$LORASHIP_RUNTIME``, else a checkout's git-ignored ``lib/`` (``make runtime``), else
-    ``<cache>/runtime`` for an installed wheel (built the way ``make runtime`` does).
+    ``<cache>/runtime`` for an installed wheel (``loraship runtime prepare`` fills it).
     """
     env = os.environ.get("LORASHIP_RUNTIME")
     if env:
