@@ -1,0 +1,212 @@
+"""Iteration-level (continuous) batching: sequences join and leave the running batch between decode steps.
+
+The running batch is TGI's causal-LM batch over transformers' own ``DynamicCache``: every row's keys
+and values are left-padded to one length, so one forward pass decodes every row, each with its own
+adapter (peft's ``adapter_names``), sampling parameters, seed, stop strings and token limit. New
+sequences are prefilled together and merged in (the shorter side padded on the left); finished rows
+are dropped at once and the padding no row needs any more is trimmed, so the cache holds only what
+running rows use.
+
+This module is the decode loop's arithmetic only: the scheduler (admission, threads, streaming to
+clients) drives it one :meth:`Engine.step` at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from .pipelines.base import cut_at_stop
+from .requests import GenerationParams
+
+BASE = "__base__"
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One prompt being generated: what it asked for and what it has produced so far."""
+
+    prompt_ids: list[int]
+    params: GenerationParams
+    adapter: str = ""
+    stops: tuple[str, ...] = ()
+    key: object = None
+    """The caller's handle (the request it belongs to)."""
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    """The decoded text so far, cut at a stop string once one appears."""
+    finish_reason: str | None = None
+    """None while running; then eos | stop | length | time | cancelled | error."""
+    error: BaseException | None = None
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    rng: torch.Generator | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class Batch:
+    """Rows decoding together: a cache left-padded to one length, its mask, and each row's next token."""
+
+    rows: list[Sequence]
+    cache: DynamicCache
+    mask: torch.Tensor
+    """[rows, length]: 1 where the cache holds a real token."""
+    next_ids: torch.Tensor
+    """[rows]: the token each row feeds to the next step."""
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - t.shape[dim]
+    if missing == 0:
+        return t
+    pad = [0, 0] * (t.dim() - 1 - dim % t.dim()) + [missing, 0]
+    return F.pad(t, pad)
+
+
+def merge(a: Batch, b: Batch) -> Batch:
+    """One batch of both (a's rows first); the shorter cache is padded on the left."""
+    length = max(a.mask.shape[1], b.mask.shape[1])
+    layers = []
+    for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
+        keys = torch.cat([_left_pad(la.keys, length, -2), _left_pad(lb.keys, length, -2)])
+        values = torch.cat([_left_pad(la.values, length, -2), _left_pad(lb.values, length, -2)])
+        layers.append((keys, values))
+    mask = torch.cat([_left_pad(a.mask, length, 1), _left_pad(b.mask, length, 1)])
+    return Batch(a.rows + b.rows, DynamicCache(layers), mask, torch.cat([a.next_ids, b.next_ids]))
+
+
+def keep(batch: Batch, rows: list[int]) -> Batch | None:
+    """Only ``rows`` (indices) of the batch; padding no remaining row needs is trimmed. None if empty."""
+    if not rows:
+        return None
+    index = torch.tensor(rows, device=batch.mask.device)
+    mask = batch.mask[index]
+    trim = int((mask.cumsum(1) == 0).sum(1).min())  # leading columns that are padding in every row
+    layers = [(layer.keys[index, :, trim:], layer.values[index, :, trim:]) for layer in batch.cache.layers]
+    return Batch([batch.rows[i] for i in rows], DynamicCache(layers), mask[:, trim:], batch.next_ids[index])
+
+
+class Engine:
+    """Prefill, decode one step, and finish rows, for one model and tokenizer."""
+
+    def __init__(self, tokenizer, device, eos_ids: set[int], stop_sequences: tuple[str, ...] = ()):
+        self.tokenizer = tokenizer
+        self.device = device
+        self.eos_ids = set(eos_ids)
+        self.stop_sequences = tuple(stop_sequences)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids))
+
+    def new_sequence(self, prompt_ids: list[int], params: GenerationParams, adapter: str = "", key=None) -> Sequence:
+        rng = None
+        if params.do_sample:
+            rng = torch.Generator(device=self.device)
+            rng.manual_seed(params.seed if params.seed is not None else int(torch.seed() % 2**63))
+        return Sequence(prompt_ids, params, adapter, self.stop_sequences + params.stop, key, rng=rng)
+
+    @torch.inference_mode()
+    def prefill(self, model, seqs: list[Sequence]) -> Batch | None:
+        """Run the prompts of ``seqs`` as one left-padded batch and pick each one's first token."""
+        length = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, length - len(s.prompt_ids) :] = torch.tensor(s.prompt_ids)
+            mask[i, length - len(s.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **self._adapters(model, seqs),
+        )
+        batch = Batch(list(seqs), out.cache, mask, torch.zeros(len(seqs), dtype=torch.long))
+        return self._advance(batch, out.logits[:, -1, :])
+
+    @torch.inference_mode()
+    def step(self, model, batch: Batch) -> Batch | None:
+        """One decode step for every row; returns the batch without the rows that finished."""
+        mask = torch.cat([batch.mask, torch.ones((len(batch), 1), dtype=batch.mask.dtype, device=batch.mask.device)], 1)
+        positions = (mask.sum(1, keepdim=True) - 1).to(torch.long)
+        out = model(
+            input_ids=batch.next_ids[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            cache=batch.cache,
+            use_cache=True,
+            **self._adapters(model, batch.rows),
+        )
+        batch = Batch(batch.rows, out.cache, mask, batch.next_ids)
+        return self._advance(batch, out.logits[:, -1, :])
+
+    def _adapters(self, model, seqs: list[Sequence]) -> dict:
+        # Always name them under peft: without adapter_names, peft applies its active adapter to base rows.
+        if hasattr(model, "peft_config"):
+            return {"adapter_names": [s.adapter or BASE for s in seqs]}
+        return {}
+
+    def _advance(self, batch: Batch, logits: torch.Tensor) -> Batch | None:
+        """Choose each row's next token, record it, and drop the rows that are done."""
+        now = time.perf_counter()
+        picked = []
+        for i, seq in enumerate(batch.rows):
+            token = self._choose(seq, logits[i : i + 1].float())
+            picked.append(token)
+            seq.first_token_at = seq.first_token_at or now
+            self._record(seq, token)
+        batch.next_ids = torch.tensor(picked, dtype=torch.long, device=batch.mask.device)
+        return keep(batch, [i for i, s in enumerate(batch.rows) if not s.done])
+
+    def _choose(self, seq: Sequence, scores: torch.Tensor) -> int:
+        p = seq.params
+        if len(seq.tokens) < p.min_new_tokens:
+            scores[:, list(self.eos_ids)] = -float("inf")
+        if p.repetition_penalty != 1.0:
+            ids = torch.tensor([seq.prompt_ids + seq.tokens], device=scores.device)
+            scores = RepetitionPenaltyLogitsProcessor(p.repetition_penalty)(ids, scores)
+        if not p.do_sample:
+            return int(scores.argmax(-1))
+        for warper in (
+            TemperatureLogitsWarper(p.temperature) if p.temperature != 1.0 else None,
+            TopKLogitsWarper(p.top_k) if p.top_k else None,
+            TopPLogitsWarper(p.top_p) if p.top_p < 1.0 else None,
+        ):
+            if warper is not None:
+                scores = warper(None, scores)
+        probs = torch.softmax(scores, -1)
+        return int(torch.multinomial(probs, 1, generator=seq.rng))
+
+    def _record(self, seq: Sequence, token: int) -> None:
+        if token in self.eos_ids and len(seq.tokens) >= seq.params.min_new_tokens:
+            seq.finish_reason = "eos"
+            return
+        seq.tokens.append(token)
+        text, stopped = cut_at_stop(self.tokenizer.decode(seq.tokens, skip_special_tokens=False), seq.stops)
+        seq.text = text
+        # With min_new_tokens the caller wants a fixed length: a stop string then only cuts the text (as
+        # in Generator.generate), and the reason says it was cut.
+        if stopped and not seq.params.min_new_tokens:
+            seq.finish_reason = "stop"
+        elif len(seq.tokens) >= seq.params.max_new_tokens:
+            seq.finish_reason = "stop" if stopped else "length"

@@ -1,0 +1,173 @@
+"""The decode loop of continuous batching, in a thread of its own.
+
+Requests are admitted between decode steps, first come first served, while the running batch has
+fewer than ``max_rows`` rows and the rows' worst-case cost (prompt plus ``max_new_tokens`` each) fits
+``max_batch_tokens``; they are prefilled together and merged into the running batch. Every step
+decodes all running rows in one forward pass. A row that finishes, is cancelled or runs out of time
+leaves at once; its slot and its cache go with it.
+
+Each sequence reports through its callbacks, called on this thread: ``on_text(seq, delta)`` with
+text that can no longer turn into a stop string, then ``on_done(seq)`` once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .batching import Batch, Engine, Sequence, keep, merge
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    """A sequence with its callbacks and limits, as the scheduler holds it."""
+
+    seq: Sequence
+    on_text: Callable[[Sequence, str], None]
+    on_done: Callable[[Sequence], None]
+    deadline: float | None = None
+    """time.monotonic() after which the row stops with finish_reason ``time``."""
+    sent: int = 0
+    """How much of ``seq.text`` was handed to on_text."""
+    cancelled: bool = field(default=False, repr=False)
+
+
+class Scheduler:
+    """Admits, prefills, steps and retires rows; ``model_for(adapters)`` returns the model to run them on
+    (loading evicted adapters, and never evicting one of ``adapters``)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        model_for: Callable[[list[str]], object],
+        max_rows: int = 8,
+        max_batch_tokens: int = 4096,
+    ):
+        self.engine = engine
+        self.model_for = model_for
+        self.max_rows = max_rows
+        self.max_batch_tokens = max_batch_tokens
+        self.waiting: deque[Job] = deque()
+        self.running: list[Job] = []
+        self.batch: Batch | None = None
+        self.steps = 0
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="loraship-scheduler", daemon=True)
+        self._thread.start()
+
+    # -- what callers use --------------------------------------------------------------------------
+    def submit(self, job: Job) -> Job:
+        with self._wake:
+            self.waiting.append(job)
+            self._wake.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: the row leaves at the next step boundary."""
+        with self._wake:
+            job.cancelled = True
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def _cost(self, job: Job) -> int:
+        return len(job.seq.prompt_ids) + job.seq.params.max_new_tokens
+
+    def _admit(self) -> list[Job]:
+        """Waiting jobs that fit now, in arrival order (a job that does not fit waits; none overtakes it)."""
+        taken, cost = [], sum(self._cost(j) for j in self.running)
+        with self._wake:
+            while self.waiting and len(self.running) + len(taken) < self.max_rows:
+                job = self.waiting[0]
+                if job.cancelled:
+                    self.waiting.popleft()
+                    self._finish(job, "cancelled")
+                    continue
+                if taken or self.running:
+                    if cost + self._cost(job) > self.max_batch_tokens:
+                        break
+                taken.append(self.waiting.popleft())
+                cost += self._cost(job)
+        return taken
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self.waiting and self.batch is None:
+                    self._wake.wait()
+                if self._stop:
+                    break
+            try:
+                self._iteration()
+            except Exception as exc:  # a failed step ends the rows in it, never the loop
+                log.exception("decode step failed for %d rows", len(self.running))
+                for job in self.running:
+                    job.seq.error = exc
+                    self._finish(job, "error")
+                self.running, self.batch = [], None
+        for job in [*self.running, *self.waiting]:
+            self._finish(job, "cancelled")
+
+    def _iteration(self) -> None:
+        self._retire_stopped()
+        new = self._admit()
+        adapters = [j.seq.adapter for j in self.running + new]
+        if new:
+            model = self.model_for(adapters)
+            batch = self.engine.prefill(model, [j.seq for j in new])
+            self.running += new
+            if batch is not None:
+                self.batch = batch if self.batch is None else merge(self.batch, batch)
+        elif self.batch is not None:
+            self.batch = self.engine.step(self.model_for(adapters), self.batch)
+            self.steps += 1
+        self._report()
+
+    def _retire_stopped(self) -> None:
+        """Cancelled and timed-out rows leave before the next step."""
+        now = time.monotonic()
+        gone = [j for j in self.running if j.cancelled or (j.deadline is not None and now >= j.deadline)]
+        if not gone or self.batch is None:
+            return
+        for job in gone:
+            self._finish(job, "cancelled" if job.cancelled else "time")
+        stay = [i for i, seq in enumerate(self.batch.rows) if not seq.done]
+        self.batch = keep(self.batch, stay)
+        self.running = [j for j in self.running if not j.seq.done]
+
+    def _report(self) -> None:
+        for job in list(self.running):
+            seq = job.seq
+            # Held back until settled: a possible stop-string start, and a character still being decoded.
+            settled = len(seq.text.rstrip("\ufffd"))
+            visible = len(seq.text) if seq.done else max(job.sent, min(settled, len(seq.text) - self._hold(seq)))
+            if visible > job.sent:
+                job.on_text(seq, seq.text[job.sent : visible])
+                job.sent = visible
+            if seq.done:
+                self.running.remove(job)
+                job.on_done(seq)
+
+    @staticmethod
+    def _hold(seq: Sequence) -> int:
+        """Characters held back: the end of the text could still be the start of a stop string."""
+        return max((len(s) for s in seq.stops), default=1) - 1
+
+    def _finish(self, job: Job, reason: str) -> None:
+        if job.seq.finish_reason is None:
+            job.seq.finish_reason = reason
+        if job in self.running:
+            self.running.remove(job)
+        job.on_done(job.seq)
