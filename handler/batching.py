@@ -51,6 +51,8 @@ class Sequence:
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     rng: torch.Generator | None = None
+    batch_size: int = 0
+    """The most rows it shared a decode step with (itself included)."""
 
     @property
     def done(self) -> bool:
@@ -174,6 +176,7 @@ class Engine:
             token = self._choose(seq, logits[i : i + 1].float())
             picked.append(token)
             seq.first_token_at = seq.first_token_at or now
+            seq.batch_size = max(seq.batch_size, len(batch.rows))
             self._record(seq, token)
         batch.next_ids = torch.tensor(picked, dtype=torch.long, device=batch.mask.device)
         return keep(batch, [i for i, s in enumerate(batch.rows) if not s.done])

@@ -53,6 +53,10 @@ class ServingOptions(Settings):
     max_batch_total_tokens: Positive = 4096
     """What one ``generate`` call may cost: rows x (longest prompt + max_new_tokens). A batch that costs
     more runs in parts, one after the other."""
+    async_mode: bool = False
+    """DJL's async mode: set by ``loraship build --batching continuous`` (model.py is then the async entry)."""
+    max_rolling_batch_size: Positive = 8
+    """Continuous batching (option.async_mode=true): rows decoding together at most (LMI's name)."""
     predict_timeout: Positive = 120
     """DJL's own limit (seconds); generation stops in time to answer before it, so DJL never kills a
     worker for a slow batch."""

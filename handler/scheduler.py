@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from .batching import Batch, Engine, Sequence, keep, merge
@@ -57,6 +58,7 @@ class Scheduler:
         self.running: list[Job] = []
         self.batch: Batch | None = None
         self.steps = 0
+        self._between: deque[tuple[Callable[[], object], Future]] = deque()
         self._wake = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="loraship-scheduler", daemon=True)
@@ -68,6 +70,15 @@ class Scheduler:
             self.waiting.append(job)
             self._wake.notify()
         return job
+
+    def between_steps(self, fn: Callable[[], object]) -> Future:
+        """Run ``fn`` on the loop's thread between two steps (e.g. loading an adapter); its result or error
+        arrives in the returned future."""
+        future: Future = Future()
+        with self._wake:
+            self._between.append((fn, future))
+            self._wake.notify()
+        return future
 
     def cancel(self, job: Job) -> None:
         """The client went away: the row leaves at the next step boundary."""
@@ -105,7 +116,7 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._stop and not self.waiting and self.batch is None:
+                while not self._stop and not self.waiting and self.batch is None and not self._between:
                     self._wake.wait()
                 if self._stop:
                     break
@@ -121,6 +132,12 @@ class Scheduler:
             self._finish(job, "cancelled")
 
     def _iteration(self) -> None:
+        while self._between:
+            fn, future = self._between.popleft()
+            try:
+                future.set_result(fn())
+            except Exception as exc:
+                future.set_exception(exc)
         self._retire_stopped()
         new = self._admit()
         adapters = [j.seq.adapter for j in self.running + new]

@@ -89,6 +89,12 @@ class HandlerService:
 
     def adapter_call(self, inputs: Input, action: str) -> Output:
         """DJL's register_adapter / update_adapter / unregister_adapter hooks."""
+        code, body, message = self.adapter_op(inputs, action)
+        # Real DJL Serving answers adapter calls with Output.message alone: it must carry the explanation.
+        return _json_output(code, body, message=message)
+
+    def adapter_op(self, inputs: Input, action: str) -> tuple[int, dict, str]:
+        """Register, update or unregister the adapter ``inputs`` names: (status, body, message)."""
         name = inputs.get_property("name") or ""
         src = inputs.get_property("src") or ""
         pin = inputs.get_content().get("pin")
@@ -101,11 +107,10 @@ class HandlerService:
                 self.adapters.remove(name)
         except Exception as exc:  # every failure is reported; the served adapters stay as they were
             code, body = error_json(exc)
-            # Real DJL Serving answers adapter calls with Output.message alone: it must carry the explanation.
-            return _json_output(code, body, message=body["error"])
+            return code, body, body["error"]
         done = {"register": "registered", "update": "updated", "unregister": "unregistered"}[action]
         status = f"Adapter {name} {done}"
-        return _json_output(200, {"status": status}, message=status)
+        return 200, {"status": status}, status
 
     # -- inference -----------------------------------------------------------------------------
     def inference(self, inputs: Input) -> Output:
@@ -119,7 +124,7 @@ class HandlerService:
         parsed: dict[int, tuple[ParsedRequest, list[str], list[int]]] = {}
         for i, item in enumerate(batch):
             try:
-                parsed[i] = self._parse(item)
+                parsed[i] = self.parse(item)
             except Exception as exc:
                 replies[i] = error_json(exc)
         results: dict[int, list[GenerationResult | None]] = {i: [None] * len(p[0].items) for i, p in parsed.items()}
@@ -174,7 +179,7 @@ class HandlerService:
                     )
                 )
             else:
-                replies[i] = (200, self._encode(req, results[i], len(batch)))
+                replies[i] = (200, self.encode(req, results[i], len(batch)))
         return _batch_output(replies, is_batch)
 
     def _parts(self, members: list[_Row], params) -> list[list[_Row]]:
@@ -189,7 +194,7 @@ class HandlerService:
             longest = max(longest, m.prompt_tokens)
         return parts + [part] if part else parts
 
-    def _parse(self, item: Input) -> tuple[ParsedRequest, list[str], list[int]]:
+    def parse(self, item: Input) -> tuple[ParsedRequest, list[str], list[int]]:
         """The request, its prompts and their token counts, admitted against the limits (413 if over)."""
         opts = self.options
         query = item.get_content().get("adapter")
@@ -227,7 +232,7 @@ class HandlerService:
             )
         return req, prompts, lengths
 
-    def _encode(self, req: ParsedRequest, results: list[GenerationResult], batch_size: int) -> object:
+    def encode(self, req: ParsedRequest, results: list[GenerationResult], batch_size: int) -> object:
         replies = []
         for item, adapter, res in zip(req.items, req.adapters, results):
             text = self.pipeline.encode_response(res.text)

@@ -42,8 +42,11 @@ class BuildOptions(Settings):
     option.adapter_name)"""
     pipeline: str = "instruction"
     """pipeline name or module:Class"""
+    batching: Literal["static", "continuous"] = "static"
+    """static: DJL's batch_size requests per generate call; continuous: DJL's async mode, requests join and
+    leave the running batch between decode steps (up to option.max_rolling_batch_size rows; README)"""
     batch_size: int = 1
-    """DJL batch_size (requests per generate call)"""
+    """DJL batch_size (requests per generate call; static batching)"""
     max_batch_delay: int = 100
     """DJL max_batch_delay in ms"""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -91,6 +94,7 @@ def serving_properties(
     predict_timeout: int,
     options: dict[str, str],
     retry_threshold: int = 10,
+    batching: str = "static",
 ) -> str:
     lines = [
         "# Written by `loraship build`. DJL Serving reads it; the handler gets option.* on its first call.",
@@ -106,7 +110,9 @@ def serving_properties(
         "option.rolling_batch=disable",
         f"option.predict_timeout={predict_timeout}",
         "option.model_loading_timeout=240",
-        f"batch_size={batch_size}",
+        # continuous: DJL's async mode hands every request to the handler at once (batch_size must be 1);
+        # the handler's scheduler batches between decode steps, up to option.max_rolling_batch_size rows.
+        *(["option.async_mode=true", "batch_size=1"] if batching == "continuous" else [f"batch_size={batch_size}"]),
         f"max_batch_delay={max_batch_delay}",
         "minWorkers=1",
         "maxWorkers=1",
@@ -147,6 +153,7 @@ def build_model_dir(
     options: dict[str, str] | None = None,
     overwrite: bool = False,
     retry_threshold: int = 10,
+    batching: str = "static",
 ) -> Path:
     """Write the model dir into a temporary folder, then move it into place as a whole."""
     out = Path(out).resolve()
@@ -155,6 +162,10 @@ def build_model_dir(
         raise BuildError(
             "batch_size, max_new_tokens and predict_timeout must be >= 1, max_batch_delay and retry_threshold >= 0"
         )
+    if batching not in ("static", "continuous"):
+        raise BuildError(f"batching must be static or continuous, got {batching!r}")
+    if batching == "continuous" and batch_size != 1:
+        raise BuildError("--batch-size is static batching's: continuous batching takes option.max_rolling_batch_size")
     if out.exists() and not overwrite:
         raise BuildError(f"{out} already exists; pass --overwrite to replace it")
     model_id = resolve_model(model)
@@ -173,9 +184,11 @@ def build_model_dir(
                 predict_timeout=predict_timeout,
                 options=options or {},
                 retry_threshold=retry_threshold,
+                batching=batching,
             )
         )
-        shutil.copyfile(HANDLER_SRC / "djl_entry.py", tmp / "model.py")
+        entry = "djl_async_entry.py" if batching == "continuous" else "djl_entry.py"
+        shutil.copyfile(HANDLER_SRC / entry, tmp / "model.py")
         shutil.copytree(HANDLER_SRC, tmp / "handler", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "runtime"))
         (tmp / "requirements.txt").write_text(requirements_txt())
         for name, src in adapters.items():

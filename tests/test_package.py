@@ -225,6 +225,15 @@ def test_a_pickle_adapter_ships_only_when_the_model_dir_allows_it(model_dir, tmp
     assert "adapters/faq/adapter_model.bin" in read_archive(art.path).digests
 
 
+def test_the_entry_point_must_match_the_batching_mode(tiny_neox, tiny_adapter, tmp_path):
+    """Continuous batching runs DJL's async mode, which awaits an async handle; static mode calls a plain one."""
+    md = build_model_dir(str(tiny_neox), tmp_path / "md", {"faq": tiny_adapter}, batching="continuous")
+    package_model_dir(md, tmp_path / "ok.tar.gz", include_model=True)
+    _set(md, "option.async_mode", "false")
+    with pytest.raises(PackageError, match="its handle is async, but option.async_mode is not true"):
+        package_model_dir(md, tmp_path / "refused.tar.gz", include_model=True)
+
+
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_a_model_dir_that_would_not_load_is_refused(case, model_dir, tmp_path):
     breaks, message = BROKEN[case]

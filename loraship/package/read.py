@@ -103,15 +103,20 @@ class Inspection:
     adapters: dict[str, Path] = field(default_factory=dict)
 
 
-def _check_entry_point(path: Path, problems: list[str]) -> bool:
-    """Compile the entry point, check it defines ``handle``; True when it imports ``handler``."""
+def _check_entry_point(path: Path, problems: list[str], async_mode: bool = False) -> bool:
+    """Compile the entry point, check it defines ``handle`` (``async def`` in DJL's async mode, a plain
+    ``def`` otherwise: DJL awaits it, or calls it); True when it imports ``handler``."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
         problems.append(f"entry point {path.name} does not compile: {exc}")
         return False
-    if not any(isinstance(n, ast.FunctionDef) and n.name == "handle" for n in tree.body):
-        problems.append(f"entry point {path.name} defines no module-level handle(inputs) function")
+    kind, wrong = (ast.AsyncFunctionDef, ast.FunctionDef) if async_mode else (ast.FunctionDef, ast.AsyncFunctionDef)
+    if not any(isinstance(n, kind) and n.name == "handle" for n in tree.body):
+        which = "async def handle(inputs) (option.async_mode=true)" if async_mode else "handle(inputs) function"
+        if any(isinstance(n, wrong) and n.name == "handle" for n in tree.body):
+            which += ": its handle is " + ("a plain def" if async_mode else "async, but option.async_mode is not true")
+        problems.append(f"entry point {path.name} defines no module-level {which}")
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -174,18 +179,20 @@ def inspect_model_dir(
     engine = props.get("engine", "Python")
     if engine != "Python":
         problems.append(f"engine={engine}: loraship's handler runs on DJL's Python engine (engine=Python)")
-    entry = props.get("option.entryPoint", "model.py")
-    entry_path = model_dir / entry
-    if not entry_path.is_file() or not inside(entry_path, model_dir):
-        problems.append(f"option.entryPoint={entry} is not a file in the model dir")
-    elif _check_entry_point(entry_path, problems) and not (model_dir / "handler" / "__init__.py").is_file():
-        problems.append(f"{entry} imports the handler package but the model dir has no handler/ folder")
     _check_requirements(model_dir / "requirements.txt", problems)
-
     try:
         opts = handler_options(props, model_dir)
     except HandlerError as exc:
         raise PackageError("; ".join([*problems, exc.message])) from None
+    entry = props.get("option.entryPoint", "model.py")
+    entry_path = model_dir / entry
+    if not entry_path.is_file() or not inside(entry_path, model_dir):
+        problems.append(f"option.entryPoint={entry} is not a file in the model dir")
+    elif (
+        _check_entry_point(entry_path, problems, opts.async_mode)
+        and not (model_dir / "handler" / "__init__.py").is_file()
+    ):
+        problems.append(f"{entry} imports the handler package but the model dir has no handler/ folder")
     if opts.pipeline not in known_pipelines() and ":" not in opts.pipeline:
         problems.append(f"option.pipeline={opts.pipeline} is unknown; known pipelines: {', '.join(known_pipelines())}")
 

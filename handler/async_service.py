@@ -1,0 +1,170 @@
+"""The handler in DJL's async mode (``option.async_mode=true``): continuous batching, one stream per request.
+
+DJL's ``PythonAsyncEngine`` awaits ``handle`` for every request as it arrives, concurrently, on its
+event loop. Each request is parsed and admitted as in static mode (the same limits and errors), then
+its prompts join the scheduler's running batch; the reply is awaited, or streamed as JSON lines.
+Every request gets its own status: a bad request its 4xx while others generate.
+
+Replies use djl_python's async framing (``async_utils``): every message is a binary dict
+``{data, last, code, error}``; DJL sends a code on the first message as the HTTP status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from djl_python import Input, Output
+from djl_python.async_utils import create_non_stream_output, create_stream_chunk_output
+
+from .batching import Engine, Sequence
+from .errors import BadRequest, GenerationTimeout, NotFound, error_json
+from .generation import GenerationResult
+from .scheduler import Job, Scheduler
+from .service import HandlerService
+
+log = logging.getLogger(__name__)
+
+
+class AsyncHandlerService:
+    """Parses and admits as :class:`HandlerService` does; generates through the :class:`Scheduler`."""
+
+    def __init__(self):
+        self.core = HandlerService()
+        self.scheduler: Scheduler | None = None
+        self.leaving: set[str] = set()
+        """Adapters being unregistered: new requests get 404 while their running rows finish."""
+
+    def initialize(self, properties: dict) -> None:
+        core = self.core
+        core.initialize(properties)
+        gen, opts = core.generator, core.options
+        engine = Engine(gen.tokenizer, gen.device, gen.eos_ids, gen.stop_sequences)
+        self.scheduler = Scheduler(
+            engine,
+            core.adapters.ensure_loaded,
+            max_rows=opts.max_rolling_batch_size,
+            max_batch_tokens=opts.max_batch_total_tokens,
+        )
+
+    async def handle(self, inputs: Input):
+        if self.scheduler is None:
+            try:
+                self.initialize(inputs.get_properties())
+            except Exception as exc:
+                return self.core.load_failure(exc)
+        if inputs.is_empty():
+            return None
+        try:
+            req, prompts, _ = self.core.parse(inputs)
+            gone = sorted(set(req.adapters) & self.leaving)
+            if gone:
+                raise NotFound(f"adapter {gone[0]!r} is being unregistered", field="adapters")
+            if req.stream and len(prompts) > 1:
+                raise BadRequest("streaming takes one input; send the others as their own requests", field="stream")
+            for adapter in req.adapters:
+                if self.core.adapters.tokenizer_for(adapter) is not self.core.generator.tokenizer:
+                    raise BadRequest(
+                        f"adapter {adapter!r} brings its own tokenizer, which continuous batching does not serve: "
+                        "serve it from a model dir built with --batching static",
+                        field="adapters",
+                    )
+        except Exception as exc:
+            code, body = error_json(exc)
+            return create_non_stream_output(body, code=code, error=body.get("error"))
+        jobs, events = self._submit(req, prompts)
+        if req.stream:
+            return self._stream(req, jobs[0], events)
+        return await self._reply(req, jobs, events)
+
+    # -- generation --------------------------------------------------------------------------------
+    def _submit(self, req, prompts: list[str]) -> tuple[list[Job], asyncio.Queue]:
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        deadline = time.monotonic() + self.core.options.time_budget
+        tokenizer = self.core.generator.tokenizer
+        jobs = []
+        for i, (prompt, adapter) in enumerate(zip(prompts, req.adapters)):
+            seq = self.scheduler.engine.new_sequence(tokenizer(prompt)["input_ids"], req.params, adapter, key=i)
+            jobs.append(
+                self.scheduler.submit(
+                    Job(
+                        seq,
+                        on_text=lambda s, d: loop.call_soon_threadsafe(events.put_nowait, (s, d)),
+                        on_done=lambda s: loop.call_soon_threadsafe(events.put_nowait, (s, None)),
+                        deadline=deadline,
+                    )
+                )
+            )
+        return jobs, events
+
+    async def _reply(self, req, jobs: list[Job], events: asyncio.Queue) -> Output:
+        pending = len(jobs)
+        while pending:
+            _, delta = await events.get()
+            pending -= delta is None
+        failed = next((j.seq for j in jobs if j.seq.finish_reason in ("error", "time")), None)
+        if failed is not None:
+            code, body = error_json(self._failure(failed))
+            return create_non_stream_output(body, code=code, error=body.get("error"))
+        results = [_result(j.seq) for j in jobs]
+        return create_non_stream_output(self.core.encode(req, results, max(j.seq.batch_size for j in jobs)))
+
+    async def _stream(self, req, job: Job, events: asyncio.Queue):
+        encode = self.core.pipeline.encode_response
+        while True:
+            seq, delta = await events.get()
+            if delta is None:
+                break
+            yield create_stream_chunk_output({"token": {"text": delta}}, last_chunk=False)
+        if seq.finish_reason in ("error", "time"):
+            # The status went out with the first line: the error is the last line, as in static mode.
+            yield create_stream_chunk_output(error_json(self._failure(seq))[1], last_chunk=True)
+            return
+        res = _result(seq)
+        details = {**res.details(seq.adapter), "batch_size": seq.batch_size}
+        details["time_to_first_chunk"] = round((seq.first_token_at or time.perf_counter()) - seq.started, 4)
+        yield create_stream_chunk_output({"generated_text": encode(res.text), "details": details}, last_chunk=True)
+
+    def _failure(self, seq: Sequence) -> Exception:
+        if seq.finish_reason == "time":
+            return GenerationTimeout.after(
+                time.perf_counter() - seq.started, len(seq.tokens), self.core.options.predict_timeout
+            )
+        return seq.error or RuntimeError("generation failed")
+
+    # -- adapters ------------------------------------------------------------------------------------
+    async def adapter_call(self, inputs: Input, action: str) -> Output:
+        """DJL's adapter hooks; run between decode steps, so no step sees an adapter half loaded. An adapter
+        being unregistered refuses new requests at once and is unloaded when its running rows are done."""
+        name = inputs.get_property("name") or ""
+        if action == "unregister" and name in self.core.adapters.sources:
+            self.leaving.add(name)
+            try:
+                while self._in_use(name):
+                    await asyncio.sleep(0.05)
+                return await self._adapter_op(inputs, action)
+            finally:
+                self.leaving.discard(name)
+        return await self._adapter_op(inputs, action)
+
+    def _in_use(self, name: str) -> bool:
+        jobs = list(self.scheduler.running) + list(self.scheduler.waiting)
+        return any(job.seq.adapter == name and not job.seq.done for job in jobs)
+
+    async def _adapter_op(self, inputs: Input, action: str) -> Output:
+        op = self.scheduler.between_steps(lambda: self.core.adapter_op(inputs, action))
+        code, body, message = await asyncio.wrap_future(op)
+        if code >= 300:
+            return create_non_stream_output(body, code=code, error=message)
+        return create_non_stream_output(body)
+
+
+def _result(seq: Sequence) -> GenerationResult:
+    return GenerationResult(
+        text=seq.text,
+        generated_tokens=len(seq.tokens),
+        finish_reason=seq.finish_reason,
+        prompt_tokens=len(seq.prompt_ids),
+        seconds=time.perf_counter() - seq.started,
+    )

@@ -1,0 +1,74 @@
+"""Continuous batching through each server's async mode (`loraship build --batching continuous`): concurrent
+requests, streamed or not, mixing adapters and lengths, each equal to what it gives alone, and each with
+its own status while the others generate."""
+
+import concurrent.futures as cf
+import json
+
+import pytest
+import requests
+from conf_support import serve
+from servers import KINDS
+
+QUESTIONS = ["What is Amazon SageMaker?", "How do I train a model?", "Which regions are supported?"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def cont(request, tiny_neox, conformance_adapters, tmp_path_factory):
+    s = serve(
+        request.param, tiny_neox, conformance_adapters, tmp_path_factory, "md-cont", max_new_tokens=64,
+        batching="continuous",
+    )  # fmt: skip
+    yield s
+    s.stop()
+
+
+def ask(srv, body: dict) -> tuple[int, str, object]:
+    """(status, content type, reply): a stream's reply is its list of JSON lines."""
+    r = requests.post(srv.url + "/invocations", json=body, stream=True, timeout=300)
+    lines = [json.loads(line) for line in r.iter_lines() if line]
+    kind = r.headers.get("content-type", "")
+    return r.status_code, kind, lines if "jsonlines" in kind else lines[0]
+
+
+def final_text(reply) -> str:
+    return reply[-1]["generated_text"] if isinstance(reply, list) else reply["generated_text"]
+
+
+def test_concurrent_streams_and_replies_mixing_adapters_equal_their_results_alone(cont):
+    bodies = [
+        {
+            "inputs": QUESTIONS[i % 3],
+            "adapters": ["alpha", "beta", "__base__"][i % 3],
+            "stream": i % 2 == 0,
+            "parameters": {"max_new_tokens": 6 + 5 * i},
+        }
+        for i in range(9)
+    ]
+    alone = [final_text(ask(cont, b)[2]) for b in bodies]
+    with cf.ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: ask(cont, b), bodies))
+    for body, expected, (code, kind, reply) in zip(bodies, alone, together):
+        assert code == 200
+        assert ("jsonlines" in kind) == body["stream"]
+        assert final_text(reply) == expected
+        if body["stream"]:
+            assert "".join(line["token"]["text"] for line in reply[:-1]).strip() == expected
+    shared = [r[-1]["details"]["batch_size"] for _, _, r in together if isinstance(r, list)]
+    assert max(shared) > 1  # they were decoded together
+    assert len(set(alone)) > 3
+
+
+def test_bad_requests_get_their_own_status_while_others_generate(cont):
+    long = {"inputs": QUESTIONS[0], "stream": True, "parameters": {"max_new_tokens": 64, "min_new_tokens": 64}}
+    with cf.ThreadPoolExecutor(3) as pool:
+        running = pool.submit(ask, cont, long)
+        bad = requests.post(cont.url + "/invocations", json={"inputs": "x", "parameters": {"max_new_tokens": -1}})
+        unknown = requests.post(cont.url + "/invocations", json={"inputs": "x", "adapters": "nope"})
+        done_before = running.done()
+        code, _, lines = running.result()
+    assert (bad.status_code, unknown.status_code) == (400, 404)
+    # In async mode DJL sends {"error", "code"} for a failed request (it drops the handler's other fields).
+    assert bad.json()["code"] == 400 and "max_new_tokens" in bad.json()["error"]
+    assert "nope" in unknown.json()["error"]
+    assert not done_before and code == 200 and lines[-1]["details"]["generated_tokens"] == 64
