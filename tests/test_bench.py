@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -155,7 +156,8 @@ class FakeLMI:
                     return
                 spec = dict(word.split("=") for word in body["inputs"].split())
                 extra = fake.adapter_delay.get(adapter, 0.0) + (fake.cold if first else 0.0)
-                tokens = int(spec.get("tokens", 4))
+                asked = body["parameters"]["max_new_tokens"]
+                tokens = asked if spec.get("tokens") == "asked" else int(spec.get("tokens", 4))
                 details = {
                     "generated_tokens": tokens,
                     "prompt_tokens": 7,
@@ -213,6 +215,32 @@ def bench(url: str, out: Path, *extra: str) -> tuple[int, dict, list[dict]]:
 
 def level(result: dict, label: str) -> dict:
     return next(lv for lv in result["levels"] if lv["label"] == label)
+
+
+def test_mixed_output_lengths_are_drawn_per_request_and_recorded(tmp_path):
+    with FakeLMI() as fake:
+        code, result, records = bench(
+            fake.url,
+            tmp_path / "out",
+            "--dataset",
+            dataset(tmp_path, ["delay=0.01 tokens=asked"]),
+            "--rate",
+            "200",
+            "--requests",
+            "60",
+            "--max-new-tokens",
+            "16,32,64,128",
+            "--seed",
+            "4",
+        )
+    assert code == 0
+    assert result["config"]["max_new_tokens"] == [16, 32, 64, 128]
+    measured = [r for r in records if r["phase"] == "measure"]
+    asked = Counter(r["max_new_tokens"] for r in measured)
+    assert set(asked) == {16, 32, 64, 128} and sum(asked.values()) == 60
+    assert all(r["output_tokens"] == r["max_new_tokens"] for r in measured)  # each asked for its own length
+    assert level(result, "rate=200")["output_tokens"] == sum(r["max_new_tokens"] for r in measured)
+    assert "max_new_tokens = min_new_tokens = one of 16, 32, 64, 128" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_closed_loop_percentiles_and_throughput_match_known_delays(tmp_path):

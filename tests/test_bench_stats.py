@@ -130,16 +130,28 @@ def test_cold_warm_takes_the_first_request_against_the_median_of_the_rest():
 def test_round_robin_and_seeded_mixes():
     w = Workload(["p1", "p2", "p3"], ["a", "b"], "round-robin", seed=1)
     items = [next(it) for it in [w.items("x")] for _ in range(6)]
-    assert [a for _, a in items] == ["a", "b"] * 3 and Counter(p for p, _ in items) == {"p1": 2, "p2": 2, "p3": 2}
+    assert [a for _, a, _ in items] == ["a", "b"] * 3
+    assert Counter(p for p, _, _ in items) == {"p1": 2, "p2": 2, "p3": 2}
+    assert {n for _, _, n in items} == {64}  # one length unless told otherwise
     skewed = Workload(["p"], ["a", "b", "c"], "skewed", seed=3)
-    draws = [a for it in [skewed.items("lvl")] for _, a in (next(it) for _ in range(3000))]
-    again = [a for it in [skewed.items("lvl")] for _, a in (next(it) for _ in range(3000))]
+    draws = [a for it in [skewed.items("lvl")] for _, a, _ in (next(it) for _ in range(3000))]
+    again = [a for it in [skewed.items("lvl")] for _, a, _ in (next(it) for _ in range(3000))]
     assert draws == again
     shares = Counter(draws)
     assert shares["a"] > shares["b"] > shares["c"] > 0
     assert mix_weights(["a", "b", "c"], "skewed") == pytest.approx([6 / 11, 3 / 11, 2 / 11])
     with pytest.raises(WorkloadError, match="unknown --mix"):
         Workload(["p"], ["a"], "zipf")
+
+
+def test_output_lengths_are_drawn_per_request_seeded_and_leave_the_adapter_draws_alone():
+    mixed = Workload(["p"], ["a", "b"], "uniform", seed=5, lengths=[16, 32, 64, 128])
+    one = Workload(["p"], ["a", "b"], "uniform", seed=5)
+    drawn = [next(it) for it in [mixed.items("rate=1")] for _ in range(400)]
+    assert drawn == [next(it) for it in [mixed.items("rate=1")] for _ in range(400)]
+    assert Counter(n for _, _, n in drawn).keys() == {16, 32, 64, 128}
+    assert min(Counter(n for _, _, n in drawn).values()) > 60  # uniform over the four
+    assert [a for _, a, _ in drawn] == [a for it in [one.items("rate=1")] for _, a, _ in (next(it) for _ in range(400))]
 
 
 def test_prompts_default_to_the_faq_questions_and_read_jsonl(tmp_path):

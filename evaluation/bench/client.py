@@ -43,6 +43,7 @@ class RequestRecord:
     chunks: int = 0  # token chunks received (a chunk may hold several tokens)
     finish_reason: str | None = None
     server_seconds: float | None = None  # details.inference_seconds
+    max_new_tokens: int | None = None  # asked for (min_new_tokens is the same); None: the client's default
 
     @property
     def tpot(self) -> float | None:
@@ -80,17 +81,14 @@ class Client:
         self.timeout = timeout
         self._local = threading.local()
 
-    def body(self, prompt: str, adapter: str) -> dict:
-        """min_new_tokens = max_new_tokens, so every request asks for the same amount of work."""
+    def body(self, prompt: str, adapter: str, max_new_tokens: int | None = None) -> dict:
+        """min_new_tokens = max_new_tokens, so a request asks for exactly the work it names."""
+        tokens = max_new_tokens or self.max_new_tokens
         return {
             "inputs": prompt,
             "adapters": adapter,
             "stream": self.stream,
-            "parameters": {
-                "max_new_tokens": self.max_new_tokens,
-                "min_new_tokens": self.max_new_tokens,
-                "details": True,
-            },
+            "parameters": {"max_new_tokens": tokens, "min_new_tokens": tokens, "details": True},
         }
 
     def _session(self) -> requests.Session:
@@ -105,7 +103,7 @@ class Client:
         try:
             resp = self._session().post(
                 self.url,
-                json=self.body(prompt, rec.adapter),
+                json=self.body(prompt, rec.adapter, rec.max_new_tokens),
                 stream=rec.stream,
                 timeout=(CONNECT_TIMEOUT, self.timeout),
             )

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from loraship.core.errors import LorashipError
 
+from .report import _lengths
+
 ROWS = [
     ("requests/s", lambda lv: lv["requests_per_s"]),
     ("output tokens/s", lambda lv: lv["output_tokens_per_s"]),
@@ -81,7 +83,7 @@ def _describe(run: dict) -> str:
     adapters = ",".join(run["config"]["adapters"])
     return (
         f"{run['_path']}: {batch}, adapters {adapters}, stream {run['config']['stream']}, "
-        f"max_new_tokens {run['config']['max_new_tokens']}, commit {commit}, started {run['started_at']}"
+        f"max_new_tokens {_lengths(run['config']['max_new_tokens'])}, commit {commit}, started {run['started_at']}"
     )
 
 

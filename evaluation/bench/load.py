@@ -143,8 +143,8 @@ def _closed_loop(client, items, concurrency, tracker, t0, requests, deadline, st
                 or (deadline is not None and time.perf_counter() >= deadline)
             ):
                 return None
-            prompt, adapter = next(items)
-            rec = RequestRecord(index=count, phase=phase, level=label, adapter=adapter, stream=client.stream)
+            prompt, adapter, tokens = next(items)
+            rec = RequestRecord(count, phase, label, adapter, client.stream, max_new_tokens=tokens)
             count += 1
             tracker.sending()
             return rec, prompt
@@ -171,8 +171,8 @@ def _open_loop(client, items, rate, tracker, t0, requests, deadline, stop, phase
             break
         if stop.wait(max(0.0, next_at - time.perf_counter())):
             break
-        prompt, adapter = next(items)
-        rec = RequestRecord(index=i, phase=phase, level=label, adapter=adapter, stream=client.stream)
+        prompt, adapter, tokens = next(items)
+        rec = RequestRecord(i, phase, label, adapter, client.stream, max_new_tokens=tokens)
         tracker.sending()
         t = threading.Thread(target=_send, args=(client, tracker, rec, prompt, t0), daemon=True)
         t.start()

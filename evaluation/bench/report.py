@@ -87,7 +87,8 @@ def summary_markdown(result: dict) -> str:
         f"Started {result['started_at']}, finished {result['finished_at']}.",
         server_line(result),
         f"Workload: {cfg['prompts']} prompts ({cfg['dataset'] or 'built-in FAQ questions'}), adapters "
-        f"{', '.join(cfg['adapters'])} ({cfg['mix']}), max_new_tokens = min_new_tokens = {cfg['max_new_tokens']}, "
+        f"{', '.join(cfg['adapters'])} ({cfg['mix']}), "
+        f"max_new_tokens = min_new_tokens = {_lengths(cfg['max_new_tokens'])}, "
         f"streaming {'on' if cfg['stream'] else 'off'}, warm-up {cfg['warmup']}, seed {cfg['seed']}.",
         f"Machine: {mach['platform']}, {mach['cpus_usable'] or mach['cpu_count']} CPUs, {mach['memory_gib']} GiB, "
         f"load average {num((mach.get('load_average') or [None])[0], '.1f')} before, "
@@ -254,3 +255,9 @@ def _adapter_sections(result: dict) -> list[str]:
         )
         lines.append("")
     return lines
+
+
+def _lengths(value) -> str:
+    """64, or "one of 16, 32, 64" when each request drew its length (bench.json before lists: an int)."""
+    values = value if isinstance(value, list) else [value]
+    return str(values[0]) if len(values) == 1 else "one of " + ", ".join(map(str, values))

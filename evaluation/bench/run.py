@@ -53,8 +53,9 @@ class BenchConfig(Settings):
     """adapter names to spread requests over; __base__ is the base model"""
     mix: Annotated[Literal["round-robin", "uniform", "skewed"], Flag(group="workload")] = "round-robin"
     """how requests are spread over --adapters (skewed: shares 1, 1/2, 1/3, ...)"""
-    max_new_tokens: Annotated[int, Flag(group="workload")] = 64
-    """tokens per request (min_new_tokens is the same)"""
+    max_new_tokens: Annotated[list[int], Flag(csv=True, metavar="N[,N,...]", group="workload")] = [64]
+    """tokens per request (min_new_tokens is the same); several values: each request draws one (seeded), e.g.
+    16,32,64,128 for mixed output lengths"""
     concurrency: Annotated[list[int], Flag(csv=True, metavar="C,C,...", group="load")] = []
     """closed loop: a sweep of fixed concurrencies, e.g. 1,2,4,8"""
     rate: Annotated[list[float], Flag(csv=True, metavar="R,R,...", group="load")] = []
@@ -80,6 +81,11 @@ class BenchConfig(Settings):
     command: Annotated[list[str], Flag(hidden=True)] = []
     """The command line that started the run, for bench.json."""
 
+    @field_validator("max_new_tokens", mode="before")
+    @classmethod
+    def _lengths(cls, value):
+        return [value] if isinstance(value, int | str) and not isinstance(value, bool) else value
+
     @field_validator("slo_ms", mode="before")
     @classmethod
     def _slo(cls, value):
@@ -101,8 +107,8 @@ class BenchConfig(Settings):
             found.append("--duration must be > 0")
         if not self.adapters or any(not a for a in self.adapters):
             found.append("--adapters needs one or more names (__base__ for the base model)")
-        if self.max_new_tokens < 1:
-            found.append("--max-new-tokens must be >= 1")
+        if not self.max_new_tokens or min(self.max_new_tokens) < 1:
+            found.append("--max-new-tokens values must be >= 1")
         if self.warmup < 0:
             found.append("--warmup must be >= 0")
         unknown = sorted(set(self.slo_ms) - set(SLO_KEYS))
@@ -291,8 +297,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     if problems:
         raise BenchError("; ".join(problems))
     prompts = load_prompts(cfg.dataset)
-    workload = Workload(prompts, cfg.adapters, cfg.mix, cfg.seed)
-    client = Client(cfg.url, cfg.endpoint, max_new_tokens=cfg.max_new_tokens, stream=cfg.stream, timeout=cfg.timeout)
+    workload = Workload(prompts, cfg.adapters, cfg.mix, cfg.seed, lengths=cfg.max_new_tokens)
+    client = Client(cfg.url, cfg.endpoint, max_new_tokens=cfg.max_new_tokens[0], stream=cfg.stream, timeout=cfg.timeout)
     result = {
         "schema": SCHEMA,
         "command": cfg.command,
@@ -371,7 +377,7 @@ def _probe(client: Client, workload: Workload, cfg: BenchConfig, t0: float, stop
     """Per adapter, one request then PROBE_WARM_SAMPLES more, one at a time: cold vs warm latency.
     All with the same prompt, so only the adapter's state differs."""
     records = []
-    prompt, _ = next(workload.items("probe"))
+    prompt, _, _ = next(workload.items("probe"))
     index = 0
     for adapter in cfg.adapters:
         for _ in range(1 + PROBE_WARM_SAMPLES):

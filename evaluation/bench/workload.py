@@ -43,14 +43,22 @@ def mix_weights(adapters: list[str], mix: str) -> list[float]:
 
 
 class Workload:
-    """A reproducible sequence of (prompt, adapter) pairs for one phase or level.
+    """A reproducible sequence of (prompt, adapter, max_new_tokens) for one phase or level.
 
     Prompts are shuffled once by ``seed`` and then cycled, so N requests over P prompts use each
     prompt N // P or N // P + 1 times. ``round-robin`` cycles the adapters; ``uniform`` and
-    ``skewed`` draw them at random with the seed and the level's name.
+    ``skewed`` draw them at random with the seed and the level's name. Each request's output length
+    is drawn from ``lengths`` the same way (uniformly; always the one value when there is one).
     """
 
-    def __init__(self, prompts: list[str], adapters: list[str], mix: str = "round-robin", seed: int = 0):
+    def __init__(
+        self,
+        prompts: list[str],
+        adapters: list[str],
+        mix: str = "round-robin",
+        seed: int = 0,
+        lengths: list[int] | None = None,
+    ):
         if mix not in MIXES:
             raise WorkloadError(f"unknown --mix {mix!r}; known: {', '.join(MIXES)}")
         if not prompts or not adapters:
@@ -59,10 +67,12 @@ class Workload:
         random.Random(seed).shuffle(self.prompts)
         self.adapters, self.mix, self.seed = list(adapters), mix, seed
         self.weights = mix_weights(self.adapters, mix)
+        self.lengths = list(lengths or [64])
 
     def items(self, salt: str = ""):
-        """An endless iterator of (prompt, adapter); the same ``salt`` gives the same sequence."""
+        """An endless iterator of (prompt, adapter, max_new_tokens); the same ``salt`` gives the same sequence."""
         rng = random.Random(f"{self.seed}:{salt}")
+        lengths = random.Random(f"{self.seed}:{salt}:lengths")  # apart, so adding lengths keeps the adapters
         i = 0
         while True:
             prompt = self.prompts[i % len(self.prompts)]
@@ -70,5 +80,5 @@ class Workload:
                 adapter = self.adapters[i % len(self.adapters)]
             else:
                 adapter = rng.choices(self.adapters, weights=self.weights)[0]
-            yield prompt, adapter
+            yield prompt, adapter, lengths.choice(self.lengths)
             i += 1
