@@ -42,9 +42,10 @@ class BuildOptions(Settings):
     option.adapter_name)"""
     pipeline: str = "instruction"
     """pipeline name or module:Class"""
-    batching: Literal["static", "continuous"] = "static"
-    """static: DJL's batch_size requests per generate call; continuous: DJL's async mode, requests join and
-    leave the running batch between decode steps (up to option.max_rolling_batch_size rows; README)"""
+    batching: Literal["static", "continuous"] = "continuous"
+    """continuous: DJL's async mode, requests join and leave the running batch between decode steps (up to
+    option.max_rolling_batch_size rows); static: DJL's batch_size requests per generate call. Continuous is
+    the default: it won the benchmark (README, Static or continuous batching)"""
     batch_size: int = 1
     """DJL batch_size (requests per generate call; static batching)"""
     max_batch_delay: int = 100
@@ -165,7 +166,10 @@ def build_model_dir(
     if batching not in ("static", "continuous"):
         raise BuildError(f"batching must be static or continuous, got {batching!r}")
     if batching == "continuous" and batch_size != 1:
-        raise BuildError("--batch-size is static batching's: continuous batching takes option.max_rolling_batch_size")
+        raise BuildError(
+            "--batch-size is static batching's (add --batching static); continuous batching takes "
+            "--option max_rolling_batch_size=N"
+        )
     if out.exists() and not overwrite:
         raise BuildError(f"{out} already exists; pass --overwrite to replace it")
     model_id = resolve_model(model)

@@ -4,7 +4,10 @@
    with ``batch_size=1`` (output tokens/s);
 2. mixed-adapter cost: a batch mixing two adapters and the base vs the same batch on one adapter;
 3. server overhead: batch-1 latency through DJL vs ``model.generate`` in this process;
-4. dtype: float32 vs bfloat16 in-process at batch 1 and 8 (what ``option.dtype=auto`` picks on CPU).
+4. dtype: float32 vs bfloat16 in-process at batch 1 and 8 (what ``option.dtype=auto`` picks on CPU);
+5. continuous batching, in-process (``--continuous`` alone): the time of a decode step whose rows mix two
+   adapters and the base vs the same rows on one adapter, and the process's memory over 200 requests
+   through the scheduler (it must not grow with the requests served).
 
 Every request generates exactly ``tokens`` tokens (``min_new_tokens`` = ``max_new_tokens``), so
 the runs compare. Figures are printed and written as JSON; nothing here asserts a speed.
@@ -113,6 +116,95 @@ def _in_process(base: str, prompts: list[str], tokens: int, dtype: torch.dtype) 
     }
 
 
+def _rss_mb() -> float:
+    """Resident memory of this process (Linux /proc), MB."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_continuous(model: str = "default", tokens: int = 64, concurrency: int = 8, requests_total: int = 200) -> dict:
+    """Continuous batching's own figures, in this process: mixed-adapter step cost and memory over requests."""
+    import threading
+
+    from loraship.handler.adapters import AdapterSet
+    from loraship.handler.batching import Engine
+    from loraship.handler.generation import Generator, load_model
+    from loraship.handler.pipelines import get_pipeline
+    from loraship.handler.pipelines.instruction import format_prompt
+    from loraship.handler.properties import ServingOptions
+    from loraship.handler.requests import GenerationParams
+    from loraship.handler.scheduler import Job, Scheduler
+
+    base = resolve_model(model)
+    prompts = [format_prompt(p) for p in _prompts(concurrency)]
+    with tempfile.TemporaryDirectory(prefix="loraship-perf-") as tmp:
+        adapters = _random_adapters(base, Path(tmp))
+        names = list(adapters)
+        # The handler's parts without DJL's Input/Output (djl_python lives in the engine jar).
+        opts = ServingOptions.from_properties({"model_id": base, "dtype": "float32", "adapter_roots": tmp})
+        loaded, tok, device = load_model(opts)
+        pipeline = get_pipeline("instruction")()
+        pipeline.setup(tok, {})
+        served = AdapterSet(loaded, tok, allow_pickle=False, roots=opts.roots, max_loaded=0, pinned=set())
+        for name, path in adapters.items():
+            served.add(name, str(path))
+        gen = Generator(loaded, tok, device, pipeline.stop_sequences)
+        engine = Engine(gen.tokenizer, gen.device, gen.eos_ids, gen.stop_sequences)
+        ids = [gen.tokenizer(p)["input_ids"] for p in prompts]
+        fixed = GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens)
+
+        def step_seconds(row_adapters: list[str]) -> float:
+            model_ = served.ensure_loaded(row_adapters)
+            batch = engine.prefill(model_, [engine.new_sequence(i, fixed, a) for i, a in zip(ids, row_adapters)])
+            start, steps = time.perf_counter(), 0
+            while batch is not None:
+                batch = engine.step(model_, batch)
+                steps += 1
+            return (time.perf_counter() - start) / steps
+
+        one = [names[0]] * concurrency
+        mixed = [(names + [""])[i % 3] for i in range(concurrency)]
+        step_seconds(one)  # warm-up
+        one_s, mixed_s = step_seconds(one), step_seconds(mixed)
+
+        sched = Scheduler(engine, served.ensure_loaded, max_rows=concurrency)
+        done = threading.Semaphore(0)
+        short = GenerationParams(max_new_tokens=8, min_new_tokens=8)
+        rss = []
+        try:
+            for start in range(0, requests_total, 50):
+                for i in range(start, min(start + 50, requests_total)):
+                    seq = engine.new_sequence(ids[i % len(ids)], short, (names + [""])[i % 3])
+                    sched.submit(Job(seq, lambda s, d: None, lambda s: done.release()))
+                for _ in range(start, min(start + 50, requests_total)):
+                    done.acquire()
+                rss.append(round(_rss_mb(), 1))
+        finally:
+            sched.close()
+    return {
+        "step_one_adapter_s": one_s,
+        "step_mixed_s": mixed_s,
+        "mixed_vs_one_adapter_step": mixed_s / one_s,
+        "mix": mixed,
+        "rss_mb_every_50_requests": rss,
+        "rss_growth_mb_after_first_50": round(rss[-1] - rss[0], 1),
+    }
+
+
+def print_continuous(fig: dict) -> None:
+    print("continuous batching (in-process):")
+    print(
+        f"  decode step, 2 adapters + base vs 1 adapter {fig['mixed_vs_one_adapter_step']:6.2f}x "
+        f"({fig['step_mixed_s'] * 1000:.1f} vs {fig['step_one_adapter_s'] * 1000:.1f} ms; target <= 1.3x)"
+    )
+    print(
+        f"  process memory every 50 requests (MB)   {fig['rss_mb_every_50_requests']} "
+        f"(growth after the first 50: {fig['rss_growth_mb_after_first_50']} MB)"
+    )
+
+
 def run_perf(
     model: str = "default", tokens: int = 64, concurrency: int = 8, out: str | None = None, server: dict | None = None
 ) -> dict:
@@ -158,6 +250,8 @@ def run_perf(
             fig["djl_one_adapter"] = {"wall_s": one[0], "largest_batch": one[2]}
             fig["djl_mixed_adapters"] = {"wall_s": mixed[0], "largest_batch": mixed[2], "mix": mixed_names}
 
+    print("continuous batching, in-process ...", flush=True)
+    fig["continuous"] = run_continuous(model, tokens, concurrency)
     direct = fig["in_process"]["float32"]
     fig["figures"] = {
         "batching_gain": fig["djl_batched"]["tok_s"] / fig["djl_batch1"]["tok_s"],
@@ -190,6 +284,7 @@ def print_figures(fig: dict) -> None:
     print(f"  DJL vs in-process batch-1 latency  {f['djl_vs_direct_batch1_latency']:8.2f}x  (target <= 1.10x)")
     print(f"  bf16 vs fp32 speed, batch 1        {f['bf16_vs_fp32_speed_batch1']:8.2f}x")
     print(f"  bf16 vs fp32 speed, batch {c}        {f[f'bf16_vs_fp32_speed_batch{c}']:8.2f}x")
+    print_continuous(fig["continuous"])
 
 
 def _busy_core():

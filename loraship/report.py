@@ -92,7 +92,7 @@ def demo_report(demo, seconds: float, failed: str | None = None) -> str:
     if bench:
         lines += [
             "",
-            "## Benchmark (closed loop, DJL batch_size=8)",
+            "## Benchmark (closed loop, continuous batching, streamed)",
             "",
             "| level | variant | ok | output tok/s | e2e p50 s | e2e p99 s |",
             "| --- | --- | ---: | ---: | ---: | ---: |",

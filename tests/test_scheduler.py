@@ -197,3 +197,13 @@ def test_admission_keeps_to_the_row_and_token_budgets(service):
     finally:
         sched.close()
     assert widest[0] == 2
+
+
+def test_perf_continuous_figures_run_on_a_tiny_model(tiny_neox):
+    """`loraship perf --continuous` end to end on the tiny model (figures only; nothing asserts a speed)."""
+    from loraship.perf import run_continuous
+
+    fig = run_continuous(str(tiny_neox), tokens=4, concurrency=3, requests_total=60)
+    assert fig["mix"] == ["perf1", "perf2", ""]
+    assert fig["step_one_adapter_s"] > 0 and fig["mixed_vs_one_adapter_step"] > 0
+    assert len(fig["rss_mb_every_50_requests"]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from pathlib import Path
@@ -110,6 +111,9 @@ class PerfOptions(ServerChoice):
     """concurrent requests and batch_size"""
     out: str | None = None
     """also write the figures as JSON here"""
+    continuous: bool = False
+    """instead: only continuous batching's in-process figures (mixed-adapter step cost, memory over 200
+    requests)"""
     thread_sweep: Annotated[list[str], Flag(csv=True, metavar="POLICY,...")] = []
     """instead: batch-1 and batch-CONCURRENCY seconds for each worker thread policy, quiet and with one busy
     process; a policy is N (OMP_NUM_THREADS) or N/passive (OMP_WAIT_POLICY too)"""
@@ -125,8 +129,15 @@ class PerfOptions(ServerChoice):
 
 def perf(opts: PerfOptions) -> int:
     """Measure the handler's batching gain, mixed-adapter cost, DJL overhead and fp32 vs bf16."""
-    from ..perf import print_figures, run_perf, run_threads
+    from ..perf import print_continuous, print_figures, run_continuous, run_perf, run_threads
 
+    if opts.continuous:
+        fig = run_continuous(opts.model, opts.tokens, opts.concurrency)
+        print_continuous(fig)
+        if opts.out:
+            Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(opts.out).write_text(json.dumps(fig, indent=2))
+        return 0
     common = dict(tokens=opts.tokens, concurrency=opts.concurrency, out=opts.out, server=opts.runtime())
     if opts.thread_sweep:
         run_threads(opts.model, policies=opts.thread_sweep, **common)
