@@ -140,21 +140,27 @@ class AsyncHandlerService:
         name = inputs.get_property("name") or ""
         if action == "unregister" and name in self.core.adapters.sources:
             self.leaving.add(name)
+
+            def remove_when_unused():  # on the scheduler's thread, between steps: no row is half admitted
+                return None if self._in_use(name) else self._op(inputs, action)
+
             try:
-                while self._in_use(name):
+                while (done := await self._between(remove_when_unused)) is None:
                     await asyncio.sleep(0.05)
-                return await self._adapter_op(inputs, action)
+                return done
             finally:
                 self.leaving.discard(name)
-        return await self._adapter_op(inputs, action)
+        return await self._between(lambda: self._op(inputs, action))
 
     def _in_use(self, name: str) -> bool:
         jobs = list(self.scheduler.running) + list(self.scheduler.waiting)
         return any(job.seq.adapter == name and not job.seq.done for job in jobs)
 
-    async def _adapter_op(self, inputs: Input, action: str) -> Output:
-        op = self.scheduler.between_steps(lambda: self.core.adapter_op(inputs, action))
-        code, body, message = await asyncio.wrap_future(op)
+    async def _between(self, fn):
+        return await asyncio.wrap_future(self.scheduler.between_steps(fn))
+
+    def _op(self, inputs: Input, action: str) -> Output:
+        code, body, message = self.core.adapter_op(inputs, action)
         if code >= 300:
             return create_non_stream_output(body, code=code, error=message)
         return create_non_stream_output(body)

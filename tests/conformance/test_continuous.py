@@ -72,3 +72,28 @@ def test_bad_requests_get_their_own_status_while_others_generate(cont):
     assert bad.json()["code"] == 400 and "max_new_tokens" in bad.json()["error"]
     assert "nope" in unknown.json()["error"]
     assert not done_before and code == 200 and lines[-1]["details"]["generated_tokens"] == 64
+
+
+def test_adapters_come_and_go_while_requests_generate(cont, conformance_adapters):
+    """Register while another request streams; unregister while a request on that adapter generates: it
+    finishes, and a new request for the adapter is refused."""
+    url = f"{cont.url}/models/{cont.model_name}/adapters"
+    long = {"stream": True, "parameters": {"max_new_tokens": 48, "min_new_tokens": 48}}
+    with cf.ThreadPoolExecutor(2) as pool:
+        base_stream = pool.submit(ask, cont, {"inputs": QUESTIONS[0], **long})
+        r = requests.post(url, params={"name": "gamma", "src": str(conformance_adapters / "gamma")}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert base_stream.result()[0] == 200
+    body = {"inputs": QUESTIONS[1], "adapters": "gamma", **long}
+    with requests.post(cont.url + "/invocations", json=body, stream=True, timeout=300) as gamma:
+        assert gamma.status_code == 200
+        chunks = gamma.iter_lines()
+        first = next(line for line in chunks if line)  # generating now
+        with cf.ThreadPoolExecutor(1) as pool:
+            removal = pool.submit(requests.delete, f"{url}/gamma", timeout=120)
+            lines = [json.loads(first)] + [json.loads(line) for line in chunks if line]
+            removed = removal.result()
+    assert removed.status_code == 200, removed.text
+    assert lines[-1].get("details", {}).get("generated_tokens") == 48, lines[-1]  # the running request finished
+    after = requests.post(cont.url + "/invocations", json={"inputs": "x", "adapters": "gamma"}, timeout=60)
+    assert after.status_code == 404
