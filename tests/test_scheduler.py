@@ -206,4 +206,5 @@ def test_perf_continuous_figures_run_on_a_tiny_model(tiny_neox):
     fig = run_continuous(str(tiny_neox), tokens=4, concurrency=3, requests_total=60)
     assert fig["mix"] == ["perf1", "perf2", ""]
     assert fig["step_one_adapter_s"] > 0 and fig["mixed_vs_one_adapter_step"] > 0
+    assert fig["engine_vs_generate_speed"] > 0
     assert len(fig["rss_mb_every_50_requests"]) == 2
