@@ -57,7 +57,7 @@ class AsyncHandlerService:
         if inputs.is_empty():
             return None
         try:
-            req, prompts, _ = self.core.parse(inputs)
+            req, prompts, ids = self.core.parse(inputs)
             gone = sorted(set(req.adapters) & self.leaving)
             if gone:
                 raise NotFound(f"adapter {gone[0]!r} is being unregistered", field="adapters")
@@ -73,19 +73,18 @@ class AsyncHandlerService:
         except Exception as exc:
             code, body = error_json(exc)
             return create_non_stream_output(body, code=code, error=body.get("error"))
-        jobs, events = self._submit(req, prompts)
+        jobs, events = self._submit(req, ids)
         if req.stream:
             return self._stream(req, jobs[0], events)
         return await self._reply(req, jobs, events)
 
     # -- generation --------------------------------------------------------------------------------
-    def _submit(self, req, prompts: list[str]) -> tuple[list[Job], asyncio.Queue]:
+    def _submit(self, req, ids: list[list[int]]) -> tuple[list[Job], asyncio.Queue]:
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         deadline = time.monotonic() + self.core.options.time_budget
-        tokenizer = self.core.generator.tokenizer
         jobs = []
-        for i, (prompt, adapter) in enumerate(zip(prompts, req.adapters)):
-            seq = self.scheduler.engine.new_sequence(tokenizer(prompt)["input_ids"], req.params, adapter, key=i)
+        for i, (prompt_ids, adapter) in enumerate(zip(ids, req.adapters)):
+            seq = self.scheduler.engine.new_sequence(prompt_ids, req.params, adapter, key=i)
             jobs.append(
                 self.scheduler.submit(
                     Job(

@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from .batching import Batch, Engine, Sequence, keep, merge
+from .pipelines import stop_hold
 
 log = logging.getLogger(__name__)
 
@@ -169,18 +170,13 @@ class Scheduler:
             seq = job.seq
             # Held back until settled: a possible stop-string start, and a character still being decoded.
             settled = len(seq.text.rstrip("\ufffd"))
-            visible = len(seq.text) if seq.done else max(job.sent, min(settled, len(seq.text) - self._hold(seq)))
+            visible = len(seq.text) if seq.done else max(job.sent, min(settled, len(seq.text) - stop_hold(seq.stops)))
             if visible > job.sent:
                 job.on_text(seq, seq.text[job.sent : visible])
                 job.sent = visible
             if seq.done:
                 self.running.remove(job)
                 job.on_done(seq)
-
-    @staticmethod
-    def _hold(seq: Sequence) -> int:
-        """Characters held back: the end of the text could still be the start of a stop string."""
-        return max((len(s) for s in seq.stops), default=1) - 1
 
     def _finish(self, job: Job, reason: str) -> None:
         if job.seq.finish_reason is None:

@@ -15,10 +15,9 @@ from typing import NamedTuple
 
 from djl_python import Input, Output
 
-from .adapters import AdapterSet
 from .errors import BadRequest, GenerationTimeout, HandlerError, PayloadTooLarge, error_json
-from .generation import GenerationResult, Generator, load_model
-from .pipelines import get_pipeline
+from .generation import GenerationResult
+from .loading import load
 from .properties import ServingOptions
 from .requests import ParsedRequest, parse_body
 
@@ -49,24 +48,10 @@ class HandlerService:
     # -- lifecycle -----------------------------------------------------------------------------
     def initialize(self, properties: dict) -> None:
         opts = ServingOptions.from_properties(properties)
-        pipeline = get_pipeline(opts.pipeline)()
-        model, tokenizer, device = load_model(opts)
-        pipeline.setup(tokenizer, dict(properties))
-        self.pipeline = pipeline
-        self.generator = Generator(model, tokenizer, device, pipeline.stop_sequences)
-        pinned = {n.strip() for n in opts.pinned_adapters.split(",") if n.strip()}
-        self.adapters = AdapterSet(
-            model,
-            tokenizer,
-            allow_pickle=opts.allow_pickle_adapters,
-            roots=opts.roots,
-            max_loaded=opts.max_adapters,
-            pinned=pinned,
-        )
-        if opts.adapter_checkpoint:
-            self.register(opts.adapter_name, opts.resolve(opts.adapter_checkpoint), pin=True)
+        loaded = load(opts, properties)
+        self.pipeline, self.generator, self.adapters = loaded.pipeline, loaded.generator, loaded.adapters
         self.options = opts
-        log.info("model %s loaded on %s with pipeline %s", opts.model_id, device, pipeline.name)
+        log.info("model %s loaded on %s with pipeline %s", opts.model_id, self.generator.device, self.pipeline.name)
 
     def load_failure(self, exc: Exception) -> Output:
         """What DJL gets when loading failed: status 500 with the reason as the Output's message."""
@@ -130,13 +115,13 @@ class HandlerService:
         results: dict[int, list[GenerationResult | None]] = {i: [None] * len(p[0].items) for i, p in parsed.items()}
         stream_index = next((i for i, p in parsed.items() if p[0].stream), None)
         groups = defaultdict(list)
-        for i, (req, prompts, lengths) in parsed.items():
+        for i, (req, prompts, ids) in parsed.items():
             if i == stream_index and len(batch) == 1:
                 continue
             for j, prompt in enumerate(prompts):
                 # Adapters that added tokens bring their own tokenizer: they batch apart.
                 tokenizer = self.adapters.tokenizer_for(req.adapters[j])
-                groups[(req.params, id(tokenizer))].append(_Row(i, j, prompt, req.adapters[j], tokenizer, lengths[j]))
+                groups[(req.params, id(tokenizer))].append(_Row(i, j, prompt, req.adapters[j], tokenizer, len(ids[j])))
         failed: dict[int, BaseException] = {}
         for (params, _), members in groups.items():
             for part in self._parts(members, params):
@@ -194,8 +179,8 @@ class HandlerService:
             longest = max(longest, m.prompt_tokens)
         return parts + [part] if part else parts
 
-    def parse(self, item: Input) -> tuple[ParsedRequest, list[str], list[int]]:
-        """The request, its prompts and their token counts, admitted against the limits (413 if over)."""
+    def parse(self, item: Input) -> tuple[ParsedRequest, list[str], list[list[int]]]:
+        """The request, its prompts and their token ids, admitted against the limits (413 if over)."""
         opts = self.options
         query = item.get_content().get("adapter")
         content = item.get_content()
@@ -221,7 +206,8 @@ class HandlerService:
             )
         self.adapters.check(req.adapters)
         prompts = [self.pipeline.decode_request(x) for x in req.items]
-        lengths = [len(self.generator.check_length(p, req.params)) for p in prompts]
+        ids = [self.generator.check_length(p, req.params) for p in prompts]
+        lengths = [len(i) for i in ids]
         cost = sum(lengths) + n * req.params.max_new_tokens
         if cost > opts.max_request_tokens:
             raise PayloadTooLarge(
@@ -230,7 +216,7 @@ class HandlerService:
                 "fewer max_new_tokens or send fewer inputs per request",
                 field="inputs",
             )
-        return req, prompts, lengths
+        return req, prompts, ids
 
     def encode(self, req: ParsedRequest, results: list[GenerationResult], batch_size: int) -> object:
         replies = []

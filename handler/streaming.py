@@ -11,7 +11,7 @@ from transformers import TextIteratorStreamer
 
 from .errors import GenerationTimeout, error_json
 from .generation import GenerationResult
-from .pipelines import cut_at_stop
+from .pipelines import cut_at_stop, stop_hold
 
 
 def stream_generation(
@@ -31,7 +31,7 @@ def stream_generation(
     of a stop string is held back until it is known not to be one, so the client never sees the
     ``### End`` marker.
     """
-    hold = max((len(s) for s in stops), default=1) - 1
+    hold = stop_hold(stops)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
     box: dict = {}
 

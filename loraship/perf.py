@@ -129,10 +129,8 @@ def run_continuous(model: str = "default", tokens: int = 64, concurrency: int = 
     """Continuous batching's own figures, in this process: mixed-adapter step cost and memory over requests."""
     import threading
 
-    from loraship.handler.adapters import AdapterSet
     from loraship.handler.batching import Engine
-    from loraship.handler.generation import Generator, load_model
-    from loraship.handler.pipelines import get_pipeline
+    from loraship.handler.loading import load
     from loraship.handler.pipelines.instruction import format_prompt
     from loraship.handler.properties import ServingOptions
     from loraship.handler.requests import GenerationParams
@@ -143,15 +141,11 @@ def run_continuous(model: str = "default", tokens: int = 64, concurrency: int = 
     with tempfile.TemporaryDirectory(prefix="loraship-perf-") as tmp:
         adapters = _random_adapters(base, Path(tmp))
         names = list(adapters)
-        # The handler's parts without DJL's Input/Output (djl_python lives in the engine jar).
-        opts = ServingOptions.from_properties({"model_id": base, "dtype": "float32", "adapter_roots": tmp})
-        loaded, tok, device = load_model(opts)
-        pipeline = get_pipeline("instruction")()
-        pipeline.setup(tok, {})
-        served = AdapterSet(loaded, tok, allow_pickle=False, roots=opts.roots, max_loaded=0, pinned=set())
+        # The handler's own loading, without DJL's Input/Output (djl_python lives in the engine jar).
+        loaded = load(ServingOptions.from_properties({"model_id": base, "dtype": "float32", "adapter_roots": tmp}))
+        served, gen = loaded.adapters, loaded.generator
         for name, path in adapters.items():
             served.add(name, str(path))
-        gen = Generator(loaded, tok, device, pipeline.stop_sequences)
         engine = Engine(gen.tokenizer, gen.device, gen.eos_ids, gen.stop_sequences)
         ids = [gen.tokenizer(p)["input_ids"] for p in prompts]
         fixed = GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens)

@@ -22,11 +22,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    if not torch.cuda.is_available():
-        skip = pytest.mark.skip(reason="needs a CUDA GPU")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+    no_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(no_gpu)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -51,3 +51,8 @@ def cut_at_stop(text: str, stops: tuple[str, ...] | list[str]) -> tuple[str, boo
             if 0 <= i < cut:
                 cut = i
     return text[:cut], cut < len(text)
+
+
+def stop_hold(stops: tuple[str, ...] | list[str]) -> int:
+    """Characters a stream holds back: the end of its text could still be the start of a stop string."""
+    return max((len(s) for s in stops), default=1) - 1
