@@ -19,7 +19,7 @@ from djl_python import Input, Output
 from djl_python.async_utils import create_non_stream_output, create_stream_chunk_output
 
 from .batching import Engine, Sequence
-from .errors import BadRequest, GenerationTimeout, NotFound, error_json
+from .errors import BadRequest, Cancelled, GenerationTimeout, NotFound, error_json
 from .generation import GenerationResult
 from .scheduler import Job, Scheduler
 from .service import HandlerService
@@ -35,6 +35,8 @@ class AsyncHandlerService:
         self.scheduler: Scheduler | None = None
         self.leaving: set[str] = set()
         """Adapters being unregistered: new requests get 404 while their running rows finish."""
+        self.live: dict[str, list[Job]] = {}
+        """Running requests by DJL's ``request_tracking_id``, for :meth:`cancel`."""
 
     def initialize(self, properties: dict) -> None:
         core = self.core
@@ -74,9 +76,24 @@ class AsyncHandlerService:
             code, body = error_json(exc)
             return create_non_stream_output(body, code=code, error=body.get("error"))
         jobs, events = self._submit(req, ids)
+        tracking = inputs.get_property("request_tracking_id")
+        if tracking:
+            self.live[tracking] = jobs
         if req.stream:
-            return self._stream(req, jobs[0], events)
-        return await self._reply(req, jobs, events)
+            return self._stream(req, jobs[0], events, tracking)
+        try:
+            return await self._reply(req, jobs, events)
+        finally:
+            self.live.pop(tracking, None)
+
+    async def cancel(self, inputs: Input) -> Output:
+        """Ends the request whose ``request_tracking_id`` is the property ``target`` (its client went away):
+        its rows leave the batch at the next step. loraship's host calls it; real DJL Serving never does."""
+        target = inputs.get_property("target") or ""
+        jobs = self.live.get(target, [])
+        for job in jobs:
+            self.scheduler.cancel(job)
+        return create_non_stream_output({"cancelled": len(jobs)})
 
     # -- generation --------------------------------------------------------------------------------
     def _submit(self, req, ids: list[list[int]]) -> tuple[list[Job], asyncio.Queue]:
@@ -102,21 +119,24 @@ class AsyncHandlerService:
         while pending:
             _, delta = await events.get()
             pending -= delta is None
-        failed = next((j.seq for j in jobs if j.seq.finish_reason in ("error", "time")), None)
+        failed = next((j.seq for j in jobs if j.seq.finish_reason in ("error", "time", "cancelled")), None)
         if failed is not None:
             code, body = error_json(self._failure(failed))
             return create_non_stream_output(body, code=code, error=body.get("error"))
         results = [_result(j.seq) for j in jobs]
         return create_non_stream_output(self.core.encode(req, results, max(j.seq.batch_size for j in jobs)))
 
-    async def _stream(self, req, job: Job, events: asyncio.Queue):
+    async def _stream(self, req, job: Job, events: asyncio.Queue, tracking: str | None):
         encode = self.core.pipeline.encode_response
-        while True:
-            seq, delta = await events.get()
-            if delta is None:
-                break
-            yield create_stream_chunk_output({"token": {"text": delta}}, last_chunk=False)
-        if seq.finish_reason in ("error", "time"):
+        try:
+            while True:
+                seq, delta = await events.get()
+                if delta is None:
+                    break
+                yield create_stream_chunk_output({"token": {"text": delta}}, last_chunk=False)
+        finally:
+            self.live.pop(tracking, None)
+        if seq.finish_reason in ("error", "time", "cancelled"):
             # The status went out with the first line: the error is the last line, as in static mode.
             yield create_stream_chunk_output(error_json(self._failure(seq))[1], last_chunk=True)
             return
@@ -126,6 +146,8 @@ class AsyncHandlerService:
         yield create_stream_chunk_output({"generated_text": encode(res.text), "details": details}, last_chunk=True)
 
     def _failure(self, seq: Sequence) -> Exception:
+        if seq.finish_reason == "cancelled":
+            return Cancelled(f"request cancelled after {len(seq.tokens)} tokens")
         if seq.finish_reason == "time":
             return GenerationTimeout.after(
                 time.perf_counter() - seq.started, len(seq.tokens), self.core.options.predict_timeout

@@ -20,3 +20,8 @@ async def update_adapter(inputs):
 
 async def unregister_adapter(inputs):
     return await _service.adapter_call(inputs, "unregister")
+
+
+async def cancel_request(inputs):
+    """loraship's host calls this when a streamed request's client went away (real DJL Serving never does)."""
+    return await _service.cancel(inputs)

@@ -53,6 +53,12 @@ class GenerationTimeout(HandlerError):
         )
 
 
+class Cancelled(HandlerError):
+    """The request was ended before it was done: its client went away, or the server is shutting down."""
+
+    status = 499  # nginx's "client closed request": nobody is left to read it
+
+
 class ConfigError(HandlerError):
     """serving.properties (or a pipeline/adapter setting) is invalid: the model fails to load."""
 

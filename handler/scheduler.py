@@ -160,7 +160,12 @@ class Scheduler:
         if not gone or self.batch is None:
             return
         for job in gone:
-            self._finish(job, "cancelled" if job.cancelled else "time")
+            reason = "cancelled" if job.cancelled else "time"
+            log.info(
+                "a row left the batch (%s) after %d of %d tokens; %d rows remain",
+                reason, len(job.seq.tokens), job.seq.params.max_new_tokens, len(self.running) - 1,
+            )  # fmt: skip
+            self._finish(job, reason)
         stay = [i for i, seq in enumerate(self.batch.rows) if not seq.done]
         self.batch = keep(self.batch, stay)
         self.running = [j for j in self.running if not j.seq.done]

@@ -125,3 +125,26 @@ def test_unregistering_an_adapter_lets_its_running_request_finish_and_refuses_ne
     assert body(removed)[0] == 200 and "beta" not in svc.core.adapters.sources
     again = init_input({"name": "beta", "src": str(root / "beta")})
     assert body(loop.run_until_complete(svc.adapter_call(again, "register")))[0] == 200
+
+
+def test_cancelling_a_request_frees_its_row_at_the_next_step(served):
+    """What loraship's host does when a streamed request's client goes away: ``cancel_request`` names the
+    request by DJL's ``request_tracking_id``; its row leaves the batch and its stream ends with a 499 line."""
+    svc, loop, _ = served
+    long = {"inputs": QUESTIONS[2], "stream": True, "parameters": {"max_new_tokens": 400, "min_new_tokens": 400}}
+
+    async def run():
+        out = await svc.handle(request_input(long, headers={"request_tracking_id": "t-1"}))
+        lines = [json.loads(frame(await anext(out))["data"])]  # generating now
+        assert len(svc.scheduler.running) == 1
+        cancelled = body(await svc.cancel(init_input({"target": "t-1"})))
+        unknown = body(await svc.cancel(init_input({"target": "no-such-request"})))
+        async for chunk in out:
+            lines.append(json.loads(frame(chunk)["data"]))
+        return cancelled, unknown, lines
+
+    cancelled, unknown, lines = loop.run_until_complete(run())
+    assert cancelled == (200, {"cancelled": 1}) and unknown == (200, {"cancelled": 0})
+    assert lines[-1]["code"] == 499 and "cancelled after" in lines[-1]["error"]
+    assert len(lines) < 400  # it left long before its 400 tokens
+    assert svc.scheduler.running == [] and svc.live == {}

@@ -30,6 +30,21 @@ DIFFERENCES: dict[str, dict[str, str]] = {
         "why": "the host's callers (tests, the demo) read 200 as 'ready, adapters restored'; the host recovers in "
         "seconds, so a load balancer loses little by believing it",
     },
+    "client_disconnect": {
+        "djl": "a streamed request whose client went away keeps its row until it is done or runs past "
+        "predict_timeout: DJL only marks the Input cancelled (InferenceRequestHandler.channelInactive), which "
+        "nothing reads once the job is with the worker, and its async framing has no cancel message",
+        "host": "the row leaves the batch at the next decode step and its slot frees: the host sees the failed write "
+        "of the next chunk and calls the handler's cancel_request with the request's request_tracking_id",
+        "why": "a limitation of DJL Serving 0.36.0; vLLM, TGI and LoRAX all free a disconnected request's slot",
+    },
+    "async_adapter_failure": {
+        "djl": "200 with the registration's own status message, whatever the handler answers: in async mode DJL's "
+        "adapter API reads the Output before the handler's reply has arrived",
+        "host": "the handler's status and message (400 for a source outside option.adapter_roots): the host waits for "
+        "the reply before it answers",
+        "why": "a race in DJL Serving 0.36.0; a client must otherwise check GET /models/{m}/adapters after each call",
+    },
     "batch_key_headers": {
         "djl": "a header named batch_size, or a custom attribute batch_000.data, reaches the handler as a property "
         "and the request is served (the handler treats an Input as a batch only with batch_NNN content keys)",

@@ -4,10 +4,12 @@ its own status while the others generate."""
 
 import concurrent.futures as cf
 import json
+import time
 
 import pytest
 import requests
 from conf_support import serve
+from differences import expect
 from servers import KINDS
 
 QUESTIONS = ["What is Amazon SageMaker?", "How do I train a model?", "Which regions are supported?"]
@@ -16,7 +18,7 @@ QUESTIONS = ["What is Amazon SageMaker?", "How do I train a model?", "Which regi
 @pytest.fixture(scope="module", params=KINDS)
 def cont(request, tiny_neox, conformance_adapters, tmp_path_factory):
     s = serve(
-        request.param, tiny_neox, conformance_adapters, tmp_path_factory, "md-cont", max_new_tokens=64,
+        request.param, tiny_neox, conformance_adapters, tmp_path_factory, "md-cont", max_new_tokens=480,
         batching="continuous",
     )  # fmt: skip
     yield s
@@ -97,3 +99,47 @@ def test_adapters_come_and_go_while_requests_generate(cont, conformance_adapters
     assert lines[-1].get("details", {}).get("generated_tokens") == 48, lines[-1]  # the running request finished
     after = requests.post(cont.url + "/invocations", json={"inputs": "x", "adapters": "gamma"}, timeout=60)
     assert after.status_code == 404
+
+
+def test_a_stream_whose_client_goes_away(cont, request):
+    """The host tells the handler (``cancel_request``), so the row leaves and its slot frees; real DJL
+    Serving tells it nothing, so the row runs on to its end (a documented difference)."""
+    kind = request.node.callspec.params["cont"]
+    left = "a row left the batch (cancelled)"
+    body = {"inputs": QUESTIONS[2], "stream": True, "parameters": {"max_new_tokens": 400, "min_new_tokens": 400}}
+    with requests.post(cont.url + "/invocations", json=body, stream=True, timeout=300) as r:
+        assert r.status_code == 200
+        next(line for line in r.iter_lines() if line)  # generating now
+    # leaving the block closed the connection mid-stream
+    frees = expect("client_disconnect", kind).startswith("the row leaves")
+    if frees:
+        deadline = time.monotonic() + 60
+        while left not in cont.log_path.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left in cont.log_path.read_text(errors="replace")
+    short = {"inputs": QUESTIONS[0], "stream": True, "parameters": {"max_new_tokens": 4}}
+    code, _, lines = ask(cont, short)
+    assert code == 200
+    # Alone in the batch once the abandoned row has left; beside it while it still runs.
+    assert lines[-1]["details"]["batch_size"] == (1 if frees else 2)
+    assert (left in cont.log_path.read_text(errors="replace")) == frees
+
+
+def test_a_registration_the_handler_refuses(cont, request, tmp_path):
+    """In async mode real DJL Serving answers its adapter API before the handler has replied; the host
+    waits for the reply, so a refused registration gets its real status (a documented difference)."""
+    kind = request.node.callspec.params["cont"]
+    broken = tmp_path / "broken"  # outside option.adapter_roots
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{}")
+    url = f"{cont.url}/models/{cont.model_name}/adapters"
+    r = requests.post(url, params={"name": "broken", "src": str(broken)}, timeout=60)
+    answered = expect("async_adapter_failure", kind)
+    if answered.startswith("200"):
+        assert r.status_code == 200, r.text
+    else:
+        assert r.status_code == 400 and "outside the allowed roots" in r.json()["message"], r.text
+    # Either way the handler does not have it.
+    after = requests.post(cont.url + "/invocations", json={"inputs": "x", "adapters": "broken"}, timeout=60)
+    assert after.status_code == 404
+    requests.delete(f"{url}/broken", timeout=60)  # DJL's registry has it

@@ -8,6 +8,9 @@ import ai.djl.ndarray.BytesSupplier;
 import com.sun.net.httpserver.Headers;
 import com.sun.net.httpserver.HttpExchange;
 
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
@@ -15,6 +18,7 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.UUID;
+import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 
@@ -28,6 +32,9 @@ import static ai.loraship.host.Http.sendException;
  * goes back whole or, when its data is chunked, as a stream.
  */
 final class Inference {
+
+    // The lines logged here were DjlHost's: they keep its logger name, so the server log reads as before.
+    private static final Logger logger = LoggerFactory.getLogger(DjlHost.class);
 
     private final HostConfig config;
     private final Adapters adapters;
@@ -104,7 +111,7 @@ final class Inference {
             sendException(ex, e.getCause(), config.predictTimeoutSeconds);
             return;
         }
-        sendOutput(ex, output);
+        sendOutput(ex, job.input, output);
     }
 
     /**
@@ -135,7 +142,7 @@ final class Inference {
     }
 
     /** Status, headers and body from the Output, streamed when its data is chunked (see DJL's sendOutput). */
-    private void sendOutput(HttpExchange ex, Output output) throws IOException {
+    private void sendOutput(HttpExchange ex, Input input, Output output) throws IOException {
         BytesSupplier data = output.getData();
         if (!(data instanceof ChunkedBytesSupplier chunks)) {
             sendFull(ex, output, data == null ? new byte[0] : data.getAsBytes());
@@ -157,8 +164,13 @@ final class Inference {
                     os = ex.getResponseBody();
                 }
                 if (buf != null && buf.length > 0) {
-                    os.write(buf);
-                    os.flush();
+                    try {
+                        os.write(buf);
+                        os.flush();
+                    } catch (IOException e) {
+                        clientGone(input);
+                        throw e;
+                    }
                 }
             }
         } catch (InterruptedException | IllegalStateException e) {
@@ -174,6 +186,34 @@ final class Inference {
         } else {
             os.close();
         }
+    }
+
+    /**
+     * A streamed request whose client went away. In DJL's async mode (the Input then has the
+     * request_tracking_id that AsyncRequestManager gave it) the handler's {@code cancel_request} ends
+     * its row, so its slot frees at the next decode step. Real DJL Serving 0.36.0 does not do this: it
+     * only marks the Input cancelled, which nothing reads once a job is dispatched.
+     */
+    private void clientGone(Input input) {
+        String tracking = input.getProperty("request_tracking_id", null);
+        if (tracking == null) {
+            return;
+        }
+        CompletableFuture.runAsync(() -> {
+            try {
+                Output out = pool.onAll(() -> {
+                    Input cancel = new Input();
+                    cancel.addProperty("handler", "cancel_request");
+                    cancel.addProperty("target", tracking);
+                    return cancel;
+                });
+                if (out.getCode() >= 300) {
+                    logger.warn("Cancelling request {} failed: {} {}", tracking, out.getCode(), out.getMessage());
+                }
+            } catch (Exception e) {
+                logger.warn("Cancelling request {} failed", tracking, e);
+            }
+        });
     }
 
     private void sendFull(HttpExchange ex, Output output, byte[] body) throws IOException {

@@ -3,6 +3,7 @@ package ai.loraship.host;
 import ai.djl.Model;
 import ai.djl.engine.EngineException;
 import ai.djl.inference.Predictor;
+import ai.djl.inference.streaming.ChunkedBytesSupplier;
 import ai.djl.modality.Input;
 import ai.djl.modality.Output;
 import ai.djl.translate.Translator;
@@ -106,7 +107,7 @@ final class Worker implements Runnable {
             Output first = null;
             Output failure = null;
             for (CompletableFuture<Output> result : results) {
-                Output out = result.get();
+                Output out = settled(result.get());
                 if (first == null) {
                     first = out;
                 }
@@ -134,6 +135,8 @@ final class Worker implements Runnable {
     /** Bounds how long an adapter operation waits for an idle worker. */
     private static final long POLL_MILLIS = 20;
     private static final long RECOVERY_BACKOFF_MILLIS = 5000;
+    /** How long an adapter operation may take in the handler (loading a large adapter included). */
+    private static final long SETTLE_SECONDS = 600;
 
     private final int id;
     private final Model model;
@@ -316,11 +319,11 @@ final class Worker implements Runnable {
         int ok = 0;
         for (Adapters.Adapter adapter : adapters) {
             try {
-                Output out = predictor.batchPredict(List.of(adapter.registerInput())).get(0);
+                Output out = settled(predictor.batchPredict(List.of(adapter.registerInput())).get(0));
                 if (out.getCode() >= 300) {
                     // The new process may have it already from another source: the seed adapter it
                     // loads by itself (option.adapter_checkpoint), updated since. Bring it up to date.
-                    out = predictor.batchPredict(List.of(adapter.updateInput())).get(0);
+                    out = settled(predictor.batchPredict(List.of(adapter.updateInput())).get(0));
                 }
                 if (out.getCode() >= 300) {
                     logger.error("Worker {}: re-registering adapter {} failed: {}",
@@ -335,6 +338,27 @@ final class Worker implements Runnable {
         syncedPid = pid;
         logger.info("Worker {}: Python process {} is ready; {} of {} adapter(s) registered again",
                 id, pid, ok, adapters.size());
+    }
+
+    /**
+     * The Output once the handler has answered. In DJL's async mode batchPredict returns at once with an
+     * empty stream, and the code arrives with its first message; real DJL Serving's adapter API reads the
+     * code before that (so a registration that fails in the handler is still answered 200). The host waits.
+     */
+    static Output settled(Output out) {
+        if (out.getData() instanceof ChunkedBytesSupplier chunks) {
+            try {
+                while (chunks.hasNext()) {
+                    chunks.nextChunk(SETTLE_SECONDS, TimeUnit.SECONDS);
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return new Output(503, "Interrupted while waiting for the handler's answer");
+            } catch (IllegalStateException e) {
+                return new Output(504, "The handler did not answer within " + SETTLE_SECONDS + " s");
+            }
+        }
+        return out;
     }
 
     private static void fail(List<Job> batch, Throwable t) {
