@@ -47,6 +47,8 @@ from lm_eval.api.registry import register_model
 from loraship.core.errors import LorashipError
 
 BASE = "__base__"
+#: LMI's finish reasons (what the server reports) as the in-process model types name them.
+LMI_FINISH_REASONS = {"eos_token": "eos", "stop_sequence": "stop", "length": "length"}
 DEFAULT_MAX_NEW_TOKENS = 128
 
 
@@ -399,9 +401,8 @@ class EndpointLM(LM):
         for req in requests:
             reply = self.post(self.body(req.args[0], req.args[1]))
             details = reply.get("details") or {}
-            out.append(
-                Completion(reply["generated_text"], details.get("finish_reason"), details.get("generated_tokens"))
-            )
+            reason = LMI_FINISH_REASONS.get(details.get("finish_reason"), details.get("finish_reason"))
+            out.append(Completion(reply["generated_text"], reason, details.get("generated_tokens")))
         return out
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):

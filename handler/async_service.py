@@ -12,17 +12,19 @@ Replies use djl_python's async framing (``async_utils``): every message is a bin
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
 from djl_python import Input, Output
-from djl_python.async_utils import create_non_stream_output, create_stream_chunk_output
+from djl_python.async_utils import create_non_stream_output
 
-from .batching import Engine, Sequence
+from .batching import Engine, Sequence, result_of
 from .errors import BadRequest, Cancelled, GenerationTimeout, NotFound, error_json
-from .generation import GenerationResult
+from .lmi import JSONLINES, SSE
 from .scheduler import Job, Scheduler
 from .service import HandlerService
+from .streaming import StreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +108,8 @@ class AsyncHandlerService:
                 self.scheduler.submit(
                     Job(
                         seq,
-                        on_text=lambda s, d: loop.call_soon_threadsafe(events.put_nowait, (s, d)),
-                        on_done=lambda s: loop.call_soon_threadsafe(events.put_nowait, (s, None)),
+                        on_text=lambda s, t: loop.call_soon_threadsafe(events.put_nowait, (s, t, False)),
+                        on_done=lambda s, t: loop.call_soon_threadsafe(events.put_nowait, (s, t, True)),
                         deadline=deadline,
                     )
                 )
@@ -117,33 +119,36 @@ class AsyncHandlerService:
     async def _reply(self, req, jobs: list[Job], events: asyncio.Queue) -> Output:
         pending = len(jobs)
         while pending:
-            _, delta = await events.get()
-            pending -= delta is None
+            *_, done = await events.get()
+            pending -= done
         failed = next((j.seq for j in jobs if j.seq.finish_reason in ("error", "time", "cancelled")), None)
         if failed is not None:
             code, body = error_json(self._failure(failed))
             return create_non_stream_output(body, code=code, error=body.get("error"))
-        results = [_result(j.seq) for j in jobs]
-        return create_non_stream_output(self.core.encode(req, results, max(j.seq.batch_size for j in jobs)))
+        tokenizer = self.scheduler.engine.tokenizer
+        results = [result_of(j.seq, tokenizer, with_tokens=req.wants_tokens) for j in jobs]
+        body = self.core.encode(req, results, max(j.seq.batch_size for j in jobs))
+        return create_non_stream_output(json.dumps(body, ensure_ascii=False))  # a list too (a dict only, as is)
 
     async def _stream(self, req, job: Job, events: asyncio.Queue, tracking: str | None):
-        encode = self.core.pipeline.encode_response
+        opts = self.core.options
+        writer = StreamWriter(
+            req, req.items[0], self.core.pipeline.encode_response, self.scheduler.engine.tokenizer,
+            tgi=opts.tgi_compat, sse=opts.sse,
+        )  # fmt: skip
         try:
             while True:
-                seq, delta = await events.get()
-                if delta is None:
+                seq, tokens, done = await events.get()
+                if done:
                     break
-                yield create_stream_chunk_output({"token": {"text": delta}}, last_chunk=False)
+                for chunk in writer.tokens(seq, tokens):
+                    yield _chunk(chunk, last=False, sse=opts.sse)
         finally:
             self.live.pop(tracking, None)
-        if seq.finish_reason in ("error", "time", "cancelled"):
-            # The status went out with the first line: the error is the last line, as in static mode.
-            yield create_stream_chunk_output(error_json(self._failure(seq))[1], last_chunk=True)
-            return
-        res = _result(seq)
-        details = {**res.details(seq.adapter), "batch_size": seq.batch_size}
-        details["time_to_first_chunk"] = round((seq.first_token_at or time.perf_counter()) - seq.started, 4)
-        yield create_stream_chunk_output({"generated_text": encode(res.text), "details": details}, last_chunk=True)
+        failure = self._failure(seq) if seq.finish_reason in ("error", "time", "cancelled") else None
+        lines = writer.final(seq, tokens, failure)
+        for i, chunk in enumerate(lines):
+            yield _chunk(chunk, last=i == len(lines) - 1, sse=opts.sse)
 
     def _failure(self, seq: Sequence) -> Exception:
         if seq.finish_reason == "cancelled":
@@ -187,11 +192,10 @@ class AsyncHandlerService:
         return create_non_stream_output(body)
 
 
-def _result(seq: Sequence) -> GenerationResult:
-    return GenerationResult(
-        text=seq.text,
-        generated_tokens=len(seq.tokens),
-        finish_reason=seq.finish_reason,
-        prompt_tokens=len(seq.prompt_ids),
-        seconds=time.perf_counter() - seq.started,
-    )
+def _chunk(data: bytes, last: bool, sse: bool) -> Output:
+    """One message of a stream in djl_python's async framing (``async_utils.create_stream_chunk_output``'s
+    frame, with the line as the handler wrote it: LMI's JSON line or SSE event)."""
+    out = Output()
+    out.add_property("Content-Type", SSE if sse else JSONLINES)
+    out.add(Output.binary_encode({"data": data.decode("utf-8"), "last": last}))
+    return out

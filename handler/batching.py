@@ -28,6 +28,7 @@ from transformers.generation.logits_process import (
 
 from .pipelines.base import cut_at_stop
 from .requests import GenerationParams
+from .results import GenerationResult, Token, tokens_of
 
 BASE = "__base__"
 
@@ -45,6 +46,17 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     """The decoded text so far, cut at a stop string once one appears."""
+    pieces: list[str] = field(default_factory=list)
+    """Each token's text: together the decoded text before any stop-string cut. A token that ends inside
+    a character (a byte-fallback piece) has ``""``, and the token that completes it carries the character."""
+    logprobs: list[float] = field(default_factory=list)
+    """Each token's log-probability under the model's distribution (raw logits, before sampling settings)."""
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+    """Per step, the ``params.top_n_tokens`` most likely (token, log-probability) pairs."""
+    eos: tuple[int, float] | None = None
+    """The end-of-sequence token that finished it, with its log-probability (not part of ``tokens``)."""
+    prefill: list[tuple[int, float | None]] | None = None
+    """With ``params.decoder_input_details``: each prompt token and its log-probability (None for the first)."""
     finish_reason: str | None = None
     """None while running; then eos | stop | length | time | cancelled | error."""
     error: BaseException | None = None
@@ -134,15 +146,18 @@ class Engine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = DynamicCache()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        scored = [i for i, s in enumerate(seqs) if s.params.decoder_input_details]
         out = model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
             cache=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=0 if scored else 1,  # 0: every position, for the prompt's log-probabilities
             **self._adapters(model, seqs),
         )
+        for i in scored:
+            seqs[i].prefill = prompt_logprobs(out.logits[i], ids[i], len(seqs[i].prompt_ids))
         batch = Batch(list(seqs), out.cache, mask, torch.zeros(len(seqs), dtype=torch.long))
         return self._advance(batch, out.logits[:, -1, :])
 
@@ -171,13 +186,18 @@ class Engine:
     def _advance(self, batch: Batch, logits: torch.Tensor) -> Batch | None:
         """Choose each row's next token, record it, and drop the rows that are done."""
         now = time.perf_counter()
+        logits = logits.float()
+        logp = torch.log_softmax(logits, -1)
         picked = []
         for i, seq in enumerate(batch.rows):
-            token = self._choose(seq, logits[i : i + 1].float())
+            token = self._choose(seq, logits[i : i + 1].clone())
             picked.append(token)
             seq.first_token_at = seq.first_token_at or now
             seq.batch_size = max(seq.batch_size, len(batch.rows))
-            self._record(seq, token)
+            if seq.params.top_n_tokens:
+                values, ids = logp[i].topk(seq.params.top_n_tokens)
+                seq.top.append(list(zip(ids.tolist(), values.tolist())))
+            self._record(seq, token, float(logp[i, token]))
         batch.next_ids = torch.tensor(picked, dtype=torch.long, device=batch.mask.device)
         return keep(batch, [i for i, s in enumerate(batch.rows) if not s.done])
 
@@ -200,12 +220,17 @@ class Engine:
         probs = torch.softmax(scores, -1)
         return int(torch.multinomial(probs, 1, generator=seq.rng))
 
-    def _record(self, seq: Sequence, token: int) -> None:
+    def _record(self, seq: Sequence, token: int, logprob: float) -> None:
         if token in self.eos_ids and len(seq.tokens) >= seq.params.min_new_tokens:
+            seq.eos = (token, logprob)
             seq.finish_reason = "eos"
             return
         seq.tokens.append(token)
-        text, stopped = cut_at_stop(self.tokenizer.decode(seq.tokens, skip_special_tokens=False), seq.stops)
+        seq.logprobs.append(logprob)
+        full = self.tokenizer.decode(seq.tokens, skip_special_tokens=False)
+        settled = sum(len(p) for p in seq.pieces)
+        seq.pieces.append("" if full.endswith("\ufffd") else full[settled:])
+        text, stopped = cut_at_stop(full, seq.stops)
         seq.text = text
         # With min_new_tokens the caller wants a fixed length: a stop string then only cuts the text (as
         # in Generator.generate), and the reason says it was cut.
@@ -213,3 +238,35 @@ class Engine:
             seq.finish_reason = "stop"
         elif len(seq.tokens) >= seq.params.max_new_tokens:
             seq.finish_reason = "stop" if stopped else "length"
+
+
+def prompt_logprobs(logits: torch.Tensor, ids: torch.Tensor, length: int) -> list[tuple[int, float | None]]:
+    """Each of the last ``length`` tokens of ``ids`` with its log-probability given the ones before it
+    (``logits``: [positions, vocab] of the same row); the first token has none."""
+    ids, logits = ids[-length:], logits[-length:].float()
+    scores = torch.log_softmax(logits[:-1], -1).gather(1, ids[1:, None])[:, 0].tolist()
+    return [(int(ids[0]), None)] + list(zip(ids[1:].tolist(), scores))
+
+
+def result_of(seq: Sequence, tokenizer, with_tokens: bool = False) -> GenerationResult:
+    """A finished sequence as generation's result (``with_tokens``: its tokens and log-probabilities too)."""
+    ids, logprobs = list(seq.tokens), list(seq.logprobs)
+    if seq.eos is not None:
+        ids.append(seq.eos[0])
+        logprobs.append(seq.eos[1])
+    res = GenerationResult(
+        text=seq.text,
+        generated_tokens=len(ids),
+        finish_reason=seq.finish_reason,
+        prompt_tokens=len(seq.prompt_ids),
+        seconds=time.perf_counter() - seq.started,
+    )
+    if with_tokens:
+        cut = sum(len(p) for p in seq.pieces) - len(seq.text)
+        eos = {seq.eos[0]} if seq.eos else set()
+        res.tokens = tokens_of(ids, seq.pieces, logprobs, cut, eos)
+        if seq.top:
+            res.top_tokens = [[Token(i, tokenizer.decode([i]), lp) for i, lp in step] for step in seq.top]
+        if seq.prefill is not None:
+            res.prefill = [Token(i, tokenizer.decode([i]), lp) for i, lp in seq.prefill]
+    return res

@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .batching import prompt_logprobs
 from .errors import BadRequest, ConfigError
 from .pipelines.base import cut_at_stop
 from .properties import ServingOptions
 from .requests import GenerationParams
+from .results import GenerationResult, Token, token_pieces, tokens_of
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    generated_tokens: int
-    finish_reason: str  # eos | stop | length | time (cut by max_time before its length)
-    prompt_tokens: int
-    seconds: float
-
-    def details(self, adapter: str) -> dict:
-        return {
-            "generated_tokens": self.generated_tokens,
-            "prompt_tokens": self.prompt_tokens,
-            "finish_reason": self.finish_reason,
-            "adapter": adapter or "__base__",
-            "inference_seconds": round(self.seconds, 4),
-        }
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -120,11 +103,14 @@ class Generator:
         tokenizer=None,
         max_time: float | None = None,
         model=None,
+        with_tokens: bool = False,
     ) -> list[GenerationResult]:
         """One left-padded ``generate``; ``tokenizer`` is an adapter's own when it added tokens.
         ``max_time`` (seconds) stops it early (transformers' MaxTimeCriteria): rows cut short then
         finish with reason ``time``. ``model`` is what to run when it is not the model the generator
-        was built with: the base wrapped by peft once adapters load (the adapter manager owns it)."""
+        was built with: the base wrapped by peft once adapters load (the adapter manager owns it).
+        ``with_tokens``: also each generated token with its log-probability (and ``top_n_tokens``, and
+        the prompt's with ``decoder_input_details``)."""
         start = time.perf_counter()
         model = model if model is not None else self.model
         tokenizer = tokenizer or self.tokenizer
@@ -153,12 +139,25 @@ class Generator:
             # to requests for the base model.
             names = adapter_names or [""] * len(prompts)
             kwargs["adapter_names"] = [name or "__base__" for name in names]
-        if streamer is not None:
-            kwargs["streamer"] = streamer
+        recorder = _LogprobRecorder(model, params.top_n_tokens) if with_tokens else None
+        if streamer is not None or recorder is not None:
+            kwargs["streamer"] = _Streamers(streamer, recorder)
         if max_time is not None:
             kwargs["max_time"] = max_time
-        out = model.generate(**enc, **kwargs)
+        try:
+            out = model.generate(**enc, **kwargs)
+        finally:
+            if recorder is not None:
+                recorder.close()
         elapsed = time.perf_counter() - start
+        prefill = None
+        if with_tokens and params.decoder_input_details:
+            mask = enc["attention_mask"]
+            logits = model(
+                input_ids=enc["input_ids"], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                **({"adapter_names": kwargs["adapter_names"]} if "adapter_names" in kwargs else {}),
+            ).logits  # fmt: skip
+            prefill = [prompt_logprobs(logits[i], enc["input_ids"][i], int(mask[i].sum())) for i in range(len(prompts))]
         timed_out = max_time is not None and elapsed >= max_time
         width = enc["input_ids"].shape[1]
         results = []
@@ -179,9 +178,73 @@ class Generator:
                 reason = "time"
             else:
                 reason = "length"
-            results.append(
-                GenerationResult(
-                    text=text, generated_tokens=n, finish_reason=reason, prompt_tokens=int(mask.sum()), seconds=elapsed
-                )
+            res = GenerationResult(
+                text=text,
+                generated_tokens=n + (reason == "eos"),
+                finish_reason=reason,
+                prompt_tokens=int(mask.sum()),
+                seconds=elapsed,
             )
+            if with_tokens:
+                row_i = len(results)
+                kept = new[: n + (reason == "eos")]
+                logprobs = [float(recorder.logprobs[t][row_i]) for t in range(len(kept))]
+                pieces = token_pieces(tokenizer, new[:n])
+                res.tokens = tokens_of(kept, pieces, logprobs, sum(map(len, pieces)) - len(text), self.eos_ids)
+                if params.top_n_tokens:
+                    res.top_tokens = [
+                        [Token(i, tokenizer.decode([i]), lp) for i, lp in recorder.top[t][row_i]]
+                        for t in range(len(kept))
+                    ]
+                if prefill is not None:
+                    res.prefill = [Token(i, tokenizer.decode([i]), lp) for i, lp in prefill[row_i]]
+            results.append(res)
         return results
+
+
+class _LogprobRecorder:
+    """Each step's log-probabilities under the model's own distribution: a hook on the output layer keeps the
+    raw logits of the step (``generate``'s scores are already shaped by the sampling settings), and
+    ``put`` (``generate``'s streamer call with the tokens it chose) reads the chosen tokens' values."""
+
+    def __init__(self, model, top_n: int = 0):
+        self.top_n = top_n
+        self.logprobs: list[list[float]] = []
+        self.top: list[list[list[tuple[int, float]]]] = []
+        self._last = None
+        self._prompt_seen = False
+        self._hook = model.get_output_embeddings().register_forward_hook(self._on_logits)
+
+    def _on_logits(self, module, args, out):
+        self._last = torch.log_softmax(out[:, -1, :].float(), -1)
+
+    def put(self, value):
+        if not self._prompt_seen:  # generate's first call hands over the prompt
+            self._prompt_seen = True
+            return
+        ids = value.view(-1).to(self._last.device)
+        self.logprobs.append(self._last.gather(1, ids[:, None])[:, 0].tolist())
+        if self.top_n:
+            values, top = self._last.topk(self.top_n)
+            self.top.append([list(zip(i.tolist(), v.tolist())) for i, v in zip(top, values)])
+
+    def end(self):
+        pass
+
+    def close(self):
+        self._hook.remove()
+
+
+class _Streamers:
+    """``generate`` takes one streamer: this one feeds two (either may be None)."""
+
+    def __init__(self, *streamers):
+        self.streamers = [s for s in streamers if s is not None]
+
+    def put(self, value):
+        for s in self.streamers:
+            s.put(value)
+
+    def end(self):
+        for s in self.streamers:
+            s.end()

@@ -60,6 +60,12 @@ class ServingOptions(Settings):
     predict_timeout: Positive = 120
     """DJL's own limit (seconds); generation stops in time to answer before it, so DJL never kills a
     worker for a slow batch."""
+    output_formatter: Literal["", "json", "jsonlines", "sse"] = ""
+    """LMI's reply framing: json (whole replies; streams are JSON lines), jsonlines (every reply streams as
+    JSON lines), sse (streams are server-sent events). Unset: json, or sse under tgi_compat."""
+    tgi_compat: bool = False
+    """LMI's TGI compatibility: whole replies in a one-element list, details on by default, TGI's token key
+    names (``logprob``, ``special``), and streams as server-sent events."""
     trust_remote_code: bool = False
     device_map: str = ""
     quantize: Literal["", "bitsandbytes8", "bitsandbytes4"] = ""
@@ -108,6 +114,11 @@ class ServingOptions(Settings):
     def time_budget(self) -> float:
         """Seconds generation may take in one call: predict_timeout less a margin to send the answer."""
         return max(1.0, self.predict_timeout - max(2.0, 0.1 * self.predict_timeout))
+
+    @property
+    def sse(self) -> bool:
+        """Streams go out as server-sent events."""
+        return self.output_formatter == "sse" or (self.tgi_compat and self.output_formatter != "jsonlines")
 
     @property
     def roots(self) -> list[str]:

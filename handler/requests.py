@@ -31,6 +31,10 @@ class GenerationParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    top_n_tokens: int = 0
+    """How many most likely tokens (with log-probabilities) to report per generated position."""
+    decoder_input_details: bool = False
+    """Report the prompt's tokens with their log-probabilities (LMI's ``prefill``)."""
 
 
 @dataclass
@@ -44,6 +48,11 @@ class ParsedRequest:
     stream: bool = False
     details: bool = False
     return_full_text: bool = False
+
+    @property
+    def wants_tokens(self) -> bool:
+        """The reply reports tokens (with their log-probabilities), not only text."""
+        return self.details or self.stream or self.params.top_n_tokens > 0 or self.params.decoder_input_details
 
 
 def _type_name(value) -> str:
@@ -87,13 +96,19 @@ KNOWN_PARAMETERS = {
     "repetition_penalty",
     "seed",
     "stop",
+    "stop_sequences",
     "return_full_text",
     "details",
+    "decoder_input_details",
+    "top_n_tokens",
 }
+#: The most ``top_n_tokens`` a request may ask for (OpenAI's top_logprobs allows 20 too).
+MAX_TOP_N_TOKENS = 20
 KNOWN_FIELDS = {"inputs", "parameters", "adapters", "stream", "messages"}
 
 
-def parse_params(raw: Any, max_cap: int, default_max: int) -> tuple[GenerationParams, dict]:
+def parse_params(raw: Any, max_cap: int, default_max: int, details: bool = False) -> tuple[GenerationParams, dict]:
+    """``details``: its default (LMI's tgi_compat turns it on)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -116,7 +131,11 @@ def parse_params(raw: Any, max_cap: int, default_max: int) -> tuple[GenerationPa
     top_k = _number(raw, "top_k", 0, lo=0, integer=True)
     rep = float(_number(raw, "repetition_penalty", 1.0, lo=MIN_REPETITION_PENALTY, hi=100.0))
     seed = _number(raw, "seed", None, lo=0, hi=2**63 - 1, integer=True)
-    stop = raw.get("stop") or ()
+    if raw.get("stop") is not None and raw.get("stop_sequences") is not None:
+        raise BadRequest(
+            "give parameters.stop_sequences or its alias parameters.stop, not both", field="parameters.stop"
+        )
+    stop = raw.get("stop_sequences") or raw.get("stop") or ()
     if isinstance(stop, str):
         stop = (stop,)
     if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
@@ -137,9 +156,11 @@ def parse_params(raw: Any, max_cap: int, default_max: int) -> tuple[GenerationPa
         repetition_penalty=rep,
         seed=seed,
         stop=tuple(stop),
+        top_n_tokens=_number(raw, "top_n_tokens", 0, lo=0, hi=MAX_TOP_N_TOKENS, integer=True),
+        decoder_input_details=_bool(raw, "decoder_input_details", False, "parameters."),
     )
     flags = {
-        "details": _bool(raw, "details", False, "parameters."),
+        "details": _bool(raw, "details", details, "parameters."),
         "return_full_text": _bool(raw, "return_full_text", False, "parameters."),
     }
     return params, flags
@@ -153,6 +174,7 @@ def parse_body(
     default_max: int = 64,
     query_adapter: str | None = None,
     header_adapter: str | None = None,
+    details: bool = False,
 ) -> ParsedRequest:
     """Parse and validate one request body; raise BadRequest naming the field at fault."""
     if not data:
@@ -192,7 +214,7 @@ def parse_body(
             if not item.strip():
                 where = f"inputs[{i}]" if is_list else "inputs"
                 raise BadRequest(f"{where} must not be empty", field=where)
-    params, flags = parse_params(body.get("parameters"), max_cap, default_max)
+    params, flags = parse_params(body.get("parameters"), max_cap, default_max, details)
     stream = _bool(body, "stream", False)
     if stream and is_list:
         raise BadRequest("'stream' needs a single input, not a list", field="stream")

@@ -6,8 +6,9 @@ fewer than ``max_rows`` rows and the rows' worst-case cost (prompt plus ``max_ne
 decodes all running rows in one forward pass. A row that finishes, is cancelled or runs out of time
 leaves at once; its slot and its cache go with it.
 
-Each sequence reports through its callbacks, called on this thread: ``on_text(seq, delta)`` with
-text that can no longer turn into a stop string, then ``on_done(seq)`` once.
+Each sequence reports through its callbacks, called on this thread: ``on_text(seq, tokens)`` with the
+tokens whose text can no longer turn into a stop string, as ``(index, text)`` pairs, then ``on_done(seq,
+tokens)`` once with the rest (their text cut where a stop string cut the answer).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ class Job:
     """A sequence with its callbacks and limits, as the scheduler holds it."""
 
     seq: Sequence
-    on_text: Callable[[Sequence, str], None]
-    on_done: Callable[[Sequence], None]
+    on_text: Callable[[Sequence, list[tuple[int, str]]], None]
+    on_done: Callable[[Sequence, list[tuple[int, str]]], None]
     deadline: float | None = None
     """time.monotonic() after which the row stops with finish_reason ``time``."""
     sent: int = 0
-    """How much of ``seq.text`` was handed to on_text."""
+    """How many of ``seq.pieces`` were handed to on_text."""
+    sent_chars: int = 0
+    """Their length in characters."""
     cancelled: bool = field(default=False, repr=False)
 
 
@@ -172,20 +175,43 @@ class Scheduler:
 
     def _report(self) -> None:
         for job in list(self.running):
-            seq = job.seq
-            # Held back until settled: a possible stop-string start, and a character still being decoded.
-            settled = len(seq.text.rstrip("\ufffd"))
-            visible = len(seq.text) if seq.done else max(job.sent, min(settled, len(seq.text) - stop_hold(seq.stops)))
-            if visible > job.sent:
-                job.on_text(seq, seq.text[job.sent : visible])
-                job.sent = visible
-            if seq.done:
+            if job.seq.done:
                 self.running.remove(job)
-                job.on_done(seq)
+                _call(job.on_done, job.seq, self._tokens(job, final=True))
+                continue
+            tokens = self._tokens(job, final=False)
+            if tokens:
+                _call(job.on_text, job.seq, tokens)
+
+    @staticmethod
+    def _tokens(job: Job, final: bool) -> list[tuple[int, str]]:
+        """The tokens not yet reported whose text is settled: a token that may be the start of a stop
+        string is held back (``final``: every token, its text cut where a stop string cut the answer)."""
+        seq = job.seq
+        limit = len(seq.text) if final else len(seq.text) - stop_hold(seq.stops)
+        out = []
+        while job.sent < len(seq.pieces):
+            start = job.sent_chars
+            end = start + len(seq.pieces[job.sent])
+            if not final and end > limit:
+                break
+            if final and job.sent == len(seq.pieces) - 1:
+                end = max(end, len(seq.text))  # an unfinished character at the very end is sent as it is
+            out.append((job.sent, seq.text[start:end] if final else seq.pieces[job.sent]))
+            job.sent, job.sent_chars = job.sent + 1, end
+        return out
 
     def _finish(self, job: Job, reason: str) -> None:
         if job.seq.finish_reason is None:
             job.seq.finish_reason = reason
         if job in self.running:
             self.running.remove(job)
-        job.on_done(job.seq)
+        _call(job.on_done, job.seq, self._tokens(job, final=True))
+
+
+def _call(callback, *args) -> None:
+    """A caller's callback; one that fails is logged, and never stops the loop (the other rows go on)."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("a row's callback failed")

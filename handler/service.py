@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
 import time
 from collections import defaultdict
@@ -15,11 +16,15 @@ from typing import NamedTuple
 
 from djl_python import Input, Output
 
+from . import lmi
+from .batching import Engine
 from .errors import BadRequest, GenerationTimeout, HandlerError, PayloadTooLarge, error_json
 from .generation import GenerationResult
 from .loading import load
 from .properties import ServingOptions
 from .requests import ParsedRequest, parse_body
+from .scheduler import Job, Scheduler
+from .streaming import StreamWriter
 
 log = logging.getLogger(__name__)
 ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
@@ -44,6 +49,7 @@ class HandlerService:
 
     def __init__(self):
         self.options: ServingOptions | None = None
+        self._schedulers: dict[int, Scheduler] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def initialize(self, properties: dict) -> None:
@@ -138,7 +144,13 @@ class HandlerService:
                         )
                     model = self.adapters.ensure_loaded(names)
                     out = self.generator.generate(
-                        [r.prompt for r in rows], params, names, tokenizer=rows[0].tokenizer, max_time=left, model=model
+                        [r.prompt for r in rows],
+                        params,
+                        names,
+                        tokenizer=rows[0].tokenizer,
+                        max_time=left,
+                        model=model,
+                        with_tokens=any(parsed[r.request][0].wants_tokens for r in rows),
                     )
                 except Exception as exc:
                     if not isinstance(exc, GenerationTimeout):
@@ -196,7 +208,10 @@ class HandlerService:
             default_max=opts.default_max_new_tokens,
             query_adapter=bytes(query).decode("utf-8", "replace") if query is not None else None,
             header_adapter=item.get_property(ADAPTER_HEADER),
+            details=opts.tgi_compat,
         )
+        if opts.output_formatter == "jsonlines" and not req.is_list:
+            req.stream = True  # LMI's jsonlines formatter streams every reply
         n = len(req.items)
         if n > opts.max_inputs_per_request:
             raise PayloadTooLarge(
@@ -219,6 +234,8 @@ class HandlerService:
         return req, prompts, ids
 
     def encode(self, req: ParsedRequest, results: list[GenerationResult], batch_size: int) -> object:
+        """LMI's reply: ``{"generated_text"}`` (with ``details`` when asked for), a list for a list of inputs."""
+        tgi = self.options.tgi_compat
         replies = []
         for item, adapter, res in zip(req.items, req.adapters, results):
             text = self.pipeline.encode_response(res.text)
@@ -226,34 +243,59 @@ class HandlerService:
                 text = item + text
             reply = {"generated_text": text}
             if req.details:
-                reply["details"] = {**res.details(adapter), "batch_size": batch_size}
+                inputs = item if isinstance(item, str) else ""
+                reply["details"] = lmi.details(res, inputs, adapter=adapter, batch_size=batch_size, tgi=tgi)
             replies.append(reply)
-        return replies if req.is_list else replies[0]
+        # LMI's tgi_compat wraps a whole reply in a one-element list, as TGI answers
+        return replies if req.is_list or tgi else replies[0]
 
     def _stream(self, req: ParsedRequest, prompt: str, deadline: float) -> Output:
-        from .streaming import stream_generation
-
-        tokenizer = self.adapters.tokenizer_for(req.adapters[0])
-
-        def generate(streamer, max_time):
-            model = self.adapters.ensure_loaded(req.adapters)
-            return self.generator.generate(
-                [prompt], req.params, req.adapters[:1], streamer, tokenizer, max_time, model=model
-            )[0]
-
-        lines = stream_generation(
-            generate,
-            tokenizer,
-            self.generator.stop_sequences + req.params.stop,
-            self.pipeline.encode_response,
-            req.adapters[0],
-            predict_timeout=self.options.predict_timeout,
-            deadline=deadline,
+        """A request alone in its batch, streamed: decoded by a one-row scheduler, as continuous batching
+        decodes (the same tokens, the same lines)."""
+        adapter = req.adapters[0]
+        tokenizer = self.adapters.tokenizer_for(adapter)
+        scheduler = self._stream_scheduler(tokenizer)
+        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        seq = scheduler.engine.new_sequence(ids, req.params, adapter)
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        scheduler.submit(
+            Job(seq, lambda s, t: events.put((t, False)), lambda s, t: events.put((t, True)), deadline=deadline)
         )
+        opts = self.options
+        writer = StreamWriter(
+            req, req.items[0], self.pipeline.encode_response, tokenizer, tgi=opts.tgi_compat, sse=opts.sse
+        )
+
+        def lines():
+            while True:
+                tokens, done = events.get()
+                if not done:
+                    yield from writer.tokens(seq, tokens)
+                    continue
+                failure = None
+                if seq.finish_reason == "time":
+                    failure = GenerationTimeout.after(
+                        time.perf_counter() - seq.started, len(seq.tokens), opts.predict_timeout
+                    )
+                elif seq.finish_reason in ("error", "cancelled"):
+                    failure = seq.error or RuntimeError(f"generation ended: {seq.finish_reason}")
+                yield from writer.final(seq, tokens, failure)
+                return
+
         out = Output()
-        out.add_property("content-type", "application/jsonlines")
-        out.add_stream_content(lines, output_formatter=None)
+        out.add_property("content-type", lmi.SSE if opts.sse else lmi.JSONLINES)
+        out.add_stream_content(lines(), output_formatter=None)
         return out
+
+    def _stream_scheduler(self, tokenizer) -> Scheduler:
+        """One row at a time: static batching streams only a request alone in its batch."""
+        key = id(tokenizer)
+        if key not in self._schedulers:
+            gen = self.generator
+            stops = gen.stop_sequences
+            engine = Engine(tokenizer, gen.device, gen.eos_ids, stops)
+            self._schedulers[key] = Scheduler(engine, self.adapters.ensure_loaded, max_rows=1)
+        return self._schedulers[key]
 
 
 class _ReadableOutput(Output):

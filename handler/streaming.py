@@ -1,79 +1,71 @@
-"""Streamed generation: JSON lines, a few tokens per chunk, and a final line with details."""
+"""A streamed reply in LMI's format: a line per token, and a last line that also carries the answer.
+
+The scheduler reports each row's tokens once their text is settled (``scheduler.py``); both batching
+modes turn those reports into lines here::
+
+    {"token": {"id": 13, "text": " Amazon", "log_prob": -0.61}}
+    {"token": {"id": 2, "text": "", "log_prob": -0.02, "special_token": true}, "generated_text": "...",
+     "details": {...}}
+
+``details`` (when asked for) carries no ``tokens``: the lines had them. An error while generating ends the
+stream with the handler's error body as the last line: the status went out with the first line.
+"""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable
 
-from transformers import TextIteratorStreamer
-
-from .errors import GenerationTimeout, error_json
-from .generation import GenerationResult
-from .pipelines import cut_at_stop, stop_hold
-
-
-def stream_generation(
-    generate: Callable[[TextIteratorStreamer, float | None], GenerationResult],
-    tokenizer,
-    stops: tuple[str, ...],
-    encode_response: Callable[[str], str],
-    adapter: str,
-    *,
-    predict_timeout: int,
-    deadline: float | None = None,
-):
-    """Yield ``{"token": {"text": ...}}`` lines, then ``{"generated_text": ..., "details": ...}``.
-
-    ``generate(streamer, max_time)`` runs the one-row generation (in a thread here) and returns its
-    result; ``encode_response`` is the pipeline's. Text that could still turn out to be the start
-    of a stop string is held back until it is known not to be one, so the client never sees the
-    ``### End`` marker.
-    """
-    hold = stop_hold(stops)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-    box: dict = {}
-
-    def run():
-        try:
-            left = None if deadline is None else max(0.001, deadline - time.monotonic())
-            box["result"] = generate(streamer, left)
-        except Exception as exc:  # reported in the final line; the stream must still end
-            box["error"] = exc
-            streamer.end()
-
-    start = time.perf_counter()
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    text, sent, first = "", 0, None
-    for piece in streamer:
-        text += piece
-        visible = cut_at_stop(text, stops)[0]
-        limit = len(visible) if len(visible) < len(text) else max(sent, len(text) - hold)
-        if limit > sent:
-            first = first or time.perf_counter() - start
-            yield _line({"token": {"text": visible[sent:limit]}})
-            sent = limit
-        if len(visible) < len(text):
-            break
-    thread.join()
-    tail = cut_at_stop(text, stops)[0][sent:]
-    if tail and "error" not in box:
-        yield _line({"token": {"text": tail}})
-    if "error" not in box and box["result"].finish_reason == "time":
-        res = box["result"]
-        box["error"] = GenerationTimeout.after(res.seconds, res.generated_tokens, predict_timeout)
-    if "error" in box:
-        code, body = error_json(box["error"])
-        yield _line(body)
-        return
-    res = box["result"]
-    final = encode_response(res.text)
-    details = res.details(adapter)
-    details["time_to_first_chunk"] = round(first or res.seconds, 4)
-    yield _line({"generated_text": final, "details": details})
+from .batching import Sequence, result_of
+from .errors import error_json
+from .lmi import details, line, token_json
+from .requests import ParsedRequest
+from .results import Token
 
 
-def _line(obj) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+class StreamWriter:
+    """The lines of one streamed request (``item``: its input as the client sent it)."""
+
+    def __init__(
+        self,
+        req: ParsedRequest,
+        item,
+        encode_response: Callable[[str], str],
+        tokenizer,
+        *,
+        tgi: bool = False,
+        sse: bool = False,
+    ):
+        self.req, self.item, self.encode, self.tokenizer = req, item, encode_response, tokenizer
+        self.tgi, self.sse = tgi, sse
+
+    def tokens(self, seq: Sequence, pairs: list[tuple[int, str]]) -> list[bytes]:
+        return [self._token_line(t) for t in self._tokens(seq, pairs)]
+
+    def final(self, seq: Sequence, pairs: list[tuple[int, str]], failure: BaseException | None) -> list[bytes]:
+        tokens = self._tokens(seq, pairs)
+        if failure is not None:
+            return [self._token_line(t) for t in tokens] + [line(error_json(failure)[1], self.sse)]
+        if seq.eos is not None:
+            tokens.append(Token(seq.eos[0], "", seq.eos[1], special=True))
+        last = {"token": token_json(tokens[-1], self.tgi)} if tokens else {}
+        text = self.encode(seq.text)
+        if self.req.return_full_text and isinstance(self.item, str):
+            text = self.item + text
+        last["generated_text"] = text
+        if self.req.details:
+            res = result_of(seq, self.tokenizer, with_tokens=True)
+            inputs = self.item if isinstance(self.item, str) else ""
+            last["details"] = details(
+                res, inputs, adapter=seq.adapter, batch_size=seq.batch_size, tgi=self.tgi, include_tokens=False
+            )
+            first = (seq.first_token_at or time.perf_counter()) - seq.started
+            last["details"]["time_to_first_chunk"] = round(first, 4)
+        return [self._token_line(t) for t in tokens[:-1]] + [line(last, self.sse)]
+
+    @staticmethod
+    def _tokens(seq: Sequence, pairs: list[tuple[int, str]]) -> list[Token]:
+        return [Token(seq.tokens[i], text, seq.logprobs[i]) for i, text in pairs]
+
+    def _token_line(self, tok: Token) -> bytes:
+        return line({"token": token_json(tok, self.tgi)}, self.sse)

@@ -185,7 +185,7 @@ def run_continuous(model: str = "default", tokens: int = 64, concurrency: int = 
             for start in range(0, requests_total, 50):
                 for i in range(start, min(start + 50, requests_total)):
                     seq = engine.new_sequence(ids[i % len(ids)], short, (names + [""])[i % 3])
-                    sched.submit(Job(seq, lambda s, d: None, lambda s: done.release()))
+                    sched.submit(Job(seq, lambda s, t: None, lambda s, t: done.release()))
                 for _ in range(start, min(start + 50, requests_total)):
                     done.acquire()
                 rss.append(round(_rss_mb(), 1))

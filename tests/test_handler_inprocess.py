@@ -83,13 +83,15 @@ def test_stream_yields_json_lines_then_details(service):
     import json
 
     out = service.handle(
-        request_input({"inputs": "What is SageMaker?", "stream": True, "parameters": {"max_new_tokens": 8}})
+        request_input(
+            {"inputs": "What is SageMaker?", "stream": True, "parameters": {"max_new_tokens": 8, "details": True}}
+        )
     )
     assert out.properties["content-type"] == "application/jsonlines"
     lines = [json.loads(chunk) for chunk in out.stream_content]
     final = lines[-1]
     assert "generated_text" in final and final["details"]["generated_tokens"] <= 8
-    assert "".join(line["token"]["text"] for line in lines[:-1]).strip() == final["generated_text"]
+    assert "".join(line["token"]["text"] for line in lines).strip() == final["generated_text"]
 
 
 def test_invalid_options_fail_init_listing_every_problem(tiny_neox):

@@ -65,7 +65,7 @@ def test_rows_that_join_at_different_steps_equal_their_greedy_result_alone(servi
             steps = sched.steps
             for question, adapter, n in wave:
                 seq = sched.engine.new_sequence(ids(service, question), GenerationParams(max_new_tokens=n), adapter)
-                jobs.append(sched.submit(Job(seq, lambda s, d: None, lambda s: done.release())))
+                jobs.append(sched.submit(Job(seq, lambda s, t: None, lambda s, t: done.release())))
             while sched.steps < steps + 4 and not all(j.seq.done for j in jobs):
                 threading.Event().wait(0.01)
         for _ in jobs:
@@ -146,13 +146,22 @@ def test_streamed_pieces_add_up_to_the_text_and_hold_back_the_stop_marker(servic
     params = GenerationParams(max_new_tokens=30, stop=("e",))  # a stop string the tiny model meets soon
     try:
         seq = sched.engine.new_sequence(ids(service, QUESTIONS[0]), params)
-        sched.submit(Job(seq, lambda s, d: pieces.append(d), lambda s: finished.set()))
+        reports = []
+
+        def done(s, tokens):
+            reports.append(tokens)
+            finished.set()
+
+        sched.submit(Job(seq, lambda s, t: reports.append(t), done))
         assert finished.wait(60)
     finally:
         sched.close()
-    assert seq.finish_reason == "stop" and len(pieces) > 1
+    tokens = [t for report in reports for t in report]
+    pieces = [text for _, text in tokens]
+    assert seq.finish_reason == "stop" and len(reports) > 1
+    assert [i for i, _ in tokens] == list(range(len(seq.tokens)))  # every token once, in order
     assert "".join(pieces) == seq.text == alone(service, QUESTIONS[0], params).text
-    assert "e" not in "".join(pieces)
+    assert "e" not in "".join(text for report in reports[:-1] for _, text in report)  # held back, then cut
 
 
 def test_a_cancelled_row_leaves_and_frees_its_slot(service):
@@ -164,8 +173,10 @@ def test_a_cancelled_row_leaves_and_frees_its_slot(service):
             ids(service, QUESTIONS[0]), GenerationParams(max_new_tokens=400, min_new_tokens=400)
         )
         short = sched.engine.new_sequence(ids(service, QUESTIONS[1]), GenerationParams(max_new_tokens=4))
-        first = sched.submit(Job(long, lambda s, d: started.set(), lambda s: ended.setdefault("long", s.finish_reason)))
-        sched.submit(Job(short, lambda s, d: None, lambda s: ended.setdefault("short", s.finish_reason)))
+        first = sched.submit(
+            Job(long, lambda s, t: started.set(), lambda s, t: ended.setdefault("long", s.finish_reason))
+        )
+        sched.submit(Job(short, lambda s, t: None, lambda s, t: ended.setdefault("short", s.finish_reason)))
         assert started.wait(60)
         assert len(sched.running) == 1  # max_rows: the short one waits
         sched.cancel(first)
@@ -191,7 +202,7 @@ def test_admission_keeps_to_the_row_and_token_budgets(service):
     try:
         for _ in range(5):
             seq = sched.engine.new_sequence(prompt, GenerationParams(max_new_tokens=10, min_new_tokens=10))
-            sched.submit(Job(seq, seen, lambda s: done.release()))
+            sched.submit(Job(seq, seen, lambda s, t: done.release()))
         for _ in range(5):
             assert done.acquire(timeout=60)
     finally:

@@ -165,7 +165,7 @@ class Client:
                     else:
                         rec.itl.append(now - last_token)
                     last_token = now
-                elif "error" in obj:
+                if "error" in obj:
                     rec.e2e = now - start
                     rec.status, rec.error = _error_code(obj), str(obj["error"])
                     return

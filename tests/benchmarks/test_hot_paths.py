@@ -11,9 +11,9 @@ import json
 import pytest
 
 from loraship.handler.generation import prepare_tokenizer
+from loraship.handler.lmi import line as _line
 from loraship.handler.pipelines.instruction import END_KEY, extract_response, format_prompt
 from loraship.handler.requests import parse_body
-from loraship.handler.streaming import _line
 from loraship.training.data import FAQ_CSV, read_qa_csv
 
 QUESTIONS = [row["instruction"] for row in read_qa_csv(FAQ_CSV)]
@@ -70,8 +70,8 @@ def test_extract_response(benchmark):
 
 
 def test_stream_token_line(benchmark):
-    line = benchmark(_line, {"token": {"text": " SageMaker"}})
-    assert line == b'{"token": {"text": " SageMaker"}}\n'
+    line = benchmark(_line, {"token": {"id": 2, "text": " SageMaker", "log_prob": -0.5}})
+    assert line == b'{"token": {"id": 2, "text": " SageMaker", "log_prob": -0.5}}\n'
 
 
 def test_stream_final_line(benchmark):

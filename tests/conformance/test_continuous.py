@@ -43,7 +43,7 @@ def test_concurrent_streams_and_replies_mixing_adapters_equal_their_results_alon
             "inputs": QUESTIONS[i % 3],
             "adapters": ["alpha", "beta", "__base__"][i % 3],
             "stream": i % 5 != 4,  # 8 streams and 2 whole replies
-            "parameters": {"max_new_tokens": 6 + 5 * i},
+            "parameters": {"max_new_tokens": 6 + 5 * i, "details": True},
         }
         for i in range(10)
     ]
@@ -55,14 +55,18 @@ def test_concurrent_streams_and_replies_mixing_adapters_equal_their_results_alon
         assert ("jsonlines" in kind) == body["stream"]
         assert final_text(reply) == expected
         if body["stream"]:
-            assert "".join(line["token"]["text"] for line in reply[:-1]).strip() == expected
+            assert "".join(line["token"]["text"] for line in reply).strip() == expected
     shared = [r[-1]["details"]["batch_size"] for _, _, r in together if isinstance(r, list)]
     assert max(shared) > 1  # they were decoded together
     assert len(set(alone)) > 3
 
 
 def test_bad_requests_get_their_own_status_while_others_generate(cont):
-    long = {"inputs": QUESTIONS[0], "stream": True, "parameters": {"max_new_tokens": 64, "min_new_tokens": 64}}
+    long = {
+        "inputs": QUESTIONS[0],
+        "stream": True,
+        "parameters": {"max_new_tokens": 64, "min_new_tokens": 64, "details": True},
+    }
     with cf.ThreadPoolExecutor(3) as pool:
         running = pool.submit(ask, cont, long)
         bad = requests.post(cont.url + "/invocations", json={"inputs": "x", "parameters": {"max_new_tokens": -1}})
@@ -80,7 +84,7 @@ def test_adapters_come_and_go_while_requests_generate(cont, conformance_adapters
     """Register while another request streams; unregister while a request on that adapter generates: it
     finishes, and a new request for the adapter is refused."""
     url = f"{cont.url}/models/{cont.model_name}/adapters"
-    long = {"stream": True, "parameters": {"max_new_tokens": 48, "min_new_tokens": 48}}
+    long = {"stream": True, "parameters": {"max_new_tokens": 48, "min_new_tokens": 48, "details": True}}
     with cf.ThreadPoolExecutor(2) as pool:
         base_stream = pool.submit(ask, cont, {"inputs": QUESTIONS[0], **long})
         r = requests.post(url, params={"name": "gamma", "src": str(conformance_adapters / "gamma")}, timeout=60)
@@ -117,7 +121,7 @@ def test_a_stream_whose_client_goes_away(cont, request):
         while left not in cont.log_path.read_text(errors="replace") and time.monotonic() < deadline:
             time.sleep(0.1)
         assert left in cont.log_path.read_text(errors="replace")
-    short = {"inputs": QUESTIONS[0], "stream": True, "parameters": {"max_new_tokens": 4}}
+    short = {"inputs": QUESTIONS[0], "stream": True, "parameters": {"max_new_tokens": 4, "details": True}}
     code, _, lines = ask(cont, short)
     assert code == 200
     # Alone in the batch once the abandoned row has left; beside it while it still runs.

@@ -161,7 +161,7 @@ def test_stream_returns_chunks_then_details(server):
     lines = [json.loads(line) for line in r.iter_lines() if line]
     final = lines[-1]
     assert final["details"]["adapter"] == "alpha"
-    assert "".join(x["token"]["text"] for x in lines[:-1]).strip() == final["generated_text"]
+    assert "".join(x["token"]["text"] for x in lines).strip() == final["generated_text"]
     assert final["generated_text"] == text(server, "alpha", tokens=12)
 
 
