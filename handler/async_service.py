@@ -74,6 +74,7 @@ class AsyncHandlerService:
                     )
         except Exception as exc:
             code, body = error_json(exc)
+            self.core.metrics.refused(code)
             return create_non_stream_output(body, code=code, error=body.get("error"))
         jobs, events = self._submit(req, ids)
         tracking = inputs.get_property("request_tracking_id")
@@ -122,8 +123,10 @@ class AsyncHandlerService:
         failed = next((j.seq for j in jobs if j.seq.finish_reason in ("error", "time", "cancelled")), None)
         if failed is not None:
             code, body = error_json(self._failure(failed))
+            self.core.metrics.finished(req, code, jobs)
             return create_non_stream_output(body, code=code, error=body.get("error"))
         results = [_result(j.seq) for j in jobs]
+        self.core.metrics.finished(req, 200, jobs)
         return create_non_stream_output(self.core.encode(req, results, max(j.seq.batch_size for j in jobs)))
 
     async def _stream(self, req, job: Job, events: asyncio.Queue, tracking: str | None):
@@ -138,11 +141,13 @@ class AsyncHandlerService:
             self.live.pop(tracking, None)
         if seq.finish_reason in ("error", "time", "cancelled"):
             # The status went out with the first line: the error is the last line, as in static mode.
+            self.core.metrics.finished(req, error_json(self._failure(seq))[0], [job])
             yield create_stream_chunk_output(error_json(self._failure(seq))[1], last_chunk=True)
             return
         res = _result(seq)
         details = {**res.details(seq.adapter), "batch_size": seq.batch_size}
         details["time_to_first_chunk"] = round((seq.first_token_at or time.perf_counter()) - seq.started, 4)
+        self.core.metrics.finished(req, 200, [job])
         yield create_stream_chunk_output({"generated_text": encode(res.text), "details": details}, last_chunk=True)
 
     def _failure(self, seq: Sequence) -> Exception:

@@ -37,6 +37,10 @@ class Job:
     """time.monotonic() after which the row stops with finish_reason ``time``."""
     sent: int = 0
     """How much of ``seq.text`` was handed to on_text."""
+    admitted: float | None = None
+    """time.perf_counter() when its prefill started (its queue time ends), for the metrics."""
+    finished: float | None = None
+    """time.perf_counter() when it left the batch (on_done)."""
     cancelled: bool = field(default=False, repr=False)
 
 
@@ -144,6 +148,9 @@ class Scheduler:
         adapters = [j.seq.adapter for j in self.running + new]
         if new:
             model = self.model_for(adapters)
+            now = time.perf_counter()
+            for job in new:
+                job.admitted = now
             batch = self.engine.prefill(model, [j.seq for j in new])
             self.running += new
             if batch is not None:
@@ -181,6 +188,7 @@ class Scheduler:
                 job.sent = visible
             if seq.done:
                 self.running.remove(job)
+                job.finished = time.perf_counter()
                 job.on_done(seq)
 
     def _finish(self, job: Job, reason: str) -> None:
@@ -188,4 +196,5 @@ class Scheduler:
             job.seq.finish_reason = reason
         if job in self.running:
             self.running.remove(job)
+        job.finished = time.perf_counter()
         job.on_done(job.seq)

@@ -50,6 +50,7 @@ class HandlerService:
         opts = ServingOptions.from_properties(properties)
         loaded = load(opts, properties)
         self.pipeline, self.generator, self.adapters = loaded.pipeline, loaded.generator, loaded.adapters
+        self.metrics = loaded.metrics
         self.options = opts
         log.info("model %s loaded on %s with pipeline %s", opts.model_id, self.generator.device, self.pipeline.name)
 
@@ -146,6 +147,7 @@ class HandlerService:
                     for r in rows:
                         failed[r.request] = exc
                     continue
+                self.metrics.generated(names, out, received=deadline - self.options.time_budget)
                 for r, res in zip(rows, out):
                     if res.finish_reason == "time":
                         failed[r.request] = GenerationTimeout.after(
@@ -165,6 +167,7 @@ class HandlerService:
                 )
             else:
                 replies[i] = (200, self.encode(req, results[i], len(batch)))
+        self.metrics.replied(replies, parsed)
         return _batch_output(replies, is_batch)
 
     def _parts(self, members: list[_Row], params) -> list[list[_Row]]:
@@ -250,6 +253,7 @@ class HandlerService:
             predict_timeout=self.options.predict_timeout,
             deadline=deadline,
         )
+        lines = self.metrics.stream(lines, req.adapters[0], received=deadline - self.options.time_budget)
         out = Output()
         out.add_property("content-type", "application/jsonlines")
         out.add_stream_content(lines, output_formatter=None)
