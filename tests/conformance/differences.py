@@ -52,6 +52,18 @@ DIFFERENCES: dict[str, dict[str, str]] = {
         "why": "the host's guard predates the handler's own check; it stays as defence in depth, since a "
         "handler without that check would misparse such a request",
     },
+    "async_response_metric": {
+        "djl": "Response_2XX counts every inference response in async mode (continuous batching), the handler's "
+        "4xx and 5xx included: DJL counts the Output's code before the handler's first message sets it",
+        "host": "Response_2XX, _4XX and _5XX by the status sent",
+        "why": "an ordering bug in DJL Serving 0.36.0; the handler's own LorashipRequests_<code> is right on both",
+    },
+    "startup_metrics": {
+        "djl": "also serves its start-up metrics: DJLServingStart, StartupLatency, LoadModel, DownloadModel, "
+        "RegisterWorkflow, LoadAdapter",
+        "host": "serves the handler's metrics and DJL's per-request ones (QueueTime, RequestLatency, Response_*) only",
+        "why": "one-off start-up timings; the host's own log has them",
+    },
 }
 
 
