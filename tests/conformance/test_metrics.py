@@ -126,8 +126,8 @@ def test_handler_metrics_are_served_with_their_adapter_and_match_the_replies(pro
     assert delta(after, before, "RequestLatency_count", **model) == len(bodies)
     host = next(dict(k[1])["Host"] for k in after if k[0] == "Response_2XX_total")
     codes = {c: delta(after, before, f"Response_{c}_total", Host=host) for c in ("2XX", "4XX")}
-    if prom.batching == "continuous" and "counts every" in expect("async_response_metric", prom.kind):
-        assert codes == {"2XX": 9, "4XX": 0}
+    if prom.batching == "continuous" and "race" in expect("async_response_metric", prom.kind):
+        assert codes["2XX"] + codes["4XX"] == 9 and codes["2XX"] >= 7
     else:
         assert codes == {"2XX": 7, "4XX": 2}
     startup = ("StartupLatency", (("Host", host),)) in after
