@@ -13,9 +13,11 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 
 from .errors import BadRequest, Conflict, NotFound
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 RESERVED = {"", "__base__"}
@@ -115,6 +117,7 @@ class AdapterSet:
         roots: list[str] | None = None,
         max_loaded: int = 0,
         pinned: set[str] | None = None,
+        metrics: Metrics | None = None,
     ):
         self.base = model
         self.model = model
@@ -127,6 +130,7 @@ class AdapterSet:
         self.tokenizers: dict[str, object] = {}
         self.loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
+        self.metrics = metrics or Metrics(enabled=False)
 
     def names(self) -> list[str]:
         return sorted(self.sources)
@@ -232,6 +236,7 @@ class AdapterSet:
     def _load(self, name: str, path: str) -> None:
         from peft import PeftModel
 
+        start = time.perf_counter()
         try:
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(path, adapter_name=name)
@@ -243,11 +248,13 @@ class AdapterSet:
                 f"adapter {name!r} from {path!r} does not fit the served model: {exc}", field="src"
             ) from None
         self.loaded[name] = None
+        self.metrics.adapter_loaded(name, time.perf_counter() - start)
 
     def _unload(self, name: str) -> None:
         if name in self.loaded:
             self.model.delete_adapter(name)
             del self.loaded[name]
+            self.metrics.adapter_unloaded(name)
 
     def _evict(self, keep: set[str] = frozenset()) -> None:
         if not self.max_loaded:

@@ -76,6 +76,7 @@ class AsyncHandlerService:
                     )
         except Exception as exc:
             code, body = error_json(exc)
+            self.core.metrics.refused(code)
             return create_non_stream_output(body, code=code, error=body.get("error"))
         jobs, events = self._submit(req, ids)
         tracking = inputs.get_property("request_tracking_id")
@@ -124,9 +125,11 @@ class AsyncHandlerService:
         failed = next((j.seq for j in jobs if j.seq.finish_reason in ("error", "time", "cancelled")), None)
         if failed is not None:
             code, body = error_json(self._failure(failed))
+            self.core.metrics.finished(req, code, jobs)
             return create_non_stream_output(body, code=code, error=body.get("error"))
         tokenizer = self.scheduler.engine.tokenizer
         results = [result_of(j.seq, tokenizer, with_tokens=req.wants_tokens) for j in jobs]
+        self.core.metrics.finished(req, 200, jobs)
         body = self.core.encode(req, results, max(j.seq.batch_size for j in jobs))
         return create_non_stream_output(json.dumps(body, ensure_ascii=False))  # a list too (a dict only, as is)
 
@@ -146,6 +149,7 @@ class AsyncHandlerService:
         finally:
             self.live.pop(tracking, None)
         failure = self._failure(seq) if seq.finish_reason in ("error", "time", "cancelled") else None
+        self.core.metrics.finished(req, error_json(failure)[0] if failure else 200, [job])
         lines = writer.final(seq, tokens, failure)
         for i, chunk in enumerate(lines):
             yield _chunk(chunk, last=i == len(lines) - 1, sse=opts.sse)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .adapters import AdapterSet
 from .generation import Generator, load_model
+from .metrics import Metrics
 from .pipelines import Pipeline, get_pipeline
 from .properties import ServingOptions
 
@@ -18,14 +19,17 @@ class Loaded:
     pipeline: Pipeline
     generator: Generator
     adapters: AdapterSet
+    metrics: Metrics
 
 
 def load(opts: ServingOptions, properties: dict | None = None) -> Loaded:
-    """The model, tokenizer and pipeline ``opts`` name, and the seed adapter if there is one."""
+    """The model, tokenizer and pipeline ``opts`` name, the seed adapter if there is one, and the metrics
+    writer they share."""
     pipeline = get_pipeline(opts.pipeline)()
     model, tokenizer, device = load_model(opts)
     pipeline.setup(tokenizer, dict(properties or {}))
     pinned = {n.strip() for n in opts.pinned_adapters.split(",") if n.strip()}
+    metrics = Metrics(enabled=opts.metrics)
     adapters = AdapterSet(
         model,
         tokenizer,
@@ -33,7 +37,8 @@ def load(opts: ServingOptions, properties: dict | None = None) -> Loaded:
         roots=opts.roots,
         max_loaded=opts.max_adapters,
         pinned=pinned,
+        metrics=metrics,
     )
     if opts.adapter_checkpoint:
         adapters.add(opts.adapter_name, opts.resolve(opts.adapter_checkpoint), pin=True)
-    return Loaded(pipeline, Generator(model, tokenizer, device, pipeline.stop_sequences), adapters)
+    return Loaded(pipeline, Generator(model, tokenizer, device, pipeline.stop_sequences), adapters, metrics)

@@ -57,6 +57,9 @@ class ServingOptions(Settings):
     """DJL's async mode: set by ``loraship build --batching continuous`` (model.py is then the async entry)."""
     max_rolling_batch_size: Positive = 8
     """Continuous batching (option.async_mode=true): rows decoding together at most (LMI's name)."""
+    metrics: bool = True
+    """Write per-request metrics as DJL ``[METRICS]`` lines (served at /server/metrics when
+    SERVING_PROMETHEUS=true); false writes none."""
     predict_timeout: Positive = 120
     """DJL's own limit (seconds); generation stops in time to answer before it, so DJL never kills a
     worker for a slow batch."""

@@ -40,6 +40,10 @@ class Job:
     """How many of ``seq.pieces`` were handed to on_text."""
     sent_chars: int = 0
     """Their length in characters."""
+    admitted: float | None = None
+    """time.perf_counter() when its prefill started (its queue time ends), for the metrics."""
+    finished: float | None = None
+    """time.perf_counter() when it left the batch (on_done)."""
     cancelled: bool = field(default=False, repr=False)
 
 
@@ -147,6 +151,9 @@ class Scheduler:
         adapters = [j.seq.adapter for j in self.running + new]
         if new:
             model = self.model_for(adapters)
+            now = time.perf_counter()
+            for job in new:
+                job.admitted = now
             batch = self.engine.prefill(model, [j.seq for j in new])
             self.running += new
             if batch is not None:
@@ -177,6 +184,7 @@ class Scheduler:
         for job in list(self.running):
             if job.seq.done:
                 self.running.remove(job)
+                job.finished = time.perf_counter()
                 _call(job.on_done, job.seq, self._tokens(job, final=True))
                 continue
             tokens = self._tokens(job, final=False)
@@ -206,6 +214,7 @@ class Scheduler:
             job.seq.finish_reason = reason
         if job in self.running:
             self.running.remove(job)
+        job.finished = time.perf_counter()
         _call(job.on_done, job.seq, self._tokens(job, final=True))
 
 

@@ -56,6 +56,7 @@ class HandlerService:
         opts = ServingOptions.from_properties(properties)
         loaded = load(opts, properties)
         self.pipeline, self.generator, self.adapters = loaded.pipeline, loaded.generator, loaded.adapters
+        self.metrics = loaded.metrics
         self.options = opts
         log.info("model %s loaded on %s with pipeline %s", opts.model_id, self.generator.device, self.pipeline.name)
 
@@ -158,6 +159,7 @@ class HandlerService:
                     for r in rows:
                         failed[r.request] = exc
                     continue
+                self.metrics.generated(names, out, received=deadline - self.options.time_budget)
                 for r, res in zip(rows, out):
                     if res.finish_reason == "time":
                         failed[r.request] = GenerationTimeout.after(
@@ -177,6 +179,7 @@ class HandlerService:
                 )
             else:
                 replies[i] = (200, self.encode(req, results[i], len(batch)))
+        self.metrics.replied(replies, parsed)
         return _batch_output(replies, is_batch)
 
     def _parts(self, members: list[_Row], params) -> list[list[_Row]]:
@@ -258,7 +261,7 @@ class HandlerService:
         ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
         seq = scheduler.engine.new_sequence(ids, req.params, adapter)
         events: queue.SimpleQueue = queue.SimpleQueue()
-        scheduler.submit(
+        job = scheduler.submit(
             Job(seq, lambda s, t: events.put((t, False)), lambda s, t: events.put((t, True)), deadline=deadline)
         )
         opts = self.options
@@ -279,6 +282,7 @@ class HandlerService:
                     )
                 elif seq.finish_reason in ("error", "cancelled"):
                     failure = seq.error or RuntimeError(f"generation ended: {seq.finish_reason}")
+                self.metrics.finished(req, error_json(failure)[0] if failure else 200, [job])
                 yield from writer.final(seq, tokens, failure)
                 return
 

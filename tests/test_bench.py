@@ -39,12 +39,25 @@ class FakeLMI:
     lines, then drop the connection). ``adapter_delay`` adds seconds per adapter, ``cold`` adds
     seconds to each adapter's first request, and after ``die_after`` requests every request is
     dropped unanswered and the listener closes (a dead server).
+
+    ``metrics``: None answers /server/metrics with 404, ``"off"`` with DJL's 400, ``"on"`` with Prometheus text
+    holding what loraship's handler would report for each answered request (``queue`` seconds slept before
+    ``delay``), recorded ``metrics_lag`` seconds after its reply, as the worker's lines arrive after it.
     """
 
-    def __init__(self, adapter_delay: dict | None = None, cold: float = 0.0, die_after: int | None = None):
+    def __init__(
+        self,
+        adapter_delay: dict | None = None,
+        cold: float = 0.0,
+        die_after: int | None = None,
+        metrics: str | None = None,
+        metrics_lag: float = 0.0,
+    ):
         self.adapter_delay = adapter_delay or {}
         self.cold = cold
         self.die_after = die_after
+        self.metrics, self.metrics_lag = metrics, metrics_lag
+        self.registry = self._registry() if metrics == "on" else None
         self.seen_adapters: set[str] = set()
         self.count = 0
         self.lock = threading.Lock()
@@ -63,6 +76,30 @@ class FakeLMI:
 
     def __enter__(self):
         return self
+
+    def _registry(self):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        reg = CollectorRegistry()
+        self.prom = {
+            "ok": Counter("LorashipRequests_200", "", ["Adapter"], registry=reg),
+            "tokens": Counter("LorashipOutputTokens", "", ["Adapter"], registry=reg),
+            "queue": Histogram("LorashipQueueSeconds", "", ["Adapter"], registry=reg),
+            "inference": Histogram("LorashipInferenceSeconds", "", ["Adapter"], registry=reg),
+            "djl_queue": Histogram("QueueTime", "", ["Model"], registry=reg),
+        }
+        return reg
+
+    def record(self, adapter: str, queue: float, delay: float, tokens: int) -> None:
+        def later():
+            time.sleep(self.metrics_lag)
+            self.prom["ok"].labels(adapter).inc()
+            self.prom["tokens"].labels(adapter).inc(tokens)
+            self.prom["queue"].labels(adapter).observe(queue)
+            self.prom["inference"].labels(adapter).observe(delay)
+            self.prom["djl_queue"].labels("fake").observe(0)
+
+        threading.Thread(target=later, daemon=True).start()
 
     def __exit__(self, *exc):
         self.close()
@@ -129,6 +166,19 @@ class FakeLMI:
                             }
                         ],
                     )
+                elif self.path == "/server/metrics" and fake.metrics == "off":
+                    self._json(
+                        400, {"code": 400, "type": "BadRequestException", "message": "Prometheus is not enabled"}
+                    )
+                elif self.path == "/server/metrics" and fake.metrics == "on":
+                    from prometheus_client import generate_latest
+
+                    data = generate_latest(fake.registry)
+                    self.send_response(200)
+                    self.send_header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
                 elif self.path == "/models/fake/adapters":
                     self._json(
                         200,
@@ -172,8 +222,11 @@ class FakeLMI:
                 elif body.get("stream"):
                     self._stream(spec, tokens, extra, details)
                 else:
-                    time.sleep(float(spec.get("delay", 0)) + extra)
+                    queue = float(spec.get("queue", 0))
+                    time.sleep(queue + float(spec.get("delay", 0)) + extra)
                     self._json(200, {"generated_text": "x" * tokens, "details": details})
+                    if fake.registry is not None:
+                        fake.record(adapter, queue, float(spec.get("delay", 0)) + extra, tokens)
 
             def _chunk(self, obj):
                 data = (json.dumps(obj) + "\n").encode()
@@ -592,3 +645,58 @@ def test_ctrl_c_stops_cleanly_and_writes_what_was_measured(tmp_path):
     lv = result["levels"][0]
     assert lv["interrupted"] and lv["ok"] >= 4 and lv["errors"] == 0
     assert (tmp_path / "out" / "summary.md").is_file() and (tmp_path / "out" / "throughput.png").is_file()
+
+
+def test_each_level_records_the_servers_metrics_and_splits_latency_into_queue_and_inference(tmp_path, capsys):
+    """The fake reports each request's queue and inference seconds 0.3 s after its reply; each level's
+    snapshot difference must hold exactly its own requests, and the split the known sleeps."""
+    with FakeLMI(metrics="on", metrics_lag=0.3) as fake:
+        code, result, _ = bench(
+            fake.url,
+            tmp_path / "out",
+            "--dataset",
+            dataset(tmp_path, ["queue=0.05 delay=0.1 tokens=5"]),
+            "--adapters",
+            "alpha,__base__",
+            "--concurrency",
+            "1,2",
+            "--requests",
+            "6",
+        )
+    assert code == 0
+    printed = capsys.readouterr().out
+    for label in ("concurrency=1", "concurrency=2"):
+        lv = level(result, label)
+        m = lv["server_metrics"]
+        assert m["available"] and m["status"] == 200
+        assert m["counters"]["LorashipRequests_200"] == {"Adapter=__base__": 3.0, "Adapter=alpha": 3.0}
+        assert m["counters"]["LorashipOutputTokens"] == {"Adapter=__base__": 15.0, "Adapter=alpha": 15.0}
+        assert m["histograms"]["LorashipQueueSeconds"]["Adapter=alpha"] == {"count": 3.0, "sum": pytest.approx(0.15)}
+        split = lv["latency_split"]
+        assert split["rows"] == 6 and split["source"] == "/server/metrics"
+        assert split["queue_s"] == pytest.approx(0.05) and split["inference_s"] == pytest.approx(0.1)
+        assert split["server_queue_s"] == 0.0
+        # The client's E2E holds both sleeps: what the server's figures leave over is never negative.
+        assert split["e2e_mean_s"] == pytest.approx(lv["latency"]["e2e_s"]["mean"])
+        assert 0 <= split["other_s"] < SLACK
+        assert set(split["adapters"]) == {"alpha", "__base__"}
+        assert split["adapters"]["alpha"]["output_tokens"] == 15.0
+        assert f"{label}: 6/6 ok" in printed
+    assert "server: queue 0.050s, inference 0.100s, DJL queue 0.000s" in printed
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## Server-side latency: queue and inference" in summary
+    assert "| concurrency=2 | alpha | 3 | 0.0 | 50.0 | n/a | " in summary  # rows, DJL queue, queue, TTFT (ms)
+
+
+def test_a_server_without_metrics_is_recorded_and_the_run_goes_on(tmp_path):
+    with FakeLMI(metrics="off") as fake:
+        code, result, _ = bench(
+            fake.url, tmp_path / "out", "--dataset", dataset(tmp_path, ["delay=0.01"]), "--concurrency", "1",
+            "--requests", "2",
+        )  # fmt: skip
+    assert code == 0
+    lv = level(result, "concurrency=1")
+    assert lv["ok"] == 2
+    assert lv["server_metrics"]["available"] is False and lv["server_metrics"]["status"] == 400
+    assert lv["latency_split"] is None
+    assert "No split: /server/metrics unavailable (HTTP 400" in (tmp_path / "out" / "summary.md").read_text()

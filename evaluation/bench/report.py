@@ -183,6 +183,7 @@ def summary_markdown(result: dict) -> str:
     lines += ["## Errors", ""]
     lines += table(["level", "status", "count", "example"], error_rows) if error_rows else ["None."]
     lines.append("")
+    lines += _server_split_section(levels)
     lines += _adapter_sections(result)
     lines += [
         "## Files",
@@ -192,6 +193,55 @@ def summary_markdown(result: dict) -> str:
     ]
     lines += [f"- {p}" for p in result.get("files", {}).get("plots", [])]
     return "\n".join(lines) + "\n"
+
+
+def _server_split_section(levels: list[dict]) -> list[str]:
+    """Latency split into queue and inference as the server measured it (its /server/metrics, per level)."""
+    if not levels or "server_metrics" not in levels[0]:
+        return []  # a bench.json from before per-level snapshots
+    lines = ["## Server-side latency: queue and inference", ""]
+    rows = []
+    for lv in levels:
+        split = lv.get("latency_split")
+        if not split:
+            continue
+        for name, part in [("all", split), *split["adapters"].items()]:
+            rows.append(
+                [
+                    lv["label"],
+                    name,
+                    part["rows"],
+                    ms(part["server_queue_s"]),
+                    ms(part["queue_s"]),
+                    ms(part["ttft_s"]),
+                    ms(part["inference_s"]),
+                    ms(part["e2e_mean_s"]),
+                    ms(part["other_s"]),
+                ]
+            )
+    if rows:
+        lines += [
+            "Mean ms per request from the server's /server/metrics, read before and after each level: DJL queue "
+            "(DJL's QueueTime, the server's job queue, all adapters), handler queue (from the handler receiving a "
+            "request to its generation's start), TTFT and inference (generation) as the handler measured them; "
+            "E2E mean is the client's, and other = E2E - (DJL queue + handler queue + inference): the network, "
+            "parsing and writing the reply.",
+            "",
+        ]
+        lines += table(
+            ["level", "adapter", "rows", "DJL queue", "handler queue", "TTFT", "inference", "E2E mean", "other"], rows
+        )
+    else:
+        metrics = levels[0]["server_metrics"]
+        lines.append(
+            f"No split: /server/metrics unavailable (HTTP {metrics.get('status') or metrics.get('error')}; "
+            "SERVING_PROMETHEUS=true enables it)."
+            if not metrics.get("available")
+            else "No split: /server/metrics has no LorashipQueueSeconds / LorashipInferenceSeconds (not loraship's "
+            "handler, or option.metrics=false)."
+        )
+    lines.append("")
+    return lines
 
 
 def _ratio(a, b):

@@ -26,6 +26,7 @@ from loraship.handler.settings import Flag, Settings
 
 from .client import Client, RequestRecord
 from .load import Level, LevelRun, run_level
+from .server_metrics import difference, latency_split, settled_snapshot, snapshot
 from .stats import SLO_KEYS, cold_warm, summarize_level
 from .workload import BASE, Workload, load_prompts
 
@@ -278,8 +279,8 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _level_result(run: LevelRun, slo_ms: dict) -> dict:
-    return {
+def _level_result(run: LevelRun, slo_ms: dict, url: str | None = None, before: dict | None = None) -> dict:
+    result = {
         "mode": run.level.mode,
         "value": run.level.value,
         "label": run.level.label,
@@ -287,6 +288,13 @@ def _level_result(run: LevelRun, slo_ms: dict) -> dict:
         "abandoned": run.abandoned,
         **summarize_level(run.records, run.wall_s, slo_ms),
     }
+    if before is not None:
+        # The server's view of the same level: its metrics' change, and the latency split they give.
+        answered = sum(r.http_status is not None for r in run.records)
+        after = settled_snapshot(url, before, answered) if before["available"] else before
+        result["server_metrics"] = difference(before, after)
+        result["latency_split"] = latency_split(result["server_metrics"], result)
+    return result
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
@@ -344,6 +352,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         for level in cfg.levels():
             if stop.is_set():
                 break
+            before = snapshot(cfg.url)
             run = run_level(
                 client,
                 workload.items(level.label),
@@ -355,7 +364,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                 seed=cfg.seed,
             )
             all_records += run.records
-            levels.append(_level_result(run, cfg.slo_ms))
+            levels.append(_level_result(run, cfg.slo_ms, cfg.url, before))
             log(_one_line(levels[-1]))
     except KeyboardInterrupt:
         stop.set()
@@ -395,10 +404,17 @@ def _one_line(level: dict) -> str:
 
     e2e = level["latency"]["e2e_s"]
     errors = {k: v for k, v in level["status_counts"].items() if k != "200"}
+    split = level.get("latency_split")
+    server = (
+        f"; server: queue {fmt(split['queue_s'], '.3f', 's')}, inference {fmt(split['inference_s'], '.3f', 's')}"
+        + (f", DJL queue {fmt(split['server_queue_s'], '.3f', 's')}" if split["server_queue_s"] is not None else "")
+        if split
+        else ""
+    )
     return (
         f"{level['label']}: {level['ok']}/{level['requests']} ok, {fmt(level['requests_per_s'])} req/s, "
         f"{fmt(level['output_tokens_per_s'], '.1f')} out tok/s, e2e p50 {fmt(e2e['p50'], unit='s')} "
-        f"p99 {fmt(e2e['p99'], unit='s')}, errors {errors or 0}"
+        f"p99 {fmt(e2e['p99'], unit='s')}, errors {errors or 0}{server}"
     )
 
 

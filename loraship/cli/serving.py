@@ -75,6 +75,9 @@ class ServeOptions(ServerChoice):
     """address to bind (default loopback only)"""
     timeout: float = 300
     """seconds to wait for the model to load"""
+    prometheus: bool = False
+    """serve /server/metrics in Prometheus format, the handler's metrics included (sets SERVING_PROMETHEUS=true,
+    which both servers read; also honoured from the environment)"""
 
 
 def serve(opts: ServeOptions) -> int:
@@ -87,7 +90,8 @@ def serve(opts: ServeOptions) -> int:
     # Also when started in the background, where SIGINT arrives ignored; SIGTERM stops it the same way.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    server = Server(opts.model_dir, host=opts.host, port=opts.port, **opts.runtime())
+    env = {"SERVING_PROMETHEUS": "true"} if opts.prometheus else None
+    server = Server(opts.model_dir, host=opts.host, port=opts.port, env=env, **opts.runtime())
     try:
         took = server.wait_ready(timeout=opts.timeout)
         print(

@@ -11,7 +11,7 @@ from servers import start_server
 from loraship.build import build_model_dir
 
 
-def serve(kind, tiny_neox, adapters: Path, tmp_path_factory, name: str, options: dict | None = None, **build):
+def serve(kind, tiny_neox, adapters: Path, tmp_path_factory, name: str, options: dict | None = None, env=None, **build):
     md = build_model_dir(
         str(tiny_neox),
         tmp_path_factory.mktemp(f"{kind}-{name}") / name,
@@ -20,4 +20,4 @@ def serve(kind, tiny_neox, adapters: Path, tmp_path_factory, name: str, options:
         **build,
     )
     (md / "slow_pipeline.py").write_text(SLOW_PIPELINE)
-    return start_server(md, tmp_path_factory, kind=kind)
+    return start_server(md, tmp_path_factory, kind=kind, env=env)

@@ -28,6 +28,10 @@ import java.util.Map;
 public final class DjlHost {
 
     static {
+        // DJL's model_metric logger goes to /server/metrics (MetricLogging), the rest to slf4j-simple; the
+        // provider is named so SLF4J does not pick between the two on the class path (and says nothing).
+        System.setProperty("slf4j.provider", System.getProperty("slf4j.provider", MetricLogging.class.getName()));
+        System.setProperty("slf4j.internal.verbosity", System.getProperty("slf4j.internal.verbosity", "WARN"));
         // Timestamps on the console; set before the first logger is created.
         System.setProperty(
                 "org.slf4j.simpleLogger.showDateTime",

@@ -16,9 +16,11 @@ import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Date;
+import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.Executors;
 import java.util.concurrent.atomic.AtomicInteger;
 
@@ -123,7 +125,7 @@ final class Routes {
                 if (seg.length > 1) {
                     notFound(ex);
                 } else if (requireMethod(ex, method, "POST")) {
-                    inference.predict(ex);
+                    predict(ex);
                 }
             }
             case "predictions" -> {
@@ -132,17 +134,15 @@ final class Routes {
                 } else if (!config.modelName.equals(seg[1])) {
                     modelNotFound(ex, seg[1]);
                 } else if (requireMethod(ex, method, "POST")) {
-                    inference.predict(ex);
+                    predict(ex);
                 }
             }
             case "models" -> routeModels(ex, method, seg);
             case "server" -> {
-                // The host exports no Prometheus metrics: DJL's answer when SERVING_PROMETHEUS is off.
                 if (seg.length != 2 || !"metrics".equals(seg[1])) {
                     notFound(ex);
                 } else if (requireMethod(ex, method, "GET")) {
-                    sendError(ex, 400, "BadRequestException", "Prometheus is not enabled, set SERVING_PROMETHEUS "
-                            + "environment var to true to enable prometheus metrics");
+                    metrics(ex);
                 }
             }
             // The short form: DJL allows it when the server has a single start-up model, as here.
@@ -161,7 +161,7 @@ final class Routes {
         } else if (seg.length >= 3 && "invoke".equals(seg[seg.length - 1]) && ex.getRequestURI().getRawQuery() == null) {
             // DJL's inference pattern /models/.+/invoke is matched on the whole URI: any method, no query string.
             if (config.modelName.equals(seg[1])) {
-                inference.predict(ex);
+                predict(ex);
             } else {
                 modelNotFound(ex, seg[1]);
             }
@@ -182,6 +182,40 @@ final class Routes {
                     "Workflow not found: Workflow not found: " + seg[1] + "/" + seg[2]);
         } else {
             sendJson(ex, 200, List.of(describeWorkflow()));
+        }
+    }
+
+    /** An inference request; its status counts in DJL's Response_2XX/4XX/5XX (404s for unknown routes do not). */
+    private void predict(HttpExchange ex) throws Exception {
+        try {
+            inference.predict(ex);
+        } finally {
+            Prometheus.get().response(ex.getResponseCode());
+        }
+    }
+
+    /**
+     * GET /server/metrics: the Prometheus text exposition, filtered by {@code ?name[]=} (names without
+     * {@code _total}) as DJL filters it; DJL's 400 when SERVING_PROMETHEUS is not true.
+     */
+    private void metrics(HttpExchange ex) throws IOException {
+        Prometheus prometheus = Prometheus.get();
+        if (!prometheus.enabled()) {
+            sendError(ex, 400, "BadRequestException", "Prometheus is not enabled, set SERVING_PROMETHEUS "
+                    + "environment var to true to enable prometheus metrics");
+            return;
+        }
+        Set<String> names = new HashSet<>();
+        for (String[] kv : Http.query(ex)) {
+            if ("name[]".equals(kv[0])) {
+                names.add(kv[1]);
+            }
+        }
+        byte[] body = prometheus.scrape(names).getBytes(StandardCharsets.UTF_8);
+        ex.getResponseHeaders().set("Content-Type", Prometheus.CONTENT_TYPE);
+        ex.sendResponseHeaders(200, body.length == 0 ? -1 : body.length);
+        if (body.length > 0) {
+            ex.getResponseBody().write(body);
         }
     }
 

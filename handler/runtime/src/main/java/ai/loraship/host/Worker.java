@@ -36,6 +36,8 @@ final class Worker implements Runnable {
     static final class Job {
         final Input input;
         final CompletableFuture<Output> result = new CompletableFuture<>();
+        /** When it was queued: DJL's QueueTime and RequestLatency count from here. */
+        final long created = System.nanoTime();
 
         Job(Input input) {
             this.input = input;
@@ -144,6 +146,7 @@ final class Worker implements Runnable {
     private final BlockingQueue<Job> jobs;
     private final BlockingQueue<Job> control = new LinkedBlockingQueue<>();
     private final int batchSize;
+    private final String modelName;
     private final long maxBatchDelayMillis;
     private final Supplier<List<Adapters.Adapter>> adapterReplay;
     private final BooleanSupplier anyWorkerHealthy;
@@ -169,6 +172,7 @@ final class Worker implements Runnable {
         this.translator = translator;
         this.jobs = jobs;
         this.batchSize = config.batchSize;
+        this.modelName = config.modelName;
         this.maxBatchDelayMillis = config.maxBatchDelayMillis;
         this.adapterReplay = adapterReplay;
         this.anyWorkerHealthy = anyWorkerHealthy;
@@ -225,7 +229,11 @@ final class Worker implements Runnable {
                 }
                 Job first = jobs.poll(POLL_MILLIS, TimeUnit.MILLISECONDS);
                 if (first != null) {
-                    execute(collectBatch(first));
+                    List<Job> batch = collectBatch(first);
+                    timed(batch, "QueueTime");
+                    if (execute(batch)) {
+                        timed(batch, "RequestLatency"); // in async mode: until dispatched, as in DJL
+                    }
                 }
             } catch (InterruptedException e) {
                 break;
@@ -253,8 +261,19 @@ final class Worker implements Runnable {
         return batch;
     }
 
-    /** One batchPredict call; PyPredictor builds the batch_NNN. encoding when there are several. */
-    private void execute(List<Job> batch) {
+    /** DJL's per-request histograms (microseconds since the job was queued), labelled with the model's name. */
+    private void timed(List<Job> batch, String metric) {
+        long now = System.nanoTime();
+        for (Job job : batch) {
+            Prometheus.get().histogram(metric, (now - job.created) / 1000, modelName);
+        }
+    }
+
+    /**
+     * One batchPredict call; PyPredictor builds the batch_NNN. encoding when there are several. False when
+     * it failed (the jobs then failed with it).
+     */
+    private boolean execute(List<Job> batch) {
         List<Input> inputs = new ArrayList<>(batch.size());
         for (Job job : batch) {
             inputs.add(job.input);
@@ -264,9 +283,11 @@ final class Worker implements Runnable {
             for (int i = 0; i < batch.size(); i++) {
                 batch.get(i).result.complete(outputs.get(i));
             }
+            return true;
         } catch (Throwable t) {
             logger.warn("Worker {}: batch of {} failed: {}", id, batch.size(), t.toString());
             fail(batch, t);
+            return false;
         }
     }
 
