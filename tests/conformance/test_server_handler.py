@@ -154,7 +154,7 @@ def test_stream_returns_chunks_then_details(server):
         server.url + "/invocations",
         stream=True,
         timeout=60,
-        json={"inputs": PROMPT, "adapters": "alpha", "stream": True, "parameters": {"max_new_tokens": 12}},
+        json={"inputs": PROMPT, "adapters": "alpha", "stream": True, "parameters": {"max_new_tokens": 12, "details": True}},
     )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/jsonlines")
@@ -162,6 +162,9 @@ def test_stream_returns_chunks_then_details(server):
     final = lines[-1]
     assert final["details"]["adapter"] == "alpha"
     assert "".join(x["token"]["text"] for x in lines).strip() == final["generated_text"]
+    # LMI's lines: every one has a token with its id and log-probability; the last also has the answer
+    assert all(set(x["token"]) >= {"id", "text", "log_prob"} and x["token"]["log_prob"] <= 0 for x in lines)
+    assert final["details"]["generated_tokens"] == len(lines) and "tokens" not in final["details"]
     assert final["generated_text"] == text(server, "alpha", tokens=12)
 
 
