@@ -66,9 +66,13 @@ class ConfigError(HandlerError):
 
 
 def error_json(exc: BaseException) -> tuple[int, dict]:
-    """Status and JSON body for any exception; unknown ones are a 500 that names their type."""
+    """Status and JSON body for any exception; unknown ones are a 500 that names their type. The message is
+    one line: real DJL Serving puts it in the HTTP reason phrase, and answers 500 when it has a line break."""
     if isinstance(exc, HandlerError):
-        return exc.status, exc.to_json()
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's
-        return 507, {"error": f"out of memory: {exc}", "code": 507, "type": type(exc).__name__}
-    return 500, {"error": f"{type(exc).__name__}: {exc}", "code": 500, "type": "InternalError"}
+        code, body = exc.status, exc.to_json()
+    elif isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda's
+        code, body = 507, {"error": f"out of memory: {exc}", "code": 507, "type": type(exc).__name__}
+    else:
+        code, body = 500, {"error": f"{type(exc).__name__}: {exc}", "code": 500, "type": "InternalError"}
+    body["error"] = " ".join(str(body["error"]).split())
+    return code, body

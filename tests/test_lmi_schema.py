@@ -189,3 +189,12 @@ def test_output_formatter_jsonlines_streams_every_reply(tiny_neox):
     out = svc.handle(request_input({"inputs": QUESTION, "parameters": {"max_new_tokens": 3}}))
     assert out.properties["content-type"] == "application/jsonlines"
     assert [json.loads(bytes(c)) for c in out.stream_content][-1]["generated_text"]
+
+
+def test_an_error_message_is_one_line():
+    """Real DJL Serving sends the message as the HTTP reason phrase and answers 500 for a line break."""
+    from loraship.handler.errors import BadRequest, error_json
+
+    code, body = error_json(BadRequest("first line\nsecond line\r\nthird"))
+    assert code == 400 and body["error"] == "first line second line third"
+    assert error_json(ValueError("a\nb"))[1]["error"] == "ValueError: a b"
