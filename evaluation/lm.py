@@ -16,8 +16,9 @@ the instruction template. So one task works for both model types registered here
 
 ``loraship-endpoint``
     Over HTTP against a running ``loraship serve`` (or a SageMaker-style ``/invocations``):
-    ``apply_chat_template`` returns the instruction unchanged, and the server templates it. The
-    server returns no log-probabilities, so only generation tasks run against it.
+    ``apply_chat_template`` returns the instruction unchanged, and the server templates it.
+    Log-likelihoods come from the server's prompt log-probabilities (a chat request that continues
+    the reference answer, with ``prompt_logprobs``), so the same tasks run against it.
 
 Both return answers as :class:`Completion` (a ``str`` that also carries ``finish_reason``), which
 is how the generation task counts the answers that stopped by themselves; in-process
@@ -341,17 +342,33 @@ class LocalLM(LM):
 class EndpointLM(LM):
     """The base model (``adapter=__base__``) or one adapter of a running server, over HTTP.
 
-    Each request is one ``POST /invocations`` with the raw instruction, the adapter's name and
-    ``details: true``; the answer and its ``finish_reason`` come from the reply. Requests are
-    sent one at a time, so the server's batching cannot change an answer.
+    A generation is one ``POST /invocations`` with the raw instruction, the adapter's name and
+    ``details: true``; the answer and its ``finish_reason`` come from the reply. A log-likelihood is
+    two chat requests on the same route: the instruction alone, and the instruction with the
+    reference as the assistant's answer to continue (``continue_final_message``), both with
+    ``prompt_logprobs``: the reference's tokens are those after the first request's prompt, and
+    their log-probabilities are the server's own. ``concurrency`` requests are in flight at once
+    (a greedy answer does not depend on what it is batched with; the tests check it).
     """
 
-    def __init__(self, url: str, adapter: str = BASE, *, timeout: float = 300.0, **_lm_eval_extras):
+    def __init__(
+        self, url: str, adapter: str = BASE, *, timeout: float = 300.0, concurrency: int = 1, **_lm_eval_extras
+    ):
         super().__init__()
         url = url.rstrip("/")
         self.url = url if url.endswith("/invocations") or "/predictions/" in url else url + "/invocations"
         self.adapter = adapter or BASE
         self.timeout = float(timeout)
+        self.concurrency = max(1, int(concurrency))
+
+    def _map(self, fn, items: list) -> list:
+        """``fn`` over ``items`` with ``concurrency`` requests in flight, results in order."""
+        if self.concurrency == 1 or len(items) < 2:
+            return [fn(x) for x in items]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(fn, items))
 
     @property
     def tokenizer_name(self) -> str:
@@ -392,23 +409,56 @@ class EndpointLM(LM):
             raise EvalError(f"cannot reach {self.url}: {exc}") from None
         except ValueError as exc:
             raise EvalError(f"{self.url} answered with something that is not JSON: {exc}") from None
-        if not isinstance(reply, dict) or "generated_text" not in reply:
+        if not isinstance(reply, dict) or ("generated_text" not in reply and "choices" not in reply):
             raise EvalError(f"{self.url} answered without generated_text: {str(reply)[:300]}")
         return reply
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[Completion]:
-        out = []
-        for req in requests:
-            reply = self.post(self.body(req.args[0], req.args[1]))
+        def one(args) -> Completion:
+            reply = self.post(self.body(args[0], args[1]))
             details = reply.get("details") or {}
             reason = LMI_FINISH_REASONS.get(details.get("finish_reason"), details.get("finish_reason"))
-            out.append(Completion(reply["generated_text"], reason, details.get("generated_tokens")))
-        return out
+            return Completion(reply["generated_text"], reason, details.get("generated_tokens"))
 
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        raise NotImplementedError(
-            "the endpoint returns no log-probabilities: score loglikelihood tasks (reference loss) in process"
+        return self._map(one, [req.args for req in requests])
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[LogLikelihood]:
+        return self._map(self._loglikelihood, [req.args for req in requests])
+
+    def _loglikelihood(self, pair: tuple[str, str]) -> LogLikelihood:
+        instruction, reference = pair
+        asked = [{"role": "user", "content": instruction}]
+        answered = asked + [{"role": "assistant", "content": reference}]
+        score = {"model": self.adapter, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
+        prompt = self._prompt_logprobs({"messages": asked, **score})
+        both = self._prompt_logprobs(
+            {"messages": answered, "continue_final_message": True, "add_generation_prompt": False, **score}
         )
+        if [_token_id(e) for e in both[: len(prompt)]] != [_token_id(e) for e in prompt]:
+            raise EvalError(
+                f"{self.url} tokenized the prompt differently once the reference followed it: the reference's "
+                "tokens cannot be told apart; score this model in process"
+            )
+        tail = both[len(prompt) :]
+        if not tail:
+            raise EvalError(f"empty reference to score after {instruction[-80:]!r}")
+        chosen = [entry[str(_token_id(entry))] for entry in tail]
+        return LogLikelihood(sum(c["logprob"] for c in chosen), all(c.get("rank") == 1 for c in chosen), len(tail))
+
+    def _prompt_logprobs(self, body: dict) -> list:
+        reply = self.post(body)
+        logprobs = reply.get("prompt_logprobs")
+        if not isinstance(logprobs, list) or len(logprobs) < 2:
+            raise EvalError(f"{self.url} answered without prompt_logprobs: {str(reply)[:300]}")
+        return logprobs
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        raise NotImplementedError("the endpoint returns no log-probabilities")
+        raise NotImplementedError("rolling log-likelihoods need a tokenizer here; score them in process")
+
+
+def _token_id(entry) -> int | None:
+    """The prompt token of one ``prompt_logprobs`` entry (vLLM's shape ``{"<id>": {"logprob", "rank", ...}}``;
+    asked for with ``prompt_logprobs: 0`` it holds the prompt's own token only); None for the first token."""
+    if entry is None:
+        return None
+    return int(next(iter(entry)))

@@ -60,7 +60,9 @@ class EvalConfig(Settings):
     limit: int | None = None
     """score only the first N documents"""
     endpoint: Annotated[str | None, Flag(metavar="URL")] = None
-    """score a running server over HTTP (generation metrics only)"""
+    """score a running server over HTTP (every metric: reference loss from its prompt log-probabilities)"""
+    concurrency: int = 4
+    """requests in flight at once against --endpoint"""
     max_new_tokens: int | None = None
     """generation limit per answer (default: the task's, 128)"""
     batch_size: int = 8
@@ -100,6 +102,8 @@ class EvalConfig(Settings):
             out.append(f"--limit must be >= 1, got {self.limit}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             out.append(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.concurrency < 1:
+            out.append(f"--concurrency must be >= 1, got {self.concurrency}")
         if self.batch_size < 1:
             out.append(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.bootstrap_iterations < 100:
@@ -288,8 +292,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     # ---- models: one lm-eval model per variant, base first
     variants = [BASE, *cfg.adapters]
     if cfg.endpoint:
-        tasks = [GENERATION]
-        lms = {v: EndpointLM(cfg.endpoint, adapter=v) for v in variants}
+        tasks = [GENERATION, REFERENCE_LOSS]
+        lms = {v: EndpointLM(cfg.endpoint, adapter=v, concurrency=cfg.concurrency) for v in variants}
         model_info = {"spec": None, "path": None, "endpoint": cfg.endpoint}
     else:
         tasks = [GENERATION, REFERENCE_LOSS]

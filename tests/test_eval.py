@@ -375,11 +375,12 @@ def test_endpoint_scores_equal_in_process_scores(served, tiny_neox, good_run, tm
     assert main(_eval_args(tmp_path / "http", "--endpoint", served.url, *common)) == 0
     local = json.loads((tmp_path / "local" / "eval.json").read_text())
     http = json.loads((tmp_path / "http" / "eval.json").read_text())
-    assert http["mode"] == "endpoint" and set(http["metrics"]) == {
+    assert http["mode"] == "endpoint" and set(http["metrics"]) == set(local["metrics"]) == {
         "rougeL",
         "token_f1",
         "exact_match",
         "end_marker_rate",
+        "reference_loss",
     }
     for variant in ("__base__", "faqs"):
         ours = [
@@ -394,6 +395,12 @@ def test_endpoint_scores_equal_in_process_scores(served, tiny_neox, good_run, tm
             (s["response"], s["finish_reason"]) for s in theirs
         ]
     for metric, entry in http["metrics"].items():
+        if metric == "reference_loss":  # the server's log-probabilities: equal within 1e-3 nats per token
+            assert entry["base"] == pytest.approx(local["metrics"][metric]["base"], abs=1e-3)
+            got, want = entry["adapters"]["faqs"], local["metrics"][metric]["adapters"]["faqs"]
+            assert got["value"] == pytest.approx(want["value"], abs=1e-3)
+            assert got["delta"] == pytest.approx(want["delta"], abs=1e-3)
+            continue
         assert entry["base"] == local["metrics"][metric]["base"]
         assert entry["adapters"]["faqs"] == local["metrics"][metric]["adapters"]["faqs"]
     assert local["metrics"]["end_marker_rate"]["adapters"]["faqs"]["value"] > 0.5  # the comparison means something
