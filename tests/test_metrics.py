@@ -201,7 +201,9 @@ def test_static_batch_counts_each_request_under_its_adapter_and_refusals_as_unkn
 def test_static_stream_reports_ttft_and_the_final_lines_tokens(static):
     svc, lines = static
     lines.clear()
-    out = svc.handle(request_input({"inputs": "Hello?", "stream": True, "parameters": {"max_new_tokens": 5, "details": True}}))
+    out = svc.handle(
+        request_input({"inputs": "Hello?", "stream": True, "parameters": {"max_new_tokens": 5, "details": True}})
+    )
     streamed = [json.loads(chunk) for chunk in out.stream_content]
     final = streamed[-1]
     sums, counts = lines.sums(), lines.counts()

@@ -154,7 +154,12 @@ def test_stream_returns_chunks_then_details(server):
         server.url + "/invocations",
         stream=True,
         timeout=60,
-        json={"inputs": PROMPT, "adapters": "alpha", "stream": True, "parameters": {"max_new_tokens": 12, "details": True}},
+        json={
+            "inputs": PROMPT,
+            "adapters": "alpha",
+            "stream": True,
+            "parameters": {"max_new_tokens": 12, "details": True},
+        },
     )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/jsonlines")
