@@ -316,7 +316,8 @@ def _model(raw, names: ModelNames, adapters: Collection[str], query, header) -> 
             return "", raw
         if raw in adapters:
             return raw, raw
-        served = ", ".join(sorted(names.base - {BASE_ADAPTER}) + sorted(adapters))
+        base = sorted(n for n in names.base - {BASE_ADAPTER} if "/" not in n)  # a path or hub id: its last part
+        served = ", ".join(base + sorted(adapters))
         raise NotFound(
             f"The model {raw!r} does not exist: name a registered adapter or the base model ({served}; or '__base__')",
             field="model",
