@@ -20,11 +20,10 @@ from djl_python import Input, Output
 from djl_python.async_utils import create_non_stream_output
 
 from .batching import Engine, Sequence, result_of
-from .errors import BadRequest, Cancelled, GenerationTimeout, NotFound, error_json
-from .lmi import JSONLINES, SSE
+from .errors import BadRequest, Cancelled, GenerationTimeout, NotFound
+from .openai_chat import error_json, error_message
 from .scheduler import Job, Scheduler
 from .service import HandlerService
-from .streaming import StreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +74,9 @@ class AsyncHandlerService:
                         field="adapters",
                     )
         except Exception as exc:
-            code, body = error_json(exc)
+            code, body = error_json(exc)  # OpenAI's error object for a chat request
             self.core.metrics.refused(code)
-            return create_non_stream_output(body, code=code, error=body.get("error"))
+            return create_non_stream_output(body, code=code, error=error_message(body))
         jobs, events = self._submit(req, ids)
         tracking = inputs.get_property("request_tracking_id")
         if tracking:
@@ -104,7 +103,7 @@ class AsyncHandlerService:
         deadline = time.monotonic() + self.core.options.time_budget
         jobs = []
         for i, (prompt_ids, adapter) in enumerate(zip(ids, req.adapters)):
-            seq = self.scheduler.engine.new_sequence(prompt_ids, req.params, adapter, key=i)
+            seq = self.scheduler.engine.new_sequence(prompt_ids, req.params_of(i), adapter, key=i)
             jobs.append(
                 self.scheduler.submit(
                     Job(
@@ -124,9 +123,9 @@ class AsyncHandlerService:
             pending -= done
         failed = next((j.seq for j in jobs if j.seq.finish_reason in ("error", "time", "cancelled")), None)
         if failed is not None:
-            code, body = error_json(self._failure(failed))
+            code, body = error_json(self._failure(failed), chat=req.chat is not None)
             self.core.metrics.finished(req, code, jobs)
-            return create_non_stream_output(body, code=code, error=body.get("error"))
+            return create_non_stream_output(body, code=code, error=error_message(body))
         tokenizer = self.scheduler.engine.tokenizer
         results = [result_of(j.seq, tokenizer, with_tokens=req.wants_tokens) for j in jobs]
         self.core.metrics.finished(req, 200, jobs)
@@ -134,25 +133,23 @@ class AsyncHandlerService:
         return create_non_stream_output(json.dumps(body, ensure_ascii=False))  # a list too (a dict only, as is)
 
     async def _stream(self, req, job: Job, events: asyncio.Queue, tracking: str | None):
-        opts = self.core.options
-        writer = StreamWriter(
-            req, req.items[0], self.core.pipeline.encode_response, self.scheduler.engine.tokenizer,
-            tgi=opts.tgi_compat, sse=opts.sse,
-        )  # fmt: skip
+        writer, content_type = self.core.stream_writer(req, self.scheduler.engine.tokenizer)
         try:
+            if req.chat is not None:
+                yield _chunk(writer.start(), last=False, content_type=content_type)
             while True:
                 seq, tokens, done = await events.get()
                 if done:
                     break
                 for chunk in writer.tokens(seq, tokens):
-                    yield _chunk(chunk, last=False, sse=opts.sse)
+                    yield _chunk(chunk, last=False, content_type=content_type)
         finally:
             self.live.pop(tracking, None)
         failure = self._failure(seq) if seq.finish_reason in ("error", "time", "cancelled") else None
         self.core.metrics.finished(req, error_json(failure)[0] if failure else 200, [job])
         lines = writer.final(seq, tokens, failure)
         for i, chunk in enumerate(lines):
-            yield _chunk(chunk, last=i == len(lines) - 1, sse=opts.sse)
+            yield _chunk(chunk, last=i == len(lines) - 1, content_type=content_type)
 
     def _failure(self, seq: Sequence) -> Exception:
         if seq.finish_reason == "cancelled":
@@ -196,10 +193,10 @@ class AsyncHandlerService:
         return create_non_stream_output(body)
 
 
-def _chunk(data: bytes, last: bool, sse: bool) -> Output:
+def _chunk(data: bytes, last: bool, content_type: str) -> Output:
     """One message of a stream in djl_python's async framing (``async_utils.create_stream_chunk_output``'s
-    frame, with the line as the handler wrote it: LMI's JSON line or SSE event)."""
+    frame, with the line as the handler wrote it: LMI's JSON line or SSE event, or a chat chunk's event)."""
     out = Output()
-    out.add_property("Content-Type", SSE if sse else JSONLINES)
+    out.add_property("Content-Type", content_type)
     out.add(Output.binary_encode({"data": data.decode("utf-8"), "last": last}))
     return out

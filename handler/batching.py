@@ -55,8 +55,9 @@ class Sequence:
     """Per step, the ``params.top_n_tokens`` most likely (token, log-probability) pairs."""
     eos: tuple[int, float] | None = None
     """The end-of-sequence token that finished it, with its log-probability (not part of ``tokens``)."""
-    prefill: list[tuple[int, float | None]] | None = None
-    """With ``params.decoder_input_details``: each prompt token and its log-probability (None for the first)."""
+    prefill: list[tuple[int, float | None, int | None, list[tuple[int, float]]]] | None = None
+    """With ``params.decoder_input_details``: each prompt token, its log-probability, its rank and the
+    ``params.prompt_top_n`` most likely tokens (``prompt_logprobs``; None, None, [] for the first)."""
     finish_reason: str | None = None
     """None while running; then eos | stop | length | time | cancelled | error."""
     error: BaseException | None = None
@@ -157,7 +158,9 @@ class Engine:
             **self._adapters(model, seqs),
         )
         for i in scored:
-            seqs[i].prefill = prompt_logprobs(out.logits[i], ids[i], len(seqs[i].prompt_ids))
+            seqs[i].prefill = prompt_logprobs(
+                out.logits[i], ids[i], len(seqs[i].prompt_ids), seqs[i].params.prompt_top_n
+            )
         batch = Batch(list(seqs), out.cache, mask, torch.zeros(len(seqs), dtype=torch.long))
         return self._advance(batch, out.logits[:, -1, :])
 
@@ -240,12 +243,23 @@ class Engine:
             seq.finish_reason = "stop" if stopped else "length"
 
 
-def prompt_logprobs(logits: torch.Tensor, ids: torch.Tensor, length: int) -> list[tuple[int, float | None]]:
+def prompt_logprobs(
+    logits: torch.Tensor, ids: torch.Tensor, length: int, top_n: int = 0
+) -> list[tuple[int, float | None, int | None, list[tuple[int, float]]]]:
     """Each of the last ``length`` tokens of ``ids`` with its log-probability given the ones before it
-    (``logits``: [positions, vocab] of the same row); the first token has none."""
+    (``logits``: [positions, vocab] of the same row), its rank among the vocabulary (1 for the most likely)
+    and the ``top_n`` most likely tokens there with theirs; the first token has none of these."""
     ids, logits = ids[-length:], logits[-length:].float()
-    scores = torch.log_softmax(logits[:-1], -1).gather(1, ids[1:, None])[:, 0].tolist()
-    return [(int(ids[0]), None)] + list(zip(ids[1:].tolist(), scores))
+    logp = torch.log_softmax(logits[:-1], -1)
+    chosen = logp.gather(1, ids[1:, None])
+    scores = chosen[:, 0].tolist()
+    ranks = ((logp > chosen).sum(-1) + 1).tolist()
+    tops: list[list[tuple[int, float]]] = [[] for _ in scores]
+    if top_n and scores:
+        values, top_ids = logp.topk(top_n, -1)
+        tops = [list(zip(i.tolist(), v.tolist())) for i, v in zip(top_ids, values)]
+    first = (int(ids[0]), None, None, [])
+    return [first] + list(zip(ids[1:].tolist(), scores, ranks, tops))
 
 
 def result_of(seq: Sequence, tokenizer, with_tokens: bool = False) -> GenerationResult:
@@ -268,5 +282,13 @@ def result_of(seq: Sequence, tokenizer, with_tokens: bool = False) -> Generation
         if seq.top:
             res.top_tokens = [[Token(i, tokenizer.decode([i]), lp) for i, lp in step] for step in seq.top]
         if seq.prefill is not None:
-            res.prefill = [Token(i, tokenizer.decode([i]), lp) for i, lp in seq.prefill]
+            res.prefill, res.prompt_top = prefill_tokens(seq.prefill, tokenizer)
     return res
+
+
+def prefill_tokens(prefill, tokenizer) -> tuple[list[Token], list[list[Token]]]:
+    """:func:`prompt_logprobs`'s rows as the prompt's tokens (with their ranks) and, per position, the most
+    likely tokens there."""
+    tokens = [Token(i, tokenizer.decode([i]), lp, rank=rank) for i, lp, rank, _ in prefill]
+    tops = [[Token(i, tokenizer.decode([i]), lp) for i, lp in top] for *_, top in prefill]
+    return tokens, tops

@@ -8,7 +8,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .batching import prompt_logprobs
+from .batching import prefill_tokens, prompt_logprobs
 from .errors import BadRequest, ConfigError
 from .pipelines.base import cut_at_stop
 from .properties import ServingOptions
@@ -157,7 +157,10 @@ class Generator:
                 input_ids=enc["input_ids"], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 **({"adapter_names": kwargs["adapter_names"]} if "adapter_names" in kwargs else {}),
             ).logits  # fmt: skip
-            prefill = [prompt_logprobs(logits[i], enc["input_ids"][i], int(mask[i].sum())) for i in range(len(prompts))]
+            prefill = [
+                prompt_logprobs(logits[i], enc["input_ids"][i], int(mask[i].sum()), params.prompt_top_n)
+                for i in range(len(prompts))
+            ]
         timed_out = max_time is not None and elapsed >= max_time
         width = enc["input_ids"].shape[1]
         results = []
@@ -197,7 +200,7 @@ class Generator:
                         for t in range(len(kept))
                     ]
                 if prefill is not None:
-                    res.prefill = [Token(i, tokenizer.decode([i]), lp) for i, lp in prefill[row_i]]
+                    res.prefill, res.prompt_top = prefill_tokens(prefill[row_i], tokenizer)
             results.append(res)
         return results
 

@@ -35,6 +35,9 @@ class GenerationParams:
     """How many most likely tokens (with log-probabilities) to report per generated position."""
     decoder_input_details: bool = False
     """Report the prompt's tokens with their log-probabilities (LMI's ``prefill``)."""
+    prompt_top_n: int = 0
+    """With ``decoder_input_details``: also each prompt position's most likely tokens (vLLM's
+    ``prompt_logprobs``)."""
 
 
 @dataclass
@@ -48,32 +51,43 @@ class ParsedRequest:
     stream: bool = False
     details: bool = False
     return_full_text: bool = False
+    chat: Any = None
+    """An OpenAI chat completion request (``openai_chat.ChatRequest``): the reply is OpenAI's schema."""
+    item_params: list[GenerationParams] | None = None
+    """Per-item parameters when they differ (a chat request's ``n`` rows sample with seeds seed+i)."""
+
+    def params_of(self, item: int) -> GenerationParams:
+        return self.item_params[item] if self.item_params is not None else self.params
 
     @property
     def wants_tokens(self) -> bool:
         """The reply reports tokens (with their log-probabilities), not only text."""
-        return self.details or self.stream or self.params.top_n_tokens > 0 or self.params.decoder_input_details
+        return (
+            self.details
+            or self.stream
+            or self.params.top_n_tokens > 0
+            or self.params.decoder_input_details
+            or bool(self.chat is not None and self.chat.logprobs)
+        )
 
 
 def _type_name(value) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _number(params: dict, key: str, default, lo=None, hi=None, integer=False, lo_open=False):
+def _number(params: dict, key: str, default, lo=None, hi=None, integer=False, lo_open=False, prefix="parameters."):
     if key not in params or params[key] is None:
         return default
-    value = params[key]
+    value, name = params[key], prefix + key
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         kind = "an integer" if integer else "a number"
-        raise BadRequest(f"parameters.{key} must be {kind}, got {_type_name(value)}", field=f"parameters.{key}")
+        raise BadRequest(f"{name} must be {kind}, got {_type_name(value)}", field=name)
     if value != value or value in (float("inf"), float("-inf")):
-        raise BadRequest(f"parameters.{key} must be finite", field=f"parameters.{key}")
+        raise BadRequest(f"{name} must be finite", field=name)
     if lo is not None and (value <= lo if lo_open else value < lo):
-        raise BadRequest(
-            f"parameters.{key} must be {'>' if lo_open else '>='} {lo}, got {value}", field=f"parameters.{key}"
-        )
+        raise BadRequest(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}", field=name)
     if hi is not None and value > hi:
-        raise BadRequest(f"parameters.{key} must be <= {hi}, got {value}", field=f"parameters.{key}")
+        raise BadRequest(f"{name} must be <= {hi}, got {value}", field=name)
     return value
 
 
@@ -104,7 +118,7 @@ KNOWN_PARAMETERS = {
 }
 #: The most ``top_n_tokens`` a request may ask for (OpenAI's top_logprobs allows 20 too).
 MAX_TOP_N_TOKENS = 20
-KNOWN_FIELDS = {"inputs", "parameters", "adapters", "stream", "messages"}
+KNOWN_FIELDS = {"inputs", "parameters", "adapters", "stream"}
 
 
 def parse_params(raw: Any, max_cap: int, default_max: int, details: bool = False) -> tuple[GenerationParams, dict]:
@@ -177,6 +191,19 @@ def parse_body(
     details: bool = False,
 ) -> ParsedRequest:
     """Parse and validate one request body; raise BadRequest naming the field at fault."""
+    return parse_lmi(
+        decode_json(data),
+        input_field=input_field,
+        max_cap=max_cap,
+        default_max=default_max,
+        query_adapter=query_adapter,
+        header_adapter=header_adapter,
+        details=details,
+    )
+
+
+def decode_json(data: bytes | None) -> dict:
+    """The request body as a JSON object (valid UTF-8, no lone surrogates); BadRequest otherwise."""
     if not data:
         raise BadRequest("empty request body; expected JSON with an 'inputs' field", field="body")
     try:
@@ -194,11 +221,24 @@ def parse_body(
         raise BadRequest(
             "request body has a lone surrogate escape (such as \\ud800): strings must be valid Unicode", field="body"
         ) from None
-    unknown = sorted(set(body) - KNOWN_FIELDS)
+    return body
+
+
+def parse_lmi(
+    body: dict,
+    *,
+    input_field: str = "inputs",
+    max_cap: int = 512,
+    default_max: int = 64,
+    query_adapter: str | None = None,
+    header_adapter: str | None = None,
+    details: bool = False,
+) -> ParsedRequest:
+    """A decoded body in LMI's schema (``inputs``, ``parameters``, ``adapters``, ``stream``)."""
+    known = KNOWN_FIELDS | {input_field}
+    unknown = sorted(set(body) - known)
     if unknown:
-        raise BadRequest(
-            f"unknown fields: {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_FIELDS))}", field=unknown[0]
-        )
+        raise BadRequest(f"unknown fields: {', '.join(unknown)}; known: {', '.join(sorted(known))}", field=unknown[0])
     if input_field not in body:
         raise BadRequest(f"missing required field '{input_field}'", field=input_field)
     raw = body[input_field]

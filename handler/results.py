@@ -14,6 +14,8 @@ class Token:
     text: str
     log_prob: float | None
     special: bool = False
+    rank: int | None = None
+    """Its rank among the vocabulary at its position, 1 for the most likely (prompt tokens only)."""
 
 
 @dataclass
@@ -28,6 +30,8 @@ class GenerationResult:
     """The generated tokens (the end-of-sequence token last, when it ended the answer); None when not asked for."""
     top_tokens: list[list[Token]] | None = None
     prefill: list[Token] | None = None
+    prompt_top: list[list[Token]] | None = None
+    """Per prompt position, its ``prompt_top_n`` most likely tokens (with ``prefill``)."""
 
 
 def token_pieces(tokenizer, ids: list[int]) -> list[str]:

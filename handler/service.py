@@ -16,13 +16,14 @@ from typing import NamedTuple
 
 from djl_python import Input, Output
 
-from . import lmi
+from . import lmi, openai_chat
 from .batching import Engine
-from .errors import BadRequest, GenerationTimeout, HandlerError, PayloadTooLarge, error_json
+from .errors import BadRequest, GenerationTimeout, HandlerError, PayloadTooLarge
 from .generation import GenerationResult
 from .loading import load
+from .openai_chat import ChatStreamWriter, ModelNames, error_json
 from .properties import ServingOptions
-from .requests import ParsedRequest, parse_body
+from .requests import ParsedRequest, decode_json, parse_lmi
 from .scheduler import Job, Scheduler
 from .streaming import StreamWriter
 
@@ -57,6 +58,7 @@ class HandlerService:
         loaded = load(opts, properties)
         self.pipeline, self.generator, self.adapters = loaded.pipeline, loaded.generator, loaded.adapters
         self.metrics = loaded.metrics
+        self.names = ModelNames.of(opts.model_id, opts.model_dir, str(opts.extra.get("served_model_name", "")))
         self.options = opts
         log.info("model %s loaded on %s with pipeline %s", opts.model_id, self.generator.device, self.pipeline.name)
 
@@ -128,7 +130,8 @@ class HandlerService:
             for j, prompt in enumerate(prompts):
                 # Adapters that added tokens bring their own tokenizer: they batch apart.
                 tokenizer = self.adapters.tokenizer_for(req.adapters[j])
-                groups[(req.params, id(tokenizer))].append(_Row(i, j, prompt, req.adapters[j], tokenizer, len(ids[j])))
+                params = req.params_of(j)
+                groups[(params, id(tokenizer))].append(_Row(i, j, prompt, req.adapters[j], tokenizer, len(ids[j])))
         failed: dict[int, BaseException] = {}
         for (params, _), members in groups.items():
             for part in self._parts(members, params):
@@ -168,14 +171,15 @@ class HandlerService:
                     results[r.request][r.item] = res
         for i, (req, prompts, _) in parsed.items():
             if i in failed:
-                replies[i] = error_json(failed[i])
+                replies[i] = error_json(failed[i], chat=req.chat is not None)
             elif req.stream and len(batch) == 1:
                 return self._stream(req, prompts[0], deadline)
             elif req.stream:
                 replies[i] = error_json(
                     BadRequest(
                         "streaming is available only when requests are not batched; set batch_size=1", field="stream"
-                    )
+                    ),
+                    chat=req.chat is not None,
                 )
             else:
                 replies[i] = (200, self.encode(req, results[i], len(batch)))
@@ -204,17 +208,57 @@ class HandlerService:
         body = next(
             (content.value_at(i) for i in reversed(range(content.size())) if content.key_at(i) in ("data", None)), None
         )
-        req = parse_body(
+        body = decode_json(body)
+        query = bytes(query).decode("utf-8", "replace") if query is not None else None
+        header = item.get_property(ADAPTER_HEADER)
+        if openai_chat.is_chat(body):
+            try:
+                return self._admit(self._parse_chat(body, query, header))
+            except Exception as exc:
+                openai_chat.mark(exc)  # its reply is OpenAI's error object
+                raise
+        req = parse_lmi(
             body,
             input_field=self.pipeline.input_field,
             max_cap=opts.max_new_tokens,
             default_max=opts.default_max_new_tokens,
-            query_adapter=bytes(query).decode("utf-8", "replace") if query is not None else None,
-            header_adapter=item.get_property(ADAPTER_HEADER),
+            query_adapter=query,
+            header_adapter=header,
             details=opts.tgi_compat,
         )
         if opts.output_formatter == "jsonlines" and not req.is_list:
             req.stream = True  # LMI's jsonlines formatter streams every reply
+        return self._admit(req)
+
+    def _parse_chat(self, body: dict, query: str | None, header: str | None) -> ParsedRequest:
+        opts = self.options
+        return openai_chat.parse_chat(
+            body,
+            names=self.names,
+            adapters=self.adapters.names(),
+            max_cap=opts.max_new_tokens,
+            default_max=opts.default_max_new_tokens,
+            max_n=opts.max_inputs_per_request,
+            query_adapter=query,
+            header_adapter=header,
+        )
+
+    def _prompts(self, req: ParsedRequest) -> list[str]:
+        """The prompt of each item: the pipeline's chat prompt (the same for a chat request's n rows), or
+        its ``decode_request`` of each input."""
+        if req.chat is None:
+            return [self.pipeline.decode_request(x) for x in req.items]
+        chat = req.chat
+        prompt = self.pipeline.chat_prompt(
+            chat.messages,
+            add_generation_prompt=chat.add_generation_prompt,
+            continue_final_message=chat.continue_final_message,
+        )
+        return [prompt] * len(req.items)
+
+    def _admit(self, req: ParsedRequest) -> tuple[ParsedRequest, list[str], list[list[int]]]:
+        """The request with its prompts and their token ids, once within the limits (413 if over)."""
+        opts = self.options
         n = len(req.items)
         if n > opts.max_inputs_per_request:
             raise PayloadTooLarge(
@@ -223,8 +267,11 @@ class HandlerService:
                 field="inputs",
             )
         self.adapters.check(req.adapters)
-        prompts = [self.pipeline.decode_request(x) for x in req.items]
-        ids = [self.generator.check_length(p, req.params) for p in prompts]
+        prompts = self._prompts(req)
+        if req.chat is not None:  # n rows of one prompt
+            ids = [self.generator.check_length(prompts[0], req.params)] * n
+        else:
+            ids = [self.generator.check_length(p, req.params) for p in prompts]
         lengths = [len(i) for i in ids]
         cost = sum(lengths) + n * req.params.max_new_tokens
         if cost > opts.max_request_tokens:
@@ -237,7 +284,10 @@ class HandlerService:
         return req, prompts, ids
 
     def encode(self, req: ParsedRequest, results: list[GenerationResult], batch_size: int) -> object:
-        """LMI's reply: ``{"generated_text"}`` (with ``details`` when asked for), a list for a list of inputs."""
+        """LMI's reply: ``{"generated_text"}`` (with ``details`` when asked for), a list for a list of inputs;
+        a chat request's ``chat.completion``."""
+        if req.chat is not None:
+            return openai_chat.completion(req.chat, results, self.pipeline.encode_response)
         tgi = self.options.tgi_compat
         replies = []
         for item, adapter, res in zip(req.items, req.adapters, results):
@@ -265,11 +315,11 @@ class HandlerService:
             Job(seq, lambda s, t: events.put((t, False)), lambda s, t: events.put((t, True)), deadline=deadline)
         )
         opts = self.options
-        writer = StreamWriter(
-            req, req.items[0], self.pipeline.encode_response, tokenizer, tgi=opts.tgi_compat, sse=opts.sse
-        )
+        writer, content_type = self.stream_writer(req, tokenizer)
 
         def lines():
+            if req.chat is not None:
+                yield writer.start()
             while True:
                 tokens, done = events.get()
                 if not done:
@@ -287,9 +337,20 @@ class HandlerService:
                 return
 
         out = Output()
-        out.add_property("content-type", lmi.SSE if opts.sse else lmi.JSONLINES)
+        out.add_property("content-type", content_type)
         out.add_stream_content(lines(), output_formatter=None)
         return out
+
+    def stream_writer(self, req: ParsedRequest, tokenizer) -> tuple[StreamWriter | ChatStreamWriter, str]:
+        """What writes a streamed request's messages, and their content type: LMI's JSON lines or events,
+        or a chat request's ``chat.completion.chunk`` events."""
+        if req.chat is not None:
+            return ChatStreamWriter(req.chat, self.pipeline.encode_response, tokenizer), openai_chat.SSE
+        opts = self.options
+        writer = StreamWriter(
+            req, req.items[0], self.pipeline.encode_response, tokenizer, tgi=opts.tgi_compat, sse=opts.sse
+        )
+        return writer, lmi.SSE if opts.sse else lmi.JSONLINES
 
     def _stream_scheduler(self, tokenizer) -> Scheduler:
         """One row at a time: static batching streams only a request alone in its batch."""
@@ -321,7 +382,10 @@ def _readable(value):
 
 
 def _json_output(code: int, body, message: str | None = None) -> Output:
-    out = _ReadableOutput(code=code, message=message or ("OK" if code < 300 else body.get("type", "Error")))
+    if message is None and code >= 300:
+        err = body.get("error")
+        message = err.get("type") if isinstance(err, dict) else body.get("type")  # OpenAI's error object or ours
+    out = _ReadableOutput(code=code, message=message or ("OK" if code < 300 else "Error"))
     out.add_property("content-type", JSON)
     out.add_as_json(body)
     return out

@@ -129,19 +129,15 @@ def test_chat_pipeline_end_to_end_with_the_default_tokenizer(tmp_path):
     tok.save_pretrained(tmp_path)
     svc = HandlerService()
     svc.handle(init_input({"model_id": str(tmp_path), "model_dir": str(tmp_path), "pipeline": "chat"}))
-    code, body = read_output(
-        svc.handle(
-            request_input(
-                {
-                    "messages": [{"role": "user", "content": "Hello"}],
-                    "parameters": {"max_new_tokens": 5, "details": True},
-                }
-            )
-        )
-    )
-    assert code == 200 and body["details"]["generated_tokens"] <= 5
-    code, body = read_output(svc.handle(request_input({"inputs": "Hello"})))
-    assert code == 400 and body["field"] == "messages"
+    chat = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "temperature": 0}
+    code, body = read_output(svc.handle(request_input(chat)))
+    assert code == 200 and body["object"] == "chat.completion" and body["usage"]["completion_tokens"] <= 5
+    # LMI's inputs is one user message through the same template
+    code, lmi = read_output(svc.handle(request_input({"inputs": "Hello", "parameters": {"max_new_tokens": 5}})))
+    assert code == 200 and lmi["generated_text"] == body["choices"][0]["message"]["content"]
+    # a body with messages is OpenAI's chat request: LMI's parameters are not read there
+    code, body = read_output(svc.handle(request_input({**chat, "parameters": {"max_new_tokens": 5}})))
+    assert code == 400 and body["error"]["param"] == "parameters"
 
 
 def test_a_data_query_parameter_does_not_replace_the_body(service):

@@ -86,25 +86,60 @@ class _ChatTok:
     chat_template = "x"
     eos_token = "<|im_end|>"
 
-    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + (
-            "<assistant>" if add_generation_prompt else ""
-        )
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt, continue_final_message=False):
+        if continue_final_message and messages[-1]["role"] != "assistant":
+            raise ValueError("continue_final_message is set but the final message\ndoes not appear")
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
 
 
-def test_chat_pipeline_uses_the_tokenizer_template_and_validates_messages():
+def test_chat_pipeline_uses_the_tokenizer_template():
     from loraship.handler.errors import BadRequest
     from loraship.handler.pipelines import ChatPipeline
 
     p = ChatPipeline()
     p.setup(_ChatTok(), {})
     assert p.stop_sequences == ("<|im_end|>",)
-    assert p.decode_request([{"role": "user", "content": "hi"}]) == "<user>hi<assistant>"
-    with pytest.raises(BadRequest) as err:
-        p.decode_request([{"role": "robot", "content": "hi"}])
-    assert err.value.field == "messages[0]"
+    # LMI's inputs: one user message
+    assert p.decode_request("hi") == "<user>hi<assistant>"
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert p.chat_prompt(chat) == "<system>Be brief.<user>hi<assistant>"
+    assert p.chat_prompt(chat, add_generation_prompt=False) == "<system>Be brief.<user>hi"
+    scored = chat + [{"role": "assistant", "content": "Hello"}]
+    assert p.chat_prompt(scored, add_generation_prompt=False, continue_final_message=True) == (
+        "<system>Be brief.<user>hi<assistant>Hello"
+    )
+    with pytest.raises(BadRequest) as err:  # the template's refusal, on one line
+        p.chat_prompt(chat, add_generation_prompt=False, continue_final_message=True)
+    assert err.value.field == "messages" and "\n" not in err.value.message
     with pytest.raises(BadRequest):
-        p.decode_request("hi")
+        p.decode_request(["hi"])
+
+
+def test_instruction_pipeline_maps_the_last_user_message_to_its_template():
+    from loraship.handler.errors import BadRequest
+    from loraship.handler.pipelines.instruction import InstructionTextGenerationPipeline, format_prompt
+
+    p = InstructionTextGenerationPipeline()
+    turns = [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "What is SageMaker?"},
+    ]
+    assert p.chat_prompt(turns) == format_prompt("What is SageMaker?") == p.decode_request("What is SageMaker?")
+    assert p.chat_prompt(turns, add_generation_prompt=False) == format_prompt("What is SageMaker?")
+    # system messages are the template's context (Input:), as the evaluation tasks send one
+    with_context = [{"role": "system", "content": "AWS docs"}, *turns]
+    assert p.chat_prompt(with_context) == format_prompt("What is SageMaker?", "AWS docs")
+    # continue_final_message: the assistant's start follows the response marker
+    scored = with_context + [{"role": "assistant", "content": "A service"}]
+    assert p.chat_prompt(scored, add_generation_prompt=False, continue_final_message=True) == (
+        format_prompt("What is SageMaker?", "AWS docs") + "A service"
+    )
+    with pytest.raises(BadRequest, match="user message"):
+        p.chat_prompt([{"role": "system", "content": "x"}])
+    with pytest.raises(BadRequest, match="before the final assistant message"):
+        p.chat_prompt([{"role": "assistant", "content": "x"}], continue_final_message=True)
 
 
 def test_chat_pipeline_needs_a_chat_template():

@@ -6,7 +6,7 @@ here; a second copy of the template anywhere else would be train/serve skew.
 
 from __future__ import annotations
 
-from .base import Pipeline, cut_at_stop
+from .base import Pipeline, cut_at_stop, split_final
 from .registry import register_pipeline
 
 INTRO_BLURB = (
@@ -50,6 +50,17 @@ class InstructionTextGenerationPipeline(Pipeline):
     def decode_request(self, item):
         instruction = super().decode_request(item)
         return format_prompt(instruction)
+
+    def chat_prompt(self, messages, *, add_generation_prompt=True, continue_final_message=False):
+        """The last user message is the instruction; system messages, joined by a blank line, are the
+        template's context (``Input:``), as the evaluation tasks send one. Earlier turns are not part of
+        the single-turn template. The template always ends with its response marker, so
+        ``add_generation_prompt`` changes nothing."""
+        head, tail = split_final(messages, continue_final_message)
+        context = "\n\n".join(m["content"] for m in head if m["role"] == "system" and m["content"].strip())
+        instruction = self.last_user(head, continue_final_message)
+        prompt = format_prompt(instruction, context) if context else self.decode_request(instruction)
+        return prompt + tail
 
     def encode_response(self, text: str) -> str:
         return extract_response(text)[0]

@@ -33,7 +33,8 @@ import static ai.loraship.host.Http.sendError;
 import static ai.loraship.host.Http.sendJson;
 
 /**
- * The HTTP server and its routes, as DJL Serving routes its URLs: inference goes to {@link Inference},
+ * The HTTP server and its routes, as DJL Serving routes its URLs: inference ({@code /invocations},
+ * {@code /v1/chat/completions}, {@code /predictions/{m}}, {@code /models/{m}/invoke}) goes to {@link Inference},
  * the adapter API to {@link AdapterApi}; the health check and the management API (list and describe
  * the model) are answered here.
  */
@@ -123,6 +124,16 @@ final class Routes {
             case "ping" -> ping(ex); // DJL answers /ping and /ping/... whatever the method
             case "invocations" -> {
                 if (seg.length > 1) {
+                    notFound(ex);
+                } else if (requireMethod(ex, method, "POST")) {
+                    predict(ex);
+                }
+            }
+            // DJL Serving 0.36.0 routes OpenAI's chat completions exactly as /invocations: the same Input, the body
+            // unchanged, nothing that names the route (the handler reads a body with "messages" as chat).
+            // /v1/models and /v1/completions are not served, as on DJL.
+            case "v1" -> {
+                if (seg.length != 3 || !"chat".equals(seg[1]) || !"completions".equals(seg[2])) {
                     notFound(ex);
                 } else if (requireMethod(ex, method, "POST")) {
                     predict(ex);
