@@ -7,6 +7,8 @@ import json
 
 import pytest
 from harness import batch_input, init_input, read_output, request_input
+from hypothesis import HealthCheck, given, settings
+from rel_support import chat_bodies
 from tiny_models import save_random_adapter
 
 from loraship.handler.errors import BadRequest, NotFound
@@ -475,3 +477,24 @@ def test_streamed_deltas_add_up_to_the_pipelines_answer():
     assert deltas == ["Sage", "Maker", "  is"] and done == "[DONE]"
     assert last[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
     assert "".join(deltas) == "".join(pieces).strip()
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+@given(body=chat_bodies())
+def test_fuzzed_chat_requests_get_a_reply_or_a_one_line_4xx(static, body):
+    out = static.handle(request_input(body))
+    if out.properties.get("content-type") == "text/event-stream":
+        assert events(out.stream_content)[-1] == "[DONE]"
+        return
+    code, reply = read_output(out)
+    assert code < 500, reply
+    if code >= 400:
+        assert set(reply) == {"error"} and reply["error"]["code"] == code, reply
+        assert "\n" not in reply["error"]["message"] and "\r" not in reply["error"]["message"]
+    else:
+        assert reply["object"] == "chat.completion" and reply["choices"], reply

@@ -220,3 +220,21 @@ def test_lm_eval_local_chat_completions(chat, tmp_path):
         )
         assert sample["resps"] == [[direct.choices[0].message.content]]
         assert "\n" not in direct.choices[0].message.content  # the server honours stop: lm-eval does not cut
+
+
+def test_streams_back_to_back_leave_the_server_serving(chat):
+    """The openai client's streams, each followed by a whole reply. On real DJL Serving with static batching
+    this killed the server (OutOfMemoryError) in half the runs, until the handler sent a stream's last events
+    as one message and its end message a moment later (handler/service.py, STREAM_END_GAP)."""
+    messages = [{"role": "user", "content": QUESTIONS[0]}]
+    for i in range(20):
+        chunks = list(
+            client(chat).chat.completions.create(
+                model=["alpha", "__base__"][i % 2], messages=messages, max_tokens=1 + i % 6, temperature=0,
+                stream=True, stream_options={"include_usage": True}, logprobs=i % 3 == 0,
+            )
+        )  # fmt: skip
+        assert chunks[-1].usage.completion_tokens >= 1
+        r = requests.post(chat.url + "/invocations", json={"messages": messages, "max_tokens": 2}, timeout=60)
+        assert r.status_code == 200, r.text
+    assert requests.get(chat.url + "/ping", timeout=10).status_code == 200

@@ -103,11 +103,14 @@ def wait_healthy(url: str, timeout: float = 180) -> float:
 
 
 def is_json_error(reply: Reply) -> bool:
-    """A JSON object that says what went wrong: the handler's {"error": ...} or the host's {"message": ...}."""
+    """A JSON object that says what went wrong: the handler's {"error": ...} or the host's {"message": ...},
+    or OpenAI's error object {"error": {"message", "code", ...}} (a body with messages is a chat request)."""
     try:
         body = reply.json()
     except ValueError:
         return False
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
     return isinstance(body, dict) and isinstance(body.get("error", body.get("message")), str) and "code" in body
 
 
@@ -329,11 +332,63 @@ def valid_bodies(draw):
     return body
 
 
+roles = st.sampled_from(["system", "developer", "user", "assistant", "tool", "robot", ""])
+chat_values = {
+    "model": st.one_of(adapter_names, anything),
+    "max_tokens": st.one_of(small_tokens, anything),
+    "max_completion_tokens": st.one_of(small_tokens, anything),
+    "temperature": st.one_of(st.floats(min_value=-1, max_value=3), anything),
+    "top_p": st.one_of(st.floats(min_value=0, max_value=1.5), anything),
+    "seed": st.one_of(st.integers(min_value=-5, max_value=2**64), anything),
+    "n": st.one_of(st.integers(min_value=-1, max_value=12), anything),
+    "stop": st.one_of(st.lists(st.text(min_size=0, max_size=8), max_size=20), st.text(max_size=8), anything),
+    "stream": st.one_of(st.booleans(), anything),
+    "stream_options": st.one_of(st.fixed_dictionaries({"include_usage": st.booleans()}), anything),
+    "logprobs": st.one_of(st.booleans(), anything),
+    "top_logprobs": st.one_of(st.integers(min_value=-1, max_value=25), anything),
+    "prompt_logprobs": st.one_of(st.integers(min_value=-1, max_value=25), anything),
+    "add_generation_prompt": st.one_of(st.booleans(), anything),
+    "continue_final_message": st.one_of(st.booleans(), anything),
+    "logit_bias": st.one_of(st.just({}), anything),
+    "user": anything,
+    "tools": st.one_of(st.just([]), anything),
+    "parameters": anything,
+    "surprise": anything,
+}
+
+
+@st.composite
+def chat_bodies(draw, valid: bool = False):
+    """OpenAI chat requests (a body with messages): in range with ``valid``, else any mix of right and wrong."""
+    if valid:
+        body = {
+            "messages": [{"role": "user", "content": draw(prompts)}],
+            "model": draw(st.sampled_from(KNOWN_ADAPTERS + ["__base__"])),
+            "max_tokens": draw(small_tokens),
+            "temperature": draw(st.floats(min_value=0, max_value=2)),
+            "stream": draw(st.booleans()),
+        }
+        if draw(st.booleans()):
+            body["logprobs"], body["top_logprobs"] = True, draw(st.integers(0, 5))
+        return body
+    content = st.one_of(texts, st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": texts})), anything)
+    message = st.one_of(st.fixed_dictionaries({"role": roles, "content": content}), anything)
+    body = {"messages": draw(st.one_of(st.lists(message, max_size=4), anything))}
+    keys = draw(st.lists(st.sampled_from(sorted(chat_values)), unique=True, max_size=6))
+    body.update({k: draw(chat_values[k]) for k in keys})
+    if not isinstance(body.get("max_tokens"), int) and not isinstance(body.get("max_completion_tokens"), int):
+        body["max_tokens"] = draw(small_tokens)  # keeps the cases that generate fast
+    return body
+
+
 @st.composite
 def json_bodies(draw):
-    """Objects in and around the LMI schema: right and wrong types, unknown adapters, mismatched lists."""
+    """Objects in and around the LMI schema and OpenAI's chat requests: right and wrong types, unknown
+    adapters, mismatched lists."""
     if draw(st.integers(0, 2)) == 0:
-        return draw(valid_bodies())
+        return draw(st.one_of(valid_bodies(), chat_bodies(valid=True)))
+    if draw(st.integers(0, 3)) == 0:
+        return draw(chat_bodies())
     body = {}
     shape = draw(st.sampled_from(["single", "list", "wrong", "missing"]))
     if shape == "single":

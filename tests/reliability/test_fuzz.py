@@ -1,16 +1,18 @@
-"""Bad input through the host: a property-based fuzz of /invocations, oversized bodies, malformed
-HTTP. Every reply is a 2xx or a 4xx with a JSON error body (except DJL's bodyless 424 for an
-unregistered ?adapter=), in bounded time, and the server keeps answering /ping."""
+"""Bad input through the host: a property-based fuzz of /invocations (LMI's schema and OpenAI's chat
+requests), oversized bodies, malformed HTTP. Every reply is a 2xx or a 4xx with a JSON error body (except
+DJL's bodyless 424 for an unregistered ?adapter=), in bounded time, and the server keeps answering /ping."""
 
 import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from rel_support import (
     FIGURES,
     MAX_REQUEST_SIZE,
     Hold,
     bodies,
+    chat_bodies,
     generate,
     headers,
     invoke,
@@ -42,6 +44,8 @@ def check_reply(reply) -> None:
         assert lines and isinstance(lines[-1], dict), reply.text[:500]
         final = lines[-1]
         assert "generated_text" in final or final.get("code", 500) < 500, final
+    elif reply.headers.get("content-type", "").startswith("text/event-stream"):  # a chat request's chunks
+        assert reply.text.endswith("data: [DONE]\n\n"), reply.text[-500:]
     else:
         body = reply.json()
         assert isinstance(body, (dict, list)), reply.text[:500]
@@ -78,7 +82,7 @@ def test_valid_requests_get_200(healthy):
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(body=valid_bodies())
+    @given(body=st.one_of(valid_bodies(), chat_bodies(valid=True)))
     def case(body):
         FIGURES.add("fuzz cases tried")
         reply = invoke(healthy.url, body)
