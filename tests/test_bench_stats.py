@@ -152,7 +152,8 @@ def test_output_lengths_are_drawn_per_request_seeded_and_leave_the_adapter_draws
     assert drawn == [next(it) for it in [mixed.items("rate=1")] for _ in range(400)]
     assert Counter(i.max_new_tokens for i in drawn).keys() == {16, 32, 64, 128}
     assert min(Counter(i.max_new_tokens for i in drawn).values()) > 60  # uniform over the four
-    assert [i.adapter for i in drawn] == [i.adapter for it in [one.items("rate=1")] for i in (next(it) for _ in range(400))]
+    unmixed = [next(it) for it in [one.items("rate=1")] for _ in range(400)]
+    assert [i.adapter for i in drawn] == [i.adapter for i in unmixed]
 
 
 def test_prompts_default_to_the_faq_questions_and_read_jsonl(tmp_path):
