@@ -177,10 +177,14 @@ class Api:
         return merge(self._body(prompt, adapter, max_new_tokens, stream), self.extra)
 
     def fill_tokens(self, rec: RequestRecord, text: str) -> None:
+        """Output tokens as the server counted them; else by the tokenizer; else, streamed, one per chunk (what
+        llama.cpp's server sends, which reports no usage while streaming)."""
         if rec.output_tokens is not None:
             rec.tokens_from = "server"
         elif self.count is not None and rec.status == 200:
             rec.output_tokens, rec.tokens_from = self.count(text), "tokenizer"
+        elif rec.stream and rec.status == 200 and rec.chunks:
+            rec.output_tokens, rec.tokens_from = rec.chunks, "chunks"
 
     def reply(self, rec: RequestRecord, raw: bytes) -> None:
         """A whole reply's body."""
@@ -253,10 +257,11 @@ class OpenAIApi(Api):
     """OpenAI's chat completions or completions; greedy (``temperature`` 0, as vLLM's benchmark sends) unless
     ``extra`` says otherwise; a streamed request asks for ``usage`` in its last chunk (``stream_options``)."""
 
-    def __init__(self, name: str, model=None, extra=None, count=None):
+    def __init__(self, name: str, model=None, extra=None, count=None, min_tokens: bool = False):
         super().__init__(model, extra, count)
         self.name = name
         self.chat = name == "openai-chat"
+        self.min_tokens = min_tokens
 
     def _body(self, prompt, adapter, max_new_tokens, stream) -> dict:
         body = {}
@@ -268,6 +273,8 @@ class OpenAIApi(Api):
         else:
             body["prompt"] = prompt
         body.update(max_tokens=max_new_tokens, temperature=0.0, stream=stream)
+        if self.min_tokens:
+            body["min_tokens"] = max_new_tokens
         if stream:
             body["stream_options"] = {"include_usage": True}
         return body
@@ -310,11 +317,11 @@ class OpenAIApi(Api):
         self._usage(stream.rec, obj)
 
 
-def make_api(name: str, model: str | None = None, extra: dict | None = None, count=None) -> Api:
+def make_api(name: str, model: str | None = None, extra: dict | None = None, count=None, min_tokens=False) -> Api:
     if name == "lmi":
         return LmiApi(model, extra, count)
     if name in APIS:
-        return OpenAIApi(name, model, extra, count)
+        return OpenAIApi(name, model, extra, count, min_tokens)
     raise ValueError(f"unknown API {name!r}; known: {', '.join(APIS)}")
 
 

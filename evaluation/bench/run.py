@@ -97,6 +97,9 @@ class BenchConfig(Settings):
     output_lengths_from_dataset: Annotated[bool, Flag(group=WORKLOAD)] = False
     """each request asks for as many tokens as its data set row's reference answer has (as vLLM's ShareGPT
     benchmark)"""
+    min_tokens: Annotated[bool, Flag(group=WORKLOAD)] = False
+    """OpenAI APIs: send min_tokens = max_tokens (vLLM's extension, served by vLLM, loraship's handler and
+    llama.cpp's Python server) so every reply has its full length, as LMI's min_new_tokens"""
     extra_body: Annotated[str | None, Flag(group=WORKLOAD, metavar="JSON")] = None
     """a JSON object laid over every request body, e.g. '{"ignore_eos": true}' for vLLM"""
     concurrency: Annotated[list[int], Flag(csv=True, metavar="C,C,...", group=LOAD)] = []
@@ -225,6 +228,8 @@ class BenchConfig(Settings):
             found.append("--prefixes needs --prefix-tokens >= 1 (each prefix's length)")
         elif not self.prefixes and self.prefix_tokens is not None:
             found.append("--prefix-tokens needs --prefixes (how many)")
+        if self.min_tokens and self.api == "lmi":
+            found.append("--min-tokens is for the OpenAI APIs; LMI's min_new_tokens is always max_new_tokens")
         if self.warmup < 0:
             found.append("--warmup must be >= 0")
         unknown = sorted(set(self.slo_ms) - set(SLO_KEYS))
@@ -475,7 +480,7 @@ def _level_result(
 
 
 def _client(cfg: BenchConfig, api_model: str | None, count) -> Client:
-    schema = make_api(cfg.api, api_model, cfg.extra, count)
+    schema = make_api(cfg.api, api_model, cfg.extra, count, min_tokens=cfg.min_tokens)
     if cfg.sagemaker_endpoint:
         top = max(cfg.concurrency or [cfg.max_concurrency or 64])
         try:
