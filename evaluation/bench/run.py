@@ -25,7 +25,7 @@ from pydantic import field_validator
 from loraship.core.errors import LorashipError
 from loraship.handler.settings import Flag, Settings
 
-from .client import Client, HttpTransport, RequestRecord, SageMakerTransport, make_api
+from .client import PATHS, Client, HttpTransport, RequestRecord, SageMakerTransport, make_api
 from .load import Level, LevelRun, Shape, run_level
 from .server_metrics import difference, latency_split, settled_snapshot, snapshot
 from .stats import SLO_KEYS, cold_warm, realised, summarize_level
@@ -479,25 +479,18 @@ def _level_result(
     return result
 
 
-def _client(cfg: BenchConfig, api_model: str | None, count) -> Client:
-    schema = make_api(cfg.api, api_model, cfg.extra, count, min_tokens=cfg.min_tokens)
-    if cfg.sagemaker_endpoint:
-        top = max(cfg.concurrency or [cfg.max_concurrency or 64])
-        try:
-            transport = SageMakerTransport(
-                cfg.sagemaker_endpoint,
-                cfg.region,
-                cfg.inference_component,
-                cfg.target_variant,
-                timeout=cfg.timeout,
-                pool=top,
-            )
-        except Exception as exc:  # botocore: no region, a bad profile ...
-            raise BenchError(f"--sagemaker-endpoint: {type(exc).__name__}: {exc}") from None
-    else:
-        path = cfg.endpoint or schema.path
-        transport = HttpTransport(cfg.url.rstrip("/") + "/" + path.lstrip("/"), cfg.timeout)
-    return Client(schema, transport, max_new_tokens=cfg.max_new_tokens[0], stream=cfg.stream)
+def _transport(cfg: BenchConfig):
+    """HTTP to --url + the path, or the SageMaker endpoint through boto3 (its pool sized for the load)."""
+    if not cfg.sagemaker_endpoint:
+        path = cfg.endpoint or PATHS[cfg.api]
+        return HttpTransport(cfg.url.rstrip("/") + "/" + path.lstrip("/"), cfg.timeout)
+    top = max(cfg.concurrency or [cfg.max_concurrency or 64])
+    try:
+        return SageMakerTransport(
+            cfg.sagemaker_endpoint, cfg.region, cfg.inference_component, cfg.target_variant, cfg.timeout, top
+        )
+    except Exception as exc:  # botocore: no region, a bad profile ...
+        raise BenchError(f"--sagemaker-endpoint: {type(exc).__name__}: {exc}") from None
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
@@ -509,9 +502,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         raise BenchError("; ".join(problems))
     rows, data_format = load_rows(cfg.dataset)
     openai = cfg.api != "lmi"
+    transport = _transport(cfg)
     if cfg.sagemaker_endpoint:
-        client = _client(cfg, cfg.model, None)
-        server = sagemaker_snapshot(client.transport, cfg.model)
+        server = sagemaker_snapshot(transport, cfg.model)
     else:
         server = server_snapshot(cfg.url, cfg.model, openai)
     tokenizer = cfg.tokenizer or (served_tokenizer(server) if cfg.synthetic else None)
@@ -537,7 +530,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     )
     # The OpenAI APIs name the base model in every request: --model, else what the server lists.
     api_model = server.get("model_name") if openai else None
-    client = _client(cfg, api_model, tokens.count if tokens else None)
+    schema = make_api(cfg.api, api_model, cfg.extra, tokens.count if tokens else None, min_tokens=cfg.min_tokens)
+    client = Client(schema, transport, max_new_tokens=cfg.max_new_tokens[0], stream=cfg.stream)
     result = {
         "schema": SCHEMA,
         "command": cfg.command,
