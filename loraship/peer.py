@@ -69,8 +69,13 @@ def _bench(opts: PeerOptions, out: Path, **target) -> dict:
         **target,
     )
     flags = [
-        f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in values.items()
+        f"--url={target['url']}",
+        f"--api={target['api']}",
+        *(["--min-tokens"] if target.get("min_tokens") else []),
     ]
+    flags += [f"--out={out}", f"--concurrency={','.join(map(str, opts.concurrency))}", f"--requests={opts.requests}"]
+    flags += [f"--max-new-tokens={opts.max_new_tokens}", f"--seed={opts.seed}", f"--warmup={opts.warmup}"]
+    flags += ["--stream", "--no-cold-probe", "--tokenizer=default"]
     return run_bench(BenchConfig(**values, command=["loraship", "bench", *flags]))
 
 
