@@ -322,3 +322,21 @@ def test_synthetic_prompts_need_a_tokenizer_the_server_does_not_name(tmp_path, c
                      "--input-tokens", "8"])  # fmt: skip
     assert code == 2
     assert "give --tokenizer" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_help_groups_the_options_by_what_they_shape(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = capsys.readouterr().out
+    groups = ["target:", "workload:", "load:", "outputs:"]
+    starts = [text.index("\n" + g) for g in groups]
+    assert starts == sorted(starts)
+    sections = dict(zip(groups, [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]))
+    expected = {
+        "target:": ["--url", "--sagemaker-endpoint", "--region", "--inference-component", "--target-variant", "--api"],
+        "workload:": ["--dataset", "--input-tokens", "--prefixes", "--tokenizer", "--max-new-tokens-stddev"],
+        "load:": ["--concurrency", "--rate", "--burstiness", "--max-concurrency", "--ramp-up", "--requests"],
+        "outputs:": ["--stream", "--slo", "--out"],
+    }
+    for group, flags in expected.items():
+        assert all(f"\n  {flag} " in sections[group] for flag in flags), group

@@ -55,7 +55,7 @@ class RequestRecord:
     counted_prompt_tokens: int | None = None  # the prompt's tokens by the client's tokenizer (before any template)
     prefix: int | None = None  # the shared prefix it starts with
     planned_at: float | None = None  # open loop: its arrival in the schedule, seconds after the level's start
-    tokens_from: str | None = None  # where output_tokens came from: "server", or "tokenizer" (counted here)
+    tokens_from: str | None = None  # where output_tokens came from: "server", "tokenizer" (counted here), "chunks"
 
     @property
     def tpot(self) -> float | None:
