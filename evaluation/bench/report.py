@@ -340,7 +340,9 @@ def _prompts(cfg: dict) -> str:
 
 
 def _asked(cfg: dict) -> str:
-    return "max_new_tokens = min_new_tokens" if cfg.get("api", "lmi") == "lmi" else "max_tokens"
+    if cfg.get("api", "lmi") == "lmi":
+        return "max_new_tokens = min_new_tokens"
+    return "max_tokens = min_tokens" if cfg.get("min_tokens") else "max_tokens"
 
 
 def _output(cfg: dict) -> str:
