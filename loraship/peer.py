@@ -47,6 +47,8 @@ class PeerOptions(Settings):
     """CPU threads of each server (the handler's torch threads, llama.cpp's n_threads)"""
     server: Annotated[str, Flag(metavar="host|djl")] = "host"
     """which server runs the handler: loraship's host, or real DJL Serving ($DJL_SERVING_HOME)"""
+    model_dir: Annotated[Path | None, Flag(metavar="DIR")] = None
+    """a model dir of the default model built with --pipeline chat to serve (default: build one into --out)"""
     seed: int = 0
     """the workload's seed"""
     warmup: int = 2
@@ -126,9 +128,16 @@ def run_peer(opts: PeerOptions, log=print) -> str:
     out = opts.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     gguf = find_default_gguf()
-    model_dir = build_model_dir(
-        resolve_model("default"), out / "md", pipeline="chat", batching="continuous", overwrite=True
-    )
+    if opts.model_dir is None:
+        model_dir = build_model_dir(
+            resolve_model("default"), out / "md", pipeline="chat", batching="continuous", overwrite=True
+        )
+    else:
+        model_dir = opts.model_dir.resolve()
+        props = model_dir / "serving.properties"
+        text = props.read_text() if props.is_file() else ""
+        if "option.pipeline=chat" not in text.splitlines():
+            raise PeerError(f"--model-dir {model_dir}: not a model dir built with --pipeline chat (see {props})")
     log(f"loraship bench peer: the handler ({kind}, {opts.threads} thread(s)) on {model_dir}")
     with open(out / "handler-server.log", "w") as f:
         with Server(model_dir, port=free_port(), log_file=f, kind=kind, djl_home=home, threads=opts.threads) as srv:
