@@ -4,7 +4,9 @@ patches of moto's internals that stand in for what moto lacks (each names the mo
 
 from __future__ import annotations
 
+import binascii
 import contextlib
+import struct
 
 import requests
 
@@ -119,3 +121,75 @@ def moto_job_statuses(monkeypatch):
         monkeypatch.setattr(SageMakerModelBackend, "describe_training_job", describe)
 
     return use
+
+
+def event_message(headers: dict[str, str], payload: bytes) -> bytes:
+    """One message of AWS's event-stream encoding: prelude (total and headers lengths, their CRC32), headers
+    (string values), payload, and the CRC32 of all before it."""
+    encoded = b"".join(
+        bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(value)) + value.encode()
+        for name, value in headers.items()
+    )
+    prelude = struct.pack(">II", 12 + len(encoded) + len(payload) + 4, len(encoded))
+    message = prelude + struct.pack(">I", binascii.crc32(prelude)) + encoded + payload
+    return message + struct.pack(">I", binascii.crc32(message))
+
+
+PART_BYTES = 7  # payload parts cut the container's lines anywhere, as a real stream's parts may
+
+
+def _invoke_endpoint_with_response_stream(self):
+    import base64
+    import json
+
+    params = self._get_params()
+    unique = {k: v for k, v in self.headers.items() if k.lower().startswith("x-amzn-sagemaker")}
+    unique["Accept"] = self.headers.get("Accept")
+    unique["Body"] = self.body
+    body, content_type, variant, _ = self.sagemakerruntime_backend.invoke_endpoint(
+        endpoint_name=params.get("EndpointName"), unique_repr=base64.b64encode(json.dumps(unique).encode("utf-8"))
+    )
+    data = body.encode() if isinstance(body, str) else body
+    event = {":event-type": "PayloadPart", ":content-type": "application/octet-stream", ":message-type": "event"}
+    stream = b"".join(event_message(event, data[i : i + PART_BYTES]) for i in range(0, len(data), PART_BYTES))
+    headers = {"Content-Type": "application/vnd.amazon.eventstream", "X-Amzn-SageMaker-Content-Type": content_type}
+    if variant:
+        headers["x-Amzn-Invoked-Production-Variant"] = variant
+    return 200, headers, stream
+
+
+@contextlib.contextmanager
+def moto_response_stream():
+    """sagemaker-runtime's InvokeEndpointWithResponseStream in moto's server while the context lasts (start the
+    server inside it); a moto that has its own is left alone.
+
+    Written for moto 5.2.5, which has InvokeEndpoint only. This one answers from the same queue of results
+    (``/moto-api/static/sagemaker/endpoint-results``), the body cut into ``PayloadPart`` events of PART_BYTES
+    bytes, all sent at once. moto's server picks a backend by the signing name, ``sagemaker`` for both SageMaker
+    clients, and sends only paths ending in ``invocations`` to the runtime: the stream's path is added there.
+    """
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+    from moto.sagemakerruntime import urls
+    from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
+
+    if hasattr(SageMakerRuntimeResponse, "invoke_endpoint_with_response_stream"):
+        yield
+        return
+    path = "{0}/endpoints/(?P<name>[^/]+)/invocations-response-stream$"
+    infer = DomainDispatcherApplication.infer_service_region_host
+
+    def infer_runtime(self, environ, path_info):
+        host = infer(self, environ, path_info)
+        if host and path_info.endswith("/invocations-response-stream") and host.startswith("api.sagemaker."):
+            host = "runtime." + host.removeprefix("api.")
+        return host
+
+    SageMakerRuntimeResponse.invoke_endpoint_with_response_stream = _invoke_endpoint_with_response_stream
+    urls.url_paths[path] = urls.response.dispatch
+    DomainDispatcherApplication.infer_service_region_host = infer_runtime
+    try:
+        yield
+    finally:
+        DomainDispatcherApplication.infer_service_region_host = infer
+        urls.url_paths.pop(path, None)
+        del SageMakerRuntimeResponse.invoke_endpoint_with_response_stream

@@ -29,16 +29,21 @@ from loraship.runtime import free_port
 SLACK = 1.5  # seconds a busy 2-core machine may add to a request, for upper bounds only
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the listen backlog: an open loop's bursts must not be refused by the fake itself
+
+
 class FakeLMI:
     """An LMI-like endpoint on 127.0.0.1 in a thread; the prompt says how to answer.
 
-    A prompt is ``key=value`` words: ``delay`` (s before a non-streamed reply), ``tokens``
-    (generated_tokens reported), ``ttft`` / ``itl`` (s before the first token line / between
-    lines when streaming, one line per token), ``status=500`` (HTTP 500), ``inbody=400`` (HTTP 200
-    carrying ``{"error", "code": 400}``, as static batching answers), ``cut=N`` (stream N token
-    lines, then drop the connection). ``adapter_delay`` adds seconds per adapter, ``cold`` adds
-    seconds to each adapter's first request, and after ``die_after`` requests every request is
-    dropped unanswered and the listener closes (a dead server).
+    A prompt's ``key=value`` words say how to answer (other words are ignored; ``defaults``, the same words, hold
+    for every prompt): ``delay`` (s before a non-streamed reply), ``tokens`` (generated_tokens reported;
+    ``asked``: the request's max_new_tokens), ``prompt_tokens=words`` (its words reported as its prompt tokens),
+    ``ttft`` / ``itl`` (s before the first token line / between lines when streaming, one line per token),
+    ``status=500`` (HTTP 500), ``inbody=400`` (HTTP 200 carrying ``{"error", "code": 400}``, as static batching
+    answers), ``cut=N`` (stream N token lines, then drop the connection). ``adapter_delay`` adds seconds per
+    adapter, ``cold`` adds seconds to each adapter's first request, and after ``die_after`` requests every
+    request is dropped unanswered and the listener closes (a dead server). ``bodies`` keeps every request body.
 
     ``metrics``: None answers /server/metrics with 404, ``"off"`` with DJL's 400, ``"on"`` with Prometheus text
     holding what loraship's handler would report for each answered request (``queue`` seconds slept before
@@ -52,7 +57,10 @@ class FakeLMI:
         die_after: int | None = None,
         metrics: str | None = None,
         metrics_lag: float = 0.0,
+        defaults: str = "",
     ):
+        self.defaults = dict(word.split("=", 1) for word in defaults.split())
+        self.bodies: list[dict] = []
         self.adapter_delay = adapter_delay or {}
         self.cold = cold
         self.die_after = die_after
@@ -61,7 +69,7 @@ class FakeLMI:
         self.seen_adapters: set[str] = set()
         self.count = 0
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = _Server(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -204,13 +212,16 @@ class FakeLMI:
                     self.close_connection = True
                     threading.Thread(target=fake.close, daemon=True).start()
                     return
-                spec = dict(word.split("=") for word in body["inputs"].split())
+                with fake.lock:
+                    fake.bodies.append(body)
+                words = body["inputs"].split()
+                spec = {**fake.defaults, **dict(w.split("=", 1) for w in words if "=" in w)}
                 extra = fake.adapter_delay.get(adapter, 0.0) + (fake.cold if first else 0.0)
                 asked = body["parameters"]["max_new_tokens"]
                 tokens = asked if spec.get("tokens") == "asked" else int(spec.get("tokens", 4))
                 details = {
                     "generated_tokens": tokens,
-                    "prompt_tokens": 7,
+                    "prompt_tokens": len(words) if spec.get("prompt_tokens") == "words" else 7,
                     "finish_reason": "length",
                     "adapter": adapter,
                     "inference_seconds": 0.0,

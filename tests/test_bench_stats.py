@@ -130,12 +130,13 @@ def test_cold_warm_takes_the_first_request_against_the_median_of_the_rest():
 def test_round_robin_and_seeded_mixes():
     w = Workload(["p1", "p2", "p3"], ["a", "b"], "round-robin", seed=1)
     items = [next(it) for it in [w.items("x")] for _ in range(6)]
-    assert [a for _, a, _ in items] == ["a", "b"] * 3
-    assert Counter(p for p, _, _ in items) == {"p1": 2, "p2": 2, "p3": 2}
-    assert {n for _, _, n in items} == {64}  # one length unless told otherwise
+    assert [i.adapter for i in items] == ["a", "b"] * 3
+    assert Counter(i.prompt for i in items) == {"p1": 2, "p2": 2, "p3": 2}
+    assert {i.max_new_tokens for i in items} == {64}  # one length unless told otherwise
+    assert {(i.prompt_tokens, i.prefix) for i in items} == {(None, None)}  # no tokenizer, no prefixes
     skewed = Workload(["p"], ["a", "b", "c"], "skewed", seed=3)
-    draws = [a for it in [skewed.items("lvl")] for _, a, _ in (next(it) for _ in range(3000))]
-    again = [a for it in [skewed.items("lvl")] for _, a, _ in (next(it) for _ in range(3000))]
+    draws = [i.adapter for it in [skewed.items("lvl")] for i in (next(it) for _ in range(3000))]
+    again = [i.adapter for it in [skewed.items("lvl")] for i in (next(it) for _ in range(3000))]
     assert draws == again
     shares = Counter(draws)
     assert shares["a"] > shares["b"] > shares["c"] > 0
@@ -149,9 +150,10 @@ def test_output_lengths_are_drawn_per_request_seeded_and_leave_the_adapter_draws
     one = Workload(["p"], ["a", "b"], "uniform", seed=5)
     drawn = [next(it) for it in [mixed.items("rate=1")] for _ in range(400)]
     assert drawn == [next(it) for it in [mixed.items("rate=1")] for _ in range(400)]
-    assert Counter(n for _, _, n in drawn).keys() == {16, 32, 64, 128}
-    assert min(Counter(n for _, _, n in drawn).values()) > 60  # uniform over the four
-    assert [a for _, a, _ in drawn] == [a for it in [one.items("rate=1")] for _, a, _ in (next(it) for _ in range(400))]
+    assert Counter(i.max_new_tokens for i in drawn).keys() == {16, 32, 64, 128}
+    assert min(Counter(i.max_new_tokens for i in drawn).values()) > 60  # uniform over the four
+    unmixed = [next(it) for it in [one.items("rate=1")] for _ in range(400)]
+    assert [i.adapter for i in drawn] == [i.adapter for i in unmixed]
 
 
 def test_prompts_default_to_the_faq_questions_and_read_jsonl(tmp_path):

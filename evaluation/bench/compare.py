@@ -78,11 +78,14 @@ def _describe(run: dict) -> str:
     model = run["server"].get("model_summary")
     if model is None and run["server"]["model"].get("available"):
         model = run["server"]["model"].get("body")  # a run recorded before model_summary: the old host's dict
-    batch = f"batch_size {model.get('batchSize')}" if isinstance(model, dict) else "batch_size ?"
+    batch = f"batch_size {model.get('batchSize')}, " if isinstance(model, dict) else ""
     commit = (run["versions"].get("git_commit") or "?")[:10]
     adapters = ",".join(run["config"]["adapters"])
+    target = run.get("target") or {}  # a run from before --api: LMI over HTTP
+    where = target.get("endpoint") if target.get("kind") == "sagemaker" else target.get("url", run["config"]["url"])
     return (
-        f"{run['_path']}: {batch}, adapters {adapters}, stream {run['config']['stream']}, "
+        f"{run['_path']}: {where} ({target.get('api', 'lmi')}), {batch}adapters {adapters}, "
+        f"stream {run['config']['stream']}, "
         f"max_new_tokens {_lengths(run['config']['max_new_tokens'])}, commit {commit}, started {run['started_at']}"
     )
 

@@ -51,6 +51,21 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def server_line(result: dict) -> str:
     srv = result["server"]
+    api = result["config"].get("api", "lmi")
+    if srv.get("kind") == "sagemaker":
+        sm = srv["sagemaker"]
+        desc = sm["describe_endpoint"]
+        where = "".join(
+            f", {label} {sm[key]}"
+            for key, label in (("inference_component", "inference component"), ("target_variant", "variant"))
+            if sm.get(key)
+        )
+        state = (
+            f"DescribeEndpoint: {desc['body'].get('EndpointStatus')}"
+            if desc["available"]
+            else f"DescribeEndpoint unavailable ({desc.get('error')})"
+        )
+        return f"Server: SageMaker endpoint `{sm['endpoint']}` in {sm['region']}{where}, API {api}; {state}."
     url = result["config"]["url"]
     if not srv["reachable"]:
         return f"Server: {url} did not answer /ping ({srv['ping'].get('error')})."
@@ -69,7 +84,7 @@ def server_line(result: dict) -> str:
     alive = (
         "" if after.get("status") == 200 else f" After the run /ping gave {after.get('status') or after.get('error')}."
     )
-    return f"Server: {url}, {desc}; /server/metrics {m}.{alive}"
+    return f"Server: {url}, API {api}, {desc}; /server/metrics {m}.{alive}"
 
 
 def summary_markdown(result: dict) -> str:
@@ -86,9 +101,9 @@ def summary_markdown(result: dict) -> str:
         "",
         f"Started {result['started_at']}, finished {result['finished_at']}.",
         server_line(result),
-        f"Workload: {cfg['prompts']} prompts ({cfg['dataset'] or 'built-in FAQ questions'}), adapters "
+        f"Workload: {_prompts(cfg)}, adapters "
         f"{', '.join(cfg['adapters'])} ({cfg['mix']}), "
-        f"max_new_tokens = min_new_tokens = {_lengths(cfg['max_new_tokens'])}, "
+        f"{_asked(cfg)} = {_output(cfg)}, "
         f"streaming {'on' if cfg['stream'] else 'off'}, warm-up {cfg['warmup']}, seed {cfg['seed']}.",
         f"Machine: {mach['platform']}, {mach['cpus_usable'] or mach['cpu_count']} CPUs, {mach['memory_gib']} GiB, "
         f"load average {num((mach.get('load_average') or [None])[0], '.1f')} before, "
@@ -183,6 +198,7 @@ def summary_markdown(result: dict) -> str:
     lines += ["## Errors", ""]
     lines += table(["level", "status", "count", "example"], error_rows) if error_rows else ["None."]
     lines.append("")
+    lines += _workload_section(result)
     lines += _server_split_section(levels)
     lines += _adapter_sections(result)
     lines += [
@@ -311,3 +327,68 @@ def _lengths(value) -> str:
     """64, or "one of 16, 32, 64" when each request drew its length (bench.json before lists: an int)."""
     values = value if isinstance(value, list) else [value]
     return str(values[0]) if len(values) == 1 else "one of " + ", ".join(map(str, values))
+
+
+def _prompts(cfg: dict) -> str:
+    if cfg.get("input_tokens") is not None:
+        text = f"synthetic prompts of {cfg['input_tokens']:g} ± {cfg.get('input_tokens_stddev') or 0:g} tokens"
+    else:
+        text = f"{cfg['prompts']} prompts ({cfg['dataset'] or 'built-in FAQ questions'})"
+    if cfg.get("prefixes"):
+        text += f" after {cfg['prefixes']} shared prefixes of {cfg['prefix_tokens']} tokens"
+    return text
+
+
+def _asked(cfg: dict) -> str:
+    if cfg.get("api", "lmi") == "lmi":
+        return "max_new_tokens = min_new_tokens"
+    return "max_tokens = min_tokens" if cfg.get("min_tokens") else "max_tokens"
+
+
+def _output(cfg: dict) -> str:
+    if cfg.get("output_lengths_from_dataset"):
+        return "each row's reference answer's length"
+    if cfg.get("max_new_tokens_stddev"):
+        return f"{_lengths(cfg['max_new_tokens'])} ± {cfg['max_new_tokens_stddev']:g} (normal)"
+    return _lengths(cfg["max_new_tokens"])
+
+
+def _workload_section(result: dict) -> list[str]:
+    """The workload each level turned out to have (bench.json's levels[].workload)."""
+    levels = [lv for lv in result["levels"] if "workload" in lv]
+    if not levels:
+        return []
+
+    def mean_sd(d: dict, spec: str = ".1f") -> str:
+        return "n/a" if d["mean"] is None else f"{d['mean']:{spec}} ± {d['stddev']:{spec}}"
+
+    lines = ["## Workload as sent", ""]
+    lines += table(
+        [
+            "level",
+            "prompt tokens (client)",
+            "input tokens (server)",
+            "asked tokens",
+            "output tokens",
+            "prefixes used",
+            "gap ms (planned)",
+            "gap CV",
+            "max in flight",
+        ],
+        [
+            [
+                lv["label"],
+                mean_sd(w["prompt_tokens"]),
+                mean_sd(w["server_input_tokens"]),
+                mean_sd(w["max_new_tokens"]),
+                mean_sd(w["output_tokens"]),
+                len(w["prefixes"]) or "-",
+                ms(w["planned_gaps_s"]["mean"]) if w["planned_gaps_s"]["n"] else "-",
+                num(w["planned_gaps_s"]["cv"]) if w["planned_gaps_s"]["n"] else "-",
+                w["max_in_flight"],
+            ]
+            for lv in levels
+            for w in [lv["workload"]]
+        ],
+    )
+    return lines + [""]

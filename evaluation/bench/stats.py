@@ -182,3 +182,58 @@ def cold_warm(probe: list[RequestRecord]) -> dict[str, dict]:
             "warm_samples": len(warm),
         }
     return out
+
+
+def spread(values) -> dict:
+    """``distribution`` with the standard deviation and the coefficient of variation (stddev / mean)."""
+    vals = [v for v in values if v is not None]
+    out = distribution(vals)
+    if vals:
+        std = float(np.std(np.asarray(vals, dtype=float)))
+        out["stddev"] = std
+        out["cv"] = std / out["mean"] if out["mean"] else None
+    else:
+        out["stddev"] = out["cv"] = None
+    return out
+
+
+def _gaps(offsets: list[float]) -> list[float]:
+    ordered = sorted(offsets)
+    return [b - a for a, b in zip(ordered, ordered[1:])]
+
+
+def realised(records: list[RequestRecord], ramp_up: float = 0.0, max_in_flight: int | None = None) -> dict:
+    """What a level's requests turned out to be, beside the parameters that shaped them: prompt tokens (the
+    client's tokenizer's count, and the server's), output tokens asked for and served, how often each shared
+    prefix was used, the gaps between arrivals (as scheduled, and as sent), and the most requests in flight."""
+    levels = {r.level for r in records}  # gaps are taken within each level, then pooled
+    planned_gaps = [
+        g for lv in levels for g in _gaps([r.planned_at for r in records if r.level == lv and r.planned_at is not None])
+    ]
+    sent_gaps = [g for lv in levels for g in _gaps([r.sent_at for r in records if r.level == lv])]
+    planned = [r.planned_at for r in records if r.planned_at is not None]
+    asked = Counter(r.max_new_tokens for r in records if r.max_new_tokens is not None)
+    out = {
+        "requests": len(records),
+        "prompt_tokens": spread(r.counted_prompt_tokens for r in records),
+        "server_input_tokens": spread(r.input_tokens for r in records if r.ok),
+        "max_new_tokens": {
+            **spread(r.max_new_tokens for r in records),
+            "counts": {str(k): v for k, v in sorted(asked.items())} if len(asked) <= 16 else None,
+        },
+        "output_tokens": spread(r.output_tokens for r in records if r.ok),
+        "output_tokens_from": dict(Counter(str(r.tokens_from) for r in records if r.ok)),
+        "prefixes": {str(k): v for k, v in sorted(Counter(r.prefix for r in records if r.prefix is not None).items())},
+        "planned_gaps_s": spread(planned_gaps),
+        "sent_gaps_s": spread(sent_gaps),
+        "max_in_flight": max_in_flight,
+    }
+    if ramp_up:
+        firsts = {lv: min(r.sent_at for r in records if r.level == lv) for lv in levels}
+        out["ramp_up"] = {
+            "seconds": ramp_up,
+            "planned_in_ramp": sum(p < ramp_up for p in planned) if planned else None,
+            "sent_in_ramp": sum(r.sent_at - firsts[r.level] < ramp_up for r in records),
+            "planned_starts_s": sorted(planned) if len(planned) <= 64 else None,
+        }
+    return out

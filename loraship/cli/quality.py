@@ -13,6 +13,7 @@ from ..core.adapters import key_values
 from ..evaluation.bench.run import BenchConfig
 from ..evaluation.score import EvalConfig
 from ..handler.settings import Flag, Settings
+from ..peer import PeerOptions
 from .flags import Command, as_command_line
 
 
@@ -109,9 +110,24 @@ def compare(opts: CompareOptions) -> int:
     return 0
 
 
+def peer(opts: PeerOptions) -> int:
+    """The handler and llama.cpp's Python server (pip install 'loraship[peers]') on the default model and one
+    streamed workload, one server after the other; writes both runs and compare.txt into --out and prints it."""
+    from ..peer import run_peer
+
+    print(run_peer(opts, log=lambda msg: print(msg, file=sys.stderr, flush=True)))
+    return 0
+
+
 COMMANDS = [
     Command("eval", evaluate, EvalConfig),
     Command("gate", gate, GateOptions),
     # `bench compare A B` needs neither --url nor --out: the model reports them when missing.
-    Command("bench", bench, BenchConfig, require=False, subcommands=(Command("compare", compare, CompareOptions),)),
+    Command(
+        "bench",
+        bench,
+        BenchConfig,
+        require=False,
+        subcommands=(Command("compare", compare, CompareOptions), Command("peer", peer, PeerOptions)),
+    ),
 ]
