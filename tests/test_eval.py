@@ -188,8 +188,9 @@ def test_endpoint_model_sends_the_raw_instruction():
         "parameters": {"max_new_tokens": 16, "details": True},
         "adapters": "faqs",
     }
+    assert lm.loglikelihood([]) == []  # scored from the server's prompt log-probabilities (tested with a server)
     with pytest.raises(NotImplementedError):
-        lm.loglikelihood([])
+        lm.loglikelihood_rolling([])
     with pytest.raises(EvalError, match="cannot reach"):
         lm.post({"inputs": "q"})
 
