@@ -122,6 +122,11 @@ def run_peer(opts: PeerOptions, log=print) -> str:
     from .evaluation.bench.compare import compare_text, load
     from .runtime import Server, free_port, resolve_server
 
+    if opts.model_dir is not None:
+        props = opts.model_dir.resolve() / "serving.properties"
+        text = props.read_text() if props.is_file() else ""
+        if "option.pipeline=chat" not in text.splitlines():
+            raise PeerError(f"--model-dir {opts.model_dir}: not a model dir built with --pipeline chat (see {props})")
     if importlib.util.find_spec("llama_cpp") is None:
         raise PeerError("the peer needs llama.cpp's Python server: pip install 'loraship[peers]'")
     kind, home = resolve_server(opts.server)
@@ -134,10 +139,6 @@ def run_peer(opts: PeerOptions, log=print) -> str:
         )
     else:
         model_dir = opts.model_dir.resolve()
-        props = model_dir / "serving.properties"
-        text = props.read_text() if props.is_file() else ""
-        if "option.pipeline=chat" not in text.splitlines():
-            raise PeerError(f"--model-dir {model_dir}: not a model dir built with --pipeline chat (see {props})")
     log(f"loraship bench peer: the handler ({kind}, {opts.threads} thread(s)) on {model_dir}")
     with open(out / "handler-server.log", "w") as f:
         with Server(model_dir, port=free_port(), log_file=f, kind=kind, djl_home=home, threads=opts.threads) as srv:

@@ -340,3 +340,25 @@ def test_help_groups_the_options_by_what_they_shape(capsys):
     }
     for group, flags in expected.items():
         assert all(f"\n  {flag} " in sections[group] for flag in flags), group
+
+
+def test_a_tokenizer_that_is_not_there_is_named(tmp_path, capsys):
+    code = main(["bench", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "o"), "--rate", "1", "--requests",
+                 "1", "--input-tokens", "8", "--tokenizer", str(tmp_path / "nowhere")])  # fmt: skip
+    assert code == 2
+    assert f"--tokenizer {tmp_path / 'nowhere'}: not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bench_peer_says_what_it_needs(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    (tmp_path / "md").mkdir()
+    (tmp_path / "md" / "serving.properties").write_text("option.pipeline=instruction\n")
+    assert main(["bench", "peer", "--out", str(tmp_path / "peer"), "--model-dir", str(tmp_path / "md")]) == 2
+    assert "not a model dir built with --pipeline chat" in capsys.readouterr().err
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else find_spec(name))
+    assert main(["bench", "peer", "--out", str(tmp_path / "peer")]) == 2
+    assert "pip install 'loraship[peers]'" in capsys.readouterr().err
+    assert not (tmp_path / "peer").exists()
