@@ -28,7 +28,7 @@ from transformers.generation.logits_process import (
 
 from .pipelines.base import cut_at_stop
 from .requests import GenerationParams
-from .results import GenerationResult, Token, tokens_of
+from .results import GenerationResult, Token, next_piece, tokens_of
 
 BASE = "__base__"
 
@@ -231,8 +231,7 @@ class Engine:
         seq.tokens.append(token)
         seq.logprobs.append(logprob)
         full = self.tokenizer.decode(seq.tokens, skip_special_tokens=False)
-        settled = sum(len(p) for p in seq.pieces)
-        seq.pieces.append("" if full.endswith("\ufffd") else full[settled:])
+        seq.pieces.append(next_piece(full, sum(map(len, seq.pieces))))
         text, stopped = cut_at_stop(full, seq.stops)
         seq.text = text
         # With min_new_tokens the caller wants a fixed length: a stop string then only cuts the text (as

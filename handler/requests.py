@@ -180,26 +180,9 @@ def parse_params(raw: Any, max_cap: int, default_max: int, details: bool = False
     return params, flags
 
 
-def parse_body(
-    data: bytes | None,
-    *,
-    input_field: str = "inputs",
-    max_cap: int = 512,
-    default_max: int = 64,
-    query_adapter: str | None = None,
-    header_adapter: str | None = None,
-    details: bool = False,
-) -> ParsedRequest:
-    """Parse and validate one request body; raise BadRequest naming the field at fault."""
-    return parse_lmi(
-        decode_json(data),
-        input_field=input_field,
-        max_cap=max_cap,
-        default_max=default_max,
-        query_adapter=query_adapter,
-        header_adapter=header_adapter,
-        details=details,
-    )
+def parse_body(data: bytes | None, **options) -> ParsedRequest:
+    """Decode and parse one LMI request body (``options``: :func:`parse_lmi`'s); BadRequest names the field."""
+    return parse_lmi(decode_json(data), **options)
 
 
 def decode_json(data: bytes | None) -> dict:

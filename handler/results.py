@@ -34,17 +34,18 @@ class GenerationResult:
     """Per prompt position, its ``prompt_top_n`` most likely tokens (with ``prefill``)."""
 
 
+def next_piece(full: str, settled: int) -> str:
+    """The newest token's text, given the decoded text with it (``full``) and the characters the earlier
+    tokens' texts hold (``settled``): ``""`` while it ends inside a character (a byte-fallback piece); the
+    token that completes the character carries it."""
+    return "" if full.endswith("\ufffd") else full[settled:]
+
+
 def token_pieces(tokenizer, ids: list[int]) -> list[str]:
-    """Each token's text, so that together they are the decoded text. A token that ends inside a character
-    (a byte-fallback piece) gets ``""``; the token that completes the character carries it."""
-    pieces, settled = [], 0
+    """Each token's text (:func:`next_piece`), so that together they are the decoded text."""
+    pieces: list[str] = []
     for i in range(len(ids)):
-        full = tokenizer.decode(ids[: i + 1], skip_special_tokens=False)
-        if full.endswith("\ufffd"):
-            pieces.append("")
-        else:
-            pieces.append(full[settled:])
-            settled = len(full)
+        pieces.append(next_piece(tokenizer.decode(ids[: i + 1], skip_special_tokens=False), sum(map(len, pieces))))
     return pieces
 
 
