@@ -112,7 +112,8 @@ def compare(opts: CompareOptions) -> int:
 
 def peer(opts: PeerOptions) -> int:
     """The handler and llama.cpp's Python server (pip install 'loraship[peers]') on the default model and one
-    streamed workload, one server after the other; writes both runs and compare.txt into --out and prints it."""
+    streamed workload, one server after the other, and with --adapter each also with a LoRA adapter; writes the
+    runs and compare.txt into --out and prints it."""
     from ..peer import run_peer
 
     print(run_peer(opts, log=lambda msg: print(msg, file=sys.stderr, flush=True)))
