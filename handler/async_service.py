@@ -43,13 +43,15 @@ class AsyncHandlerService:
         core = self.core
         core.initialize(properties)
         gen, opts = core.generator, core.options
-        engine = Engine(gen.tokenizer, gen.device, gen.eos_ids, gen.stop_sequences)
+        engine = Engine(gen.tokenizer, gen.device, gen.eos_ids, gen.stop_sequences, **core.decode_options())
         self.scheduler = Scheduler(
             engine,
             core.adapters.ensure_loaded,
             max_rows=opts.max_rolling_batch_size,
             max_batch_tokens=opts.max_batch_total_tokens,
         )
+        # The compiled one-row step (option.decode) compiles while the first requests decode eagerly.
+        engine.prepare(core.adapters.ensure_loaded([]))
 
     async def handle(self, inputs: Input):
         if self.scheduler is None:

@@ -26,6 +26,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from .decode import CompiledDecoder
 from .pipelines.base import cut_at_stop
 from .requests import GenerationParams
 from .results import GenerationResult, Token, next_piece, tokens_of
@@ -77,14 +78,20 @@ class Batch:
     """Rows decoding together: a cache left-padded to one length, its mask, and each row's next token."""
 
     rows: list[Sequence]
-    cache: DynamicCache
+    cache: DynamicCache | None
     mask: torch.Tensor
     """[rows, length]: 1 where the cache holds a real token."""
     next_ids: torch.Tensor
     """[rows]: the token each row feeds to the next step."""
+    decoder: CompiledDecoder | None = None
+    """Set while a one-row batch's cache lives in the engine's compiled decoder (``cache`` is then stale)."""
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def dynamic_cache(self) -> DynamicCache:
+        """The batch's cache as a ``DynamicCache`` (copied out of the compiled decoder if it is there)."""
+        return self.decoder.export(self.mask.shape[1]) if self.decoder is not None else self.cache
 
 
 def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -99,7 +106,7 @@ def merge(a: Batch, b: Batch) -> Batch:
     """One batch of both (a's rows first); the shorter cache is padded on the left."""
     length = max(a.mask.shape[1], b.mask.shape[1])
     layers = []
-    for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
+    for la, lb in zip(a.dynamic_cache().layers, b.dynamic_cache().layers, strict=True):
         keys = torch.cat([_left_pad(la.keys, length, -2), _left_pad(lb.keys, length, -2)])
         values = torch.cat([_left_pad(la.values, length, -2), _left_pad(lb.values, length, -2)])
         layers.append((keys, values))
@@ -111,22 +118,38 @@ def keep(batch: Batch, rows: list[int]) -> Batch | None:
     """Only ``rows`` (indices) of the batch; padding no remaining row needs is trimmed. None if empty."""
     if not rows:
         return None
+    if len(rows) == len(batch):
+        return batch  # every row stays; no padding column can have become free
     index = torch.tensor(rows, device=batch.mask.device)
     mask = batch.mask[index]
     trim = int((mask.cumsum(1) == 0).sum(1).min())  # leading columns that are padding in every row
-    layers = [(layer.keys[index, :, trim:], layer.values[index, :, trim:]) for layer in batch.cache.layers]
+    cache = batch.dynamic_cache()
+    layers = [(layer.keys[index, :, trim:], layer.values[index, :, trim:]) for layer in cache.layers]
     return Batch([batch.rows[i] for i in rows], DynamicCache(layers), mask[:, trim:], batch.next_ids[index])
 
 
 class Engine:
     """Prefill, decode one step, and finish rows, for one model and tokenizer."""
 
-    def __init__(self, tokenizer, device, eos_ids: set[int], stop_sequences: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        tokenizer,
+        device,
+        eos_ids: set[int],
+        stop_sequences: tuple[str, ...] = (),
+        decode: str = "eager",
+        decode_tokens: int = 512,
+    ):
         self.tokenizer = tokenizer
         self.device = device
         self.eos_ids = set(eos_ids)
         self.stop_sequences = tuple(stop_sequences)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids))
+        self.decode = decode
+        """eager, or compiled: one-row steps of the base model go through a :class:`CompiledDecoder`."""
+        self.decode_tokens = decode_tokens
+        """The compiled decoder's static cache length: a longer row decodes eagerly from there on."""
+        self.decoder: CompiledDecoder | None = None
 
     def new_sequence(self, prompt_ids: list[int], params: GenerationParams, adapter: str = "", key=None) -> Sequence:
         rng = None
@@ -167,18 +190,45 @@ class Engine:
     @torch.inference_mode()
     def step(self, model, batch: Batch) -> Batch | None:
         """One decode step for every row; returns the batch without the rows that finished."""
+        length = batch.mask.shape[1]
         mask = torch.cat([batch.mask, torch.ones((len(batch), 1), dtype=batch.mask.dtype, device=batch.mask.device)], 1)
+        decoder = self._compiled(model, batch)
+        if decoder is not None:
+            if batch.decoder is None:
+                decoder.load(batch.cache, length)
+            logits = decoder.step(batch.next_ids, length)
+            return self._advance(Batch(batch.rows, None, mask, batch.next_ids, decoder), logits)
         positions = (mask.sum(1, keepdim=True) - 1).to(torch.long)
         out = model(
             input_ids=batch.next_ids[:, None],
             attention_mask=mask,
             position_ids=positions,
-            cache=batch.cache,
+            cache=batch.dynamic_cache(),
             use_cache=True,
             **self._adapters(model, batch.rows),
         )
         batch = Batch(batch.rows, out.cache, mask, batch.next_ids)
         return self._advance(batch, out.logits[:, -1, :])
+
+    def prepare(self, model) -> CompiledDecoder | None:
+        """Start compiling the one-row step for ``model`` (in the background) if this engine decodes compiled
+        and the model is the base (peft's layers are not compiled); return the decoder."""
+        if self.decode == "compiled" and self.decoder is None and not hasattr(model, "peft_config"):
+            self.decoder = CompiledDecoder(model, self.decode_tokens, self.device)
+        return self.decoder
+
+    def _compiled(self, model, batch: Batch) -> CompiledDecoder | None:
+        """The compiled decoder, if this step can take it: one row without padding, on the base model (peft's
+        layers are not compiled), once the decoder has compiled, with room left in its cache. The first such
+        step starts compiling in the background."""
+        if len(batch) != 1:
+            return None
+        decoder = self.prepare(model)
+        if decoder is None or decoder.model is not model or not decoder.fits(batch.mask.shape[1]):
+            return None
+        if batch.decoder is None and not bool(batch.mask.all()):
+            return None
+        return decoder
 
     def _adapters(self, model, seqs: list[Sequence]) -> dict:
         # Always name them under peft: without adapter_names, peft applies its active adapter to base rows.

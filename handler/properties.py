@@ -57,6 +57,13 @@ class ServingOptions(Settings):
     """DJL's async mode: set by ``loraship build --batching continuous`` (model.py is then the async entry)."""
     max_rolling_batch_size: Positive = 8
     """Continuous batching (option.async_mode=true): rows decoding together at most (LMI's name)."""
+    decode: Literal["auto", "eager", "compiled"] = "auto"
+    """auto | eager | compiled: how a step of one row on the base model runs under continuous batching
+    (and static batching's streams). compiled: torch.compile over a static cache, compiled in the
+    background at the first such step. auto is compiled on CPU where a C++ compiler is found."""
+    decode_tokens: Positive = 512
+    """The compiled step's static cache length: a row longer than this decodes eagerly from there on (the
+    step attends over the whole cache, so a longer cache costs every step)."""
     metrics: bool = True
     """Write per-request metrics as DJL ``[METRICS]`` lines (served at /server/metrics when
     SERVING_PROMETHEUS=true); false writes none."""

@@ -18,6 +18,7 @@ from djl_python import Input, Output
 
 from . import lmi, openai_chat
 from .batching import Engine
+from .decode import pick_decode
 from .errors import BadRequest, GenerationTimeout, HandlerError, PayloadTooLarge
 from .generation import GenerationResult
 from .loading import load
@@ -360,13 +361,21 @@ class HandlerService:
         )
         return writer, lmi.SSE if opts.sse else lmi.JSONLINES
 
+    def decode_options(self) -> dict:
+        """The engine's decode path (``option.decode``, ``auto`` resolved for this device)."""
+        opts = self.options
+        return {
+            "decode": pick_decode(opts.decode, self.generator.device, opts.quantize),
+            "decode_tokens": opts.decode_tokens,
+        }
+
     def _stream_scheduler(self, tokenizer) -> Scheduler:
         """One row at a time: static batching streams only a request alone in its batch."""
         key = id(tokenizer)
         if key not in self._schedulers:
             gen = self.generator
             stops = gen.stop_sequences
-            engine = Engine(tokenizer, gen.device, gen.eos_ids, stops)
+            engine = Engine(tokenizer, gen.device, gen.eos_ids, stops, **self.decode_options())
             self._schedulers[key] = Scheduler(engine, self.adapters.ensure_loaded, max_rows=1)
         return self._schedulers[key]
 

@@ -1,0 +1,115 @@
+"""A one-row decode step compiled over a static KV cache, for the running batch when it has one row.
+
+Eager ``transformers`` decoding of a small model at batch 1 spends about a third of each step outside the
+matrix products (30 layers of small ops, each a Python call and a kernel launch). ``torch.compile`` over
+transformers' ``StaticCache`` fuses those ops into a few kernels and keeps the shapes fixed, so the step
+is bound by reading the weights (the README's performance section has the figures). Compiling takes
+tens of seconds, so it happens on a background thread while the engine decodes eagerly; the engine
+switches to this path at the first one-row step after :attr:`CompiledDecoder.ready` is set, and copies the
+row's cache back out when another row joins.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "eager", "compiled")
+
+
+def pick_decode(name: str, device: torch.device, quantize: str = "") -> str:
+    """``auto`` is ``compiled`` on CPU when inductor has a C++ compiler to build with (measured faster at
+    batch 1: the README's performance section) and ``eager`` elsewhere: on CUDA the compiled path is
+    offered (CUDA graphs) but not yet measured, and bitsandbytes' layers do not compile."""
+    if name != "auto":
+        return name
+    if device.type != "cpu" or quantize:
+        return "eager"
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception:  # no compiler: inductor cannot build its CPU kernels
+        return "eager"
+    return "compiled"
+
+
+def compile_options(device: torch.device) -> dict:
+    """Inductor options for the decode step. On CPU, ``freezing`` folds the weights into the graph as
+    constants so inductor can pre-pack them for oneDNN (measured faster at batch 1); on CUDA the step
+    is captured as a CUDA graph (no per-kernel launch cost)."""
+    if device.type == "cuda":
+        return {"triton.cudagraphs": True}
+    return {"freezing": True}
+
+
+class CompiledDecoder:
+    """One row's decode step (``model`` at batch 1) compiled over a ``max_len``-token static cache."""
+
+    def __init__(self, model, max_len: int, device: torch.device, warm: bool = True):
+        self.model = model
+        self.max_len = max_len
+        self.device = device
+        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.compile_seconds: float | None = None
+        self.steps = 0
+        """Steps decoded here (the warm-up's not counted)."""
+        self._step = torch.compile(self._forward, fullgraph=True, dynamic=False, options=compile_options(device))
+        if warm:
+            threading.Thread(target=self.warm_up, name="decode-compile", daemon=True).start()
+
+    def _forward(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids, position_ids=position[None], cache_position=position, cache=self.cache, use_cache=True
+        )
+        return out.logits[:, -1, :]
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Compile (two steps on a dummy row: the first traces, the second checks nothing recompiles)."""
+        started = time.perf_counter()
+        try:
+            ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+            self.cache.reset()
+            self._forward(ids, torch.tensor([0], device=self.device))  # eager: allocates the cache's tensors
+            # Past dynamo's recompile limit (one compiled code object serves every decoder in a process) it
+            # would run eagerly without a word: fail instead, and the engine stays eager.
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                for pos in (1, 2):
+                    self._step(ids, torch.tensor([pos], device=self.device))
+            self.compile_seconds = time.perf_counter() - started
+            log.info("compiled the one-row decode step in %.1f s", self.compile_seconds)
+            self.ready.set()
+        except Exception as exc:  # the engine keeps decoding eagerly
+            self.error = exc
+            log.warning("compiling the one-row decode step failed; decoding stays eager: %s", exc)
+
+    def fits(self, length: int) -> bool:
+        """Whether a row with ``length`` cached tokens can take one more step here."""
+        return self.ready.is_set() and length < self.max_len
+
+    def load(self, cache: DynamicCache, length: int) -> None:
+        """Copy a one-row dynamic cache of ``length`` tokens into the static cache."""
+        for dst, src in zip(self.cache.layers, cache.layers, strict=True):
+            dst.keys[:, :, :length].copy_(src.keys[:, :, -length:])
+            dst.values[:, :, :length].copy_(src.values[:, :, -length:])
+            dst.cumulative_length.fill_(length)
+
+    def export(self, length: int) -> DynamicCache:
+        """The first ``length`` tokens of the static cache as a dynamic cache (copies)."""
+        layers = self.cache.layers
+        return DynamicCache([(la.keys[:, :, :length].clone(), la.values[:, :, :length].clone()) for la in layers])
+
+    @torch.inference_mode()
+    def step(self, next_id: torch.Tensor, length: int) -> torch.Tensor:
+        """Logits [1, vocab] after feeding ``next_id`` at position ``length`` (the cache then holds length + 1)."""
+        self.steps += 1
+        return self._step(next_id.view(1, 1), torch.tensor([length], device=self.device)).clone()
