@@ -196,8 +196,13 @@ class Engine:
         if decoder is not None:
             if batch.decoder is None:
                 decoder.load(batch.cache, length)
-            logits = decoder.step(batch.next_ids, length)
-            return self._advance(Batch(batch.rows, None, mask, batch.next_ids, decoder), logits)
+                batch.decoder = decoder
+            try:
+                logits = decoder.step(batch.next_ids, length)
+            except Exception as exc:  # e.g. a guard that no longer holds: this engine goes on eagerly
+                decoder.fail(exc)
+            else:
+                return self._advance(Batch(batch.rows, None, mask, batch.next_ids, decoder), logits)
         positions = (mask.sum(1, keepdim=True) - 1).to(torch.long)
         out = model(
             input_ids=batch.next_ids[:, None],

@@ -11,6 +11,7 @@ row's cache back out when another row joins.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -41,12 +42,30 @@ def pick_decode(name: str, device: torch.device, quantize: str = "") -> str:
 
 
 def compile_options(device: torch.device) -> dict:
-    """Inductor options for the decode step. On CPU, ``freezing`` folds the weights into the graph as
-    constants so inductor can pre-pack them for oneDNN (measured faster at batch 1); on CUDA the step
-    is captured as a CUDA graph (no per-kernel launch cost)."""
+    """Inductor options for the decode step: on CUDA the step is captured as a CUDA graph (no per-kernel
+    launch cost). On CPU the defaults: ``freezing`` (weights folded in as constants) and ``cpp_wrapper``
+    measured no faster at batch 1 (the README's performance section), and freezing would keep a second
+    copy of the weights that an in-place change to them would not reach."""
     if device.type == "cuda":
         return {"triton.cudagraphs": True}
-    return {"freezing": True}
+    return {}
+
+
+def attention_twin(model, attention: str = "eager"):
+    """The same model (its very weight tensors, no copy) with its own config, on another attention kernel.
+
+    In the compiled one-row step, transformers' eager attention (a matmul, a softmax, a matmul) fuses into
+    inductor's kernels, where SDPA's CPU kernel costs ~100 us a layer over a short cache (measured ~10%
+    of a step); the served model keeps its own attention for prefill and batched steps."""
+    config = copy.deepcopy(model.config)
+    config._attn_implementation = attention
+    with torch.device("meta"):
+        twin = type(model)(config)
+    twin.load_state_dict(model.state_dict(), assign=True, strict=True)
+    for name, buffer in model.named_buffers():  # non-persistent buffers (rotary frequencies) too
+        owner, _, leaf = name.rpartition(".")
+        twin.get_submodule(owner)._buffers[leaf] = buffer
+    return twin.eval()
 
 
 class CompiledDecoder:
@@ -54,6 +73,8 @@ class CompiledDecoder:
 
     def __init__(self, model, max_len: int, device: torch.device, warm: bool = True):
         self.model = model
+        """The served model this decoder stands in for (the engine uses it only for that model's rows)."""
+        self.twin = attention_twin(model) if device.type == "cpu" else model
         self.max_len = max_len
         self.device = device
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -67,7 +88,7 @@ class CompiledDecoder:
             threading.Thread(target=self.warm_up, name="decode-compile", daemon=True).start()
 
     def _forward(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        out = self.model(
+        out = self.twin(
             input_ids=ids, position_ids=position[None], cache_position=position, cache=self.cache, use_cache=True
         )
         return out.logits[:, -1, :]
@@ -92,6 +113,13 @@ class CompiledDecoder:
             self.error = exc
             log.warning("compiling the one-row decode step failed; decoding stays eager: %s", exc)
 
+    def fail(self, exc: BaseException) -> None:
+        """A step failed (its row's first ``length`` cached tokens are intact either way): no more steps here;
+        the engine exports the row's cache and decodes eagerly."""
+        self.error = exc
+        self.ready.clear()
+        log.warning("the compiled decode step failed; decoding stays eager from here: %s", exc)
+
     def fits(self, length: int) -> bool:
         """Whether a row with ``length`` cached tokens can take one more step here."""
         return self.ready.is_set() and length < self.max_len
@@ -112,4 +140,8 @@ class CompiledDecoder:
     def step(self, next_id: torch.Tensor, length: int) -> torch.Tensor:
         """Logits [1, vocab] after feeding ``next_id`` at position ``length`` (the cache then holds length + 1)."""
         self.steps += 1
-        return self._step(next_id.view(1, 1), torch.tensor([length], device=self.device)).clone()
+        # Only the guards that tell this decoder's graph from others' run (the shapes never change, and the
+        # weights are the graph's inputs): dynamo's full guard check costs ~1 ms a step (measured).
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            logits = self._step(next_id.view(1, 1), torch.tensor([length], device=self.device))
+        return logits.clone()

@@ -366,3 +366,173 @@ def run_threads(
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(fig, indent=2))
     return fig
+
+
+def read_bandwidth(gib: float = 1.0, repeats: int = 3) -> float:
+    """This machine's memory read bandwidth (bytes/s): the best of ``repeats`` multi-threaded ``torch.sum``
+    over a ``gib`` GiB tensor, too big for any cache."""
+    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    x.sum()
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x.sum()
+        best = max(best, x.numel() * 4 / (time.perf_counter() - start))
+    return best
+
+
+def _step_rate(engine, model, ids: list[int], tokens: int) -> tuple[float, list[int]]:
+    """Decode steps per second for one row alone (the prefill not counted), and its tokens."""
+    from loraship.handler.requests import GenerationParams
+
+    seq = engine.new_sequence(ids, GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens), "")
+    return _steps(engine, model, seq), seq.tokens
+
+
+def _steps(engine, model, seq) -> float:
+    batch = engine.prefill(model, [seq])
+    start, steps = time.perf_counter(), 0
+    while batch is not None:
+        batch = engine.step(model, batch)
+        steps += 1
+    return steps / (time.perf_counter() - start)
+
+
+def _llama_cpp_rate(llm, ids: list[int], tokens: int) -> float:
+    """llama.cpp's decode steps per second for the same prompt, greedy (first token, the prefill's, not counted)."""
+    gen = llm.generate(ids, temp=0.0, top_k=1, reset=True)
+    next(gen)
+    start = time.perf_counter()
+    for _ in range(tokens - 1):
+        next(gen)
+    rate = (tokens - 1) / (time.perf_counter() - start)
+    gen.close()
+    return rate
+
+
+def run_decode(model: str = "default", tokens: int = 64, prompts: int = 4, rounds: int = 3, peer: bool = True) -> dict:
+    """Batch-1 decode in this process: eager and compiled steps (option.decode) against the machine's
+    read-bandwidth ceiling, an adapter's cost at batch 1, and llama.cpp on the same fp32 weights (an F32 GGUF
+    made by its own converter) when the peer is installed. Every figure is a median over ``rounds`` rounds
+    that take each path in turn, so a noisy neighbour hits them alike."""
+    import importlib.util
+
+    from loraship.handler.batching import Engine
+    from loraship.handler.loading import load
+    from loraship.handler.pipelines.instruction import format_prompt
+    from loraship.handler.properties import ServingOptions
+
+    base = resolve_model(model)
+    fig: dict = {"model": model, "tokens": tokens, "prompts": prompts, "torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory(prefix="loraship-perf-") as tmp:
+        plain = load(ServingOptions.from_properties({"model_id": base, "dtype": "float32"}))
+        options = {"model_id": base, "dtype": "float32", "adapter_roots": tmp}
+        with_adapter = load(ServingOptions.from_properties(options))
+        name, path = next(iter(_random_adapters(base, Path(tmp), n=1).items()))
+        with_adapter.adapters.add(name, str(path))
+        gen = plain.generator
+        tok, model_ = gen.tokenizer, gen.model
+        ids = [tok(format_prompt(p))["input_ids"] for p in _prompts(prompts)]
+        weight_bytes = sum(p.numel() * p.element_size() for p in model_.parameters())
+        eager = Engine(tok, gen.device, gen.eos_ids)
+        compiled = Engine(tok, gen.device, gen.eos_ids, decode="compiled", decode_tokens=512)
+        print("compiling the one-row decode step ...", flush=True)
+        decoder = compiled.prepare(model_)
+        decoder.ready.wait()
+        if decoder.error is not None:
+            raise RuntimeError(f"the decode step did not compile: {decoder.error}")
+        fig["compile_s"] = decoder.compile_seconds
+        peft_model = with_adapter.adapters.ensure_loaded([name])
+        adapter_engine = Engine(tok, gen.device, gen.eos_ids)
+
+        def adapter_rate(row_adapter: str):
+            def rate(i):
+                from loraship.handler.requests import GenerationParams
+
+                params = GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens)
+                return _steps(adapter_engine, peft_model, adapter_engine.new_sequence(ids[i], params, row_adapter))
+
+            return rate
+
+        paths = {
+            "eager": lambda i: _step_rate(eager, model_, ids[i], tokens),
+            "compiled": lambda i: _step_rate(compiled, model_, ids[i], tokens),
+            "adapter_row": adapter_rate(name),
+            "base_row_beside_adapters": adapter_rate(""),
+        }
+        if peer and importlib.util.find_spec("llama_cpp") is not None:
+            from llama_cpp import Llama
+
+            from .gguf_convert import check_requirements, convert_model, converters
+
+            check_requirements()
+            gguf = convert_model(base, converters())
+            fig["llama_cpp_gguf"] = str(gguf)
+            llm = Llama(str(gguf), n_threads=torch.get_num_threads(), n_ctx=1024, verbose=False)
+            paths["llama_cpp"] = lambda i: _llama_cpp_rate(llm, ids[i], tokens)
+        for path in paths.values():
+            path(0)  # warm-up
+        rates: dict[str, list[float]] = {k: [] for k in paths}
+        bandwidths, same = [], True
+        for r in range(rounds):
+            print(f"round {r + 1} of {rounds} ...", flush=True)
+            bandwidths.append(read_bandwidth())
+            for key, path in paths.items():
+                per_prompt = [path(i) for i in range(len(ids))]
+                if key in ("eager", "compiled"):
+                    rates[key].append(statistics.mean(x[0] for x in per_prompt))
+                    if key == "eager":
+                        eager_tokens = [x[1] for x in per_prompt]
+                    else:
+                        same = same and [x[1] for x in per_prompt] == eager_tokens
+                else:
+                    rates[key].append(statistics.mean(per_prompt))
+    bandwidth = statistics.median(bandwidths)
+    ceiling = bandwidth / weight_bytes
+    tok_s = {k: statistics.median(v) for k, v in rates.items()}
+    fig.update(
+        weight_bytes=weight_bytes,
+        read_bandwidth_gb_s=bandwidth / 1e9,
+        ceiling_tok_s=ceiling,
+        tok_s=tok_s,
+        rounds=rates,
+        fraction_of_ceiling={k: v / ceiling for k, v in tok_s.items() if k != "adapter_row"},
+        compiled_greedy_equals_eager=same,
+        compiled_vs_eager=tok_s["compiled"] / tok_s["eager"],
+        adapter_cost_batch1=1 - tok_s["adapter_row"] / max(tok_s["eager"], tok_s["compiled"]),
+    )
+    if "llama_cpp" in tok_s:
+        fig["vs_llama_cpp"] = {k: v / tok_s["llama_cpp"] for k, v in tok_s.items() if k != "llama_cpp"}
+    return fig
+
+
+def print_decode(fig: dict) -> None:
+    t, c = fig["tok_s"], fig["ceiling_tok_s"]
+    print(
+        f"\nbatch-1 decode steps, in-process, {fig['torch_threads']} torch threads, {fig['tokens']} tokens x "
+        f"{fig['prompts']} prompts, medians of {len(fig['rounds']['eager'])} rounds"
+    )
+    print(
+        f"  read bandwidth {fig['read_bandwidth_gb_s']:.1f} GB/s (torch.sum over 1 GiB): ceiling {c:.1f} tok/s "
+        f"for {fig['weight_bytes'] / 1e6:.0f} MB of weights"
+    )
+    labels = {
+        "eager": "eager step (option.decode=eager)",
+        "compiled": "compiled step (option.decode=compiled)",
+        "llama_cpp": "llama.cpp, F32 GGUF of the same weights",
+        "base_row_beside_adapters": "base row, adapters loaded (peft, eager)",
+        "adapter_row": "adapter row (peft, eager)",
+    }
+    vs = fig.get("vs_llama_cpp", {})
+    for key, label in labels.items():
+        if key not in t:
+            continue
+        extra = f"{t[key] / c:5.0%} of ceiling"
+        if key in vs:
+            extra += f", {vs[key]:.2f}x llama.cpp"
+        print(f"  {label:44s} {t[key]:6.1f} tok/s  {extra}")
+    print(
+        f"  compiled vs eager {fig['compiled_vs_eager']:.2f}x (greedy tokens equal: "
+        f"{fig['compiled_greedy_equals_eager']}; compiled in {fig['compile_s']:.0f} s)"
+    )
+    print(f"  adapter cost at batch 1 (vs the base's fastest path) {fig['adapter_cost_batch1']:.0%} (target <= 10%)")

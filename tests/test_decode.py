@@ -113,3 +113,27 @@ def test_auto_is_compiled_on_cpu_only():
     assert pick_decode("auto", torch.device("cuda", 0)) == "eager"
     assert pick_decode("auto", torch.device("cpu"), quantize="bitsandbytes8") == "eager"
     assert pick_decode("eager", torch.device("cpu")) == "eager"
+
+
+def test_a_failing_compiled_step_hands_the_row_to_the_eager_path(loaded):
+    """Dynamo refuses a step whose guards no longer hold (skip_guard_eval_unsafe): the row goes on eagerly,
+    with the tokens it would have had, and the engine stays eager."""
+    tok, model = loaded
+    eng = engine(tok, decode="compiled", decode_tokens=CACHE)
+    decoder = eng.prepare(model)
+    assert decoder.ready.wait(600)
+    s = seq(eng, tok, QUESTIONS[0], 20)
+    batch = eng.prefill(model, [s])
+    for _ in range(5):
+        batch = eng.step(model, batch)
+    assert decoder.steps == 5
+
+    def refuse(*args):
+        raise RuntimeError("Recompilation triggered with skip_guard_eval_unsafe stance")
+
+    decoder._step = refuse
+    while batch is not None:
+        batch = eng.step(model, batch)
+    assert decoder.steps == 6 and "Recompilation" in str(decoder.error)  # the sixth was refused
+    eager = engine(tok)
+    assert_same(s, decode(eager, model, seq(eager, tok, QUESTIONS[0], 20)))

@@ -218,3 +218,19 @@ def test_bench_peer_adapter_flags(tmp_path, capsys):
         main(["bench", "peer", "--out", str(tmp_path / "o"), "--weights", "q8"])
     assert "invalid choice: 'q8' (choose from 'gguf', 'f32')" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_perf_decode_runs_llama_cpp_beside_the_handler(src, smol, capsys):
+    """`loraship perf --decode` end to end: eager and compiled steps, the bandwidth ceiling, an adapter row and
+    llama.cpp on the same weights, with every figure present (nothing asserts a speed)."""
+    from loraship.perf import print_decode, run_decode
+
+    fig = run_decode(str(smol[0]), tokens=6, prompts=2, rounds=1)
+    assert set(fig["tok_s"]) == {"eager", "compiled", "adapter_row", "base_row_beside_adapters", "llama_cpp"}
+    assert all(v > 0 for v in fig["tok_s"].values())
+    assert fig["compiled_greedy_equals_eager"] is True
+    assert fig["read_bandwidth_gb_s"] > 0 and fig["ceiling_tok_s"] > 0
+    assert set(fig["vs_llama_cpp"]) == {"eager", "compiled", "adapter_row", "base_row_beside_adapters"}
+    print_decode(fig)
+    out = capsys.readouterr().out
+    assert "llama.cpp, F32 GGUF of the same weights" in out and "of ceiling" in out

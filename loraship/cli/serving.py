@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from ..build import BuildOptions
 from ..demo import DemoOptions
@@ -118,6 +118,12 @@ class PerfOptions(ServerChoice):
     continuous: bool = False
     """instead: only continuous batching's in-process figures (mixed-adapter step cost, memory over 200
     requests)"""
+    decode: bool = False
+    """instead: batch-1 decode steps in-process: eager vs compiled (option.decode), the machine's read-bandwidth
+    ceiling and each path's fraction of it, an adapter's cost at batch 1, and llama.cpp on the same fp32
+    weights when the peer is installed (pip install 'loraship[peers]')"""
+    rounds: Annotated[int, Field(ge=1)] = 3
+    """with --decode: rounds taking each path in turn (figures are their medians)"""
     thread_sweep: Annotated[list[str], Flag(csv=True, metavar="POLICY,...")] = []
     """instead: batch-1 and batch-CONCURRENCY seconds for each worker thread policy, quiet and with one busy
     process; a policy is N (OMP_NUM_THREADS) or N/passive (OMP_WAIT_POLICY too)"""
@@ -132,12 +138,21 @@ class PerfOptions(ServerChoice):
 
 
 def perf(opts: PerfOptions) -> int:
-    """Measure the handler's batching gain, mixed-adapter cost, DJL overhead and fp32 vs bf16."""
-    from ..perf import print_continuous, print_figures, run_continuous, run_perf, run_threads
+    """Measure the handler's batching gain, mixed-adapter cost, DJL overhead and fp32 vs bf16 (or, with
+    --decode, batch-1 decode speed against the bandwidth ceiling and llama.cpp)."""
+    from ..perf import print_continuous, print_decode, print_figures, run_continuous, run_decode, run_perf, run_threads
 
-    if opts.continuous:
-        fig = run_continuous(opts.model, opts.tokens, opts.concurrency)
-        print_continuous(fig)
+    if opts.continuous or opts.decode:
+        if opts.decode:
+            if opts.threads:
+                import torch
+
+                torch.set_num_threads(opts.threads)  # in-process: this process's threads (and llama.cpp's)
+            fig = run_decode(opts.model, opts.tokens, rounds=opts.rounds)
+            print_decode(fig)
+        else:
+            fig = run_continuous(opts.model, opts.tokens, opts.concurrency)
+            print_continuous(fig)
         if opts.out:
             Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
             Path(opts.out).write_text(json.dumps(fig, indent=2))
