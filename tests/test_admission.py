@@ -95,6 +95,7 @@ def test_options_that_cannot_work_fail_the_load(tiny_neox):
 
 def slow_forward(svc, monkeypatch, seconds=0.05):
     """Every decode step of the served model takes ``seconds`` longer (a stand-in for a big model)."""
+    svc.options.decode = "eager"  # a compiled one-row step would not go through model.forward
     model = svc.generator.model
     real = model.forward
 
