@@ -22,7 +22,7 @@ from djl_python.async_utils import create_non_stream_output
 from .batching import Engine, Sequence, result_of
 from .errors import BadRequest, Cancelled, GenerationTimeout, NotFound
 from .openai_chat import error_json, error_message
-from .scheduler import Job, Scheduler
+from .scheduler import Job, Scheduler, release_openmp_pool
 from .service import HandlerService
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,10 @@ class AsyncHandlerService:
             max_rows=opts.max_rolling_batch_size,
             max_batch_tokens=opts.max_batch_total_tokens,
         )
-        # The compiled one-row step (option.decode) compiles while the first requests decode eagerly.
-        engine.prepare(core.adapters.ensure_loaded([]))
+        # The compiled one-row step (option.decode) compiles before the model reports ready, as vLLM captures its
+        # CUDA graphs and TGI warms up at start-up: the first requests then see the speed the later ones do.
+        engine.prepare(core.adapters.ensure_loaded([]), background=False)
+        release_openmp_pool()  # from here the scheduler's thread does the torch work
 
     async def handle(self, inputs: Input):
         if self.scheduler is None:

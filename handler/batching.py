@@ -215,11 +215,13 @@ class Engine:
         batch = Batch(batch.rows, out.cache, mask, batch.next_ids)
         return self._advance(batch, out.logits[:, -1, :])
 
-    def prepare(self, model) -> CompiledDecoder | None:
-        """Start compiling the one-row step for ``model`` (in the background) if this engine decodes compiled
-        and the model is the base (peft's layers are not compiled); return the decoder."""
+    def prepare(self, model, background: bool = True) -> CompiledDecoder | None:
+        """Compile the one-row step for ``model`` (on a background thread, or now) if this engine decodes
+        compiled and the model is the base (peft's layers are not compiled); return the decoder."""
         if self.decode == "compiled" and self.decoder is None and not hasattr(model, "peft_config"):
-            self.decoder = CompiledDecoder(model, self.decode_tokens, self.device)
+            self.decoder = CompiledDecoder(model, self.decode_tokens, self.device, warm=background)
+            if not background:
+                self.decoder.warm_up()
         return self.decoder
 
     def _compiled(self, model, batch: Batch) -> CompiledDecoder | None:

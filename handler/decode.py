@@ -4,9 +4,10 @@ Eager ``transformers`` decoding of a small model at batch 1 spends about a third
 matrix products (30 layers of small ops, each a Python call and a kernel launch). ``torch.compile`` over
 transformers' ``StaticCache`` fuses those ops into a few kernels and keeps the shapes fixed, so the step
 is bound by reading the weights (the README's performance section has the figures). Compiling takes
-tens of seconds, so it happens on a background thread while the engine decodes eagerly; the engine
-switches to this path at the first one-row step after :attr:`CompiledDecoder.ready` is set, and copies the
-row's cache back out when another row joins.
+tens of seconds: continuous batching compiles it at start-up, before the model reports ready; static
+batching's streams compile it on a background thread at their first step and decode eagerly until
+:attr:`CompiledDecoder.ready` is set. The engine copies a row's cache in when the row is alone and back
+out when another row joins.
 """
 
 from __future__ import annotations

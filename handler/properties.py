@@ -59,8 +59,9 @@ class ServingOptions(Settings):
     """Continuous batching (option.async_mode=true): rows decoding together at most (LMI's name)."""
     decode: Literal["auto", "eager", "compiled"] = "auto"
     """auto | eager | compiled: how a step of one row on the base model runs under continuous batching
-    (and static batching's streams). compiled: torch.compile over a static cache, compiled in the
-    background at the first such step. auto is compiled on CPU where a C++ compiler is found."""
+    (and static batching's streams). compiled: torch.compile over a static cache, compiled at start-up
+    (continuous batching) or in the background at the first stream (static). auto is compiled on CPU
+    where a C++ compiler is found."""
     decode_tokens: Positive = 512
     """The compiled step's static cache length: a row longer than this decodes eagerly from there on (the
     step attends over the whole cache, so a longer cache costs every step)."""
