@@ -33,11 +33,11 @@ def pick_decode(name: str, device: torch.device, quantize: str = "") -> str:
         return name
     if device.type != "cpu" or quantize:
         return "eager"
-    from torch._inductor.cpp_builder import get_cpp_compiler
-
     try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
         get_cpp_compiler()
-    except Exception:  # no compiler: inductor cannot build its CPU kernels
+    except Exception:  # no compiler (or no inductor): nothing to build the CPU kernels with
         return "eager"
     return "compiled"
 
