@@ -22,8 +22,6 @@ from transformers import DynamicCache, StaticCache
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "eager", "compiled")
-
 
 def pick_decode(name: str, device: torch.device, quantize: str = "") -> str:
     """``auto`` is ``compiled`` on CPU when inductor has a C++ compiler to build with (measured faster at
@@ -45,8 +43,8 @@ def pick_decode(name: str, device: torch.device, quantize: str = "") -> str:
 def compile_options(device: torch.device) -> dict:
     """Inductor options for the decode step: on CUDA the step is captured as a CUDA graph (no per-kernel
     launch cost). On CPU the defaults: ``freezing`` (weights folded in as constants) and ``cpp_wrapper``
-    measured no faster at batch 1 (the README's performance section), and freezing would keep a second
-    copy of the weights that an in-place change to them would not reach."""
+    measured no faster at batch 1 (the README's performance section), and a frozen weight would not see
+    an in-place change to it."""
     if device.type == "cuda":
         return {"triton.cudagraphs": True}
     return {}
