@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from .core.errors import Failed, LorashipError
+from .core.hashing import combine_file_hashes, file_digest
 from .core.paths import cache_dir
 
 DIST = "llama-cpp-python"
@@ -115,29 +116,20 @@ def check_requirements() -> None:
         )
 
 
-def _digest(h, folder: Path, names: list[str]) -> None:
-    for name in sorted(names):
-        h.update(f"\0{name}\0".encode())
-        with open(folder / name, "rb") as f:
-            h.update(hashlib.file_digest(f, "sha256").digest())
+def _content_key(folder: Path, names: list[str]) -> str:
+    """The named files of ``folder``, by relative name and content (the project's rule: core.hashing)."""
+    return combine_file_hashes({name: file_digest(folder / name) for name in names})
 
 
 def _tree_key(src: Path) -> str:
     """The converters' own source: their scripts, conversion/ and gguf-py/gguf/."""
-    h = hashlib.sha256()
-    names = [
-        *SCRIPTS,
-        *(str(p.relative_to(src)) for d in ("conversion", "gguf-py/gguf") for p in src.glob(f"{d}/**/*.py")),
-    ]
-    _digest(h, src, names)
-    return h.hexdigest()
+    modules = [str(p.relative_to(src)) for d in ("conversion", "gguf-py/gguf") for p in src.glob(f"{d}/**/*.py")]
+    return _content_key(src, [*SCRIPTS, *modules])
 
 
 def _files_key(folder: Path, select=lambda name: True) -> str:
     """A folder's top-level files (those ``select`` keeps), by name and content."""
-    h = hashlib.sha256()
-    _digest(h, folder, [p.name for p in folder.iterdir() if p.is_file() and select(p.name)])
-    return h.hexdigest()
+    return _content_key(folder, [p.name for p in folder.iterdir() if p.is_file() and select(p.name)])
 
 
 def _convert(script: str, args: list[str], key_parts: list[str], stem: str, src: Path, log) -> Path:

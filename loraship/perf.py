@@ -381,21 +381,17 @@ def read_bandwidth(gib: float = 1.0, repeats: int = 3) -> float:
     return best
 
 
-def _step_rate(engine, model, ids: list[int], tokens: int) -> tuple[float, list[int]]:
+def _step_rate(engine, model, ids: list[int], tokens: int, adapter: str = "") -> tuple[float, list[int]]:
     """Decode steps per second for one row alone (the prefill not counted), and its tokens."""
     from loraship.handler.requests import GenerationParams
 
-    seq = engine.new_sequence(ids, GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens), "")
-    return _steps(engine, model, seq), seq.tokens
-
-
-def _steps(engine, model, seq) -> float:
+    seq = engine.new_sequence(ids, GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens), adapter)
     batch = engine.prefill(model, [seq])
     start, steps = time.perf_counter(), 0
     while batch is not None:
         batch = engine.step(model, batch)
         steps += 1
-    return steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - start), seq.tokens
 
 
 def _llama_cpp_rate(llm, ids: list[int], tokens: int) -> float:
@@ -425,6 +421,7 @@ def run_decode(model: str = "default", tokens: int = 64, prompts: int = 4, round
     base = resolve_model(model)
     fig: dict = {"model": model, "tokens": tokens, "prompts": prompts, "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="loraship-perf-") as tmp:
+        # Two loads: peft wraps a model in place once an adapter loads, and the base paths need it unwrapped.
         plain = load(ServingOptions.from_properties({"model_id": base, "dtype": "float32"}))
         options = {"model_id": base, "dtype": "float32", "adapter_roots": tmp}
         with_adapter = load(ServingOptions.from_properties(options))
@@ -444,21 +441,11 @@ def run_decode(model: str = "default", tokens: int = 64, prompts: int = 4, round
         fig["compile_s"] = decoder.compile_seconds
         peft_model = with_adapter.adapters.ensure_loaded([name])
         adapter_engine = Engine(tok, gen.device, gen.eos_ids)
-
-        def adapter_rate(row_adapter: str):
-            def rate(i):
-                from loraship.handler.requests import GenerationParams
-
-                params = GenerationParams(max_new_tokens=tokens, min_new_tokens=tokens)
-                return _steps(adapter_engine, peft_model, adapter_engine.new_sequence(ids[i], params, row_adapter))
-
-            return rate
-
         paths = {
             "eager": lambda i: _step_rate(eager, model_, ids[i], tokens),
             "compiled": lambda i: _step_rate(compiled, model_, ids[i], tokens),
-            "adapter_row": adapter_rate(name),
-            "base_row_beside_adapters": adapter_rate(""),
+            "adapter_row": lambda i: _step_rate(adapter_engine, peft_model, ids[i], tokens, name),
+            "base_row_beside_adapters": lambda i: _step_rate(adapter_engine, peft_model, ids[i], tokens),
         }
         if peer and importlib.util.find_spec("llama_cpp") is not None:
             from llama_cpp import Llama
@@ -479,14 +466,14 @@ def run_decode(model: str = "default", tokens: int = 64, prompts: int = 4, round
             bandwidths.append(read_bandwidth())
             for key, path in paths.items():
                 per_prompt = [path(i) for i in range(len(ids))]
-                if key in ("eager", "compiled"):
-                    rates[key].append(statistics.mean(x[0] for x in per_prompt))
-                    if key == "eager":
-                        eager_tokens = [x[1] for x in per_prompt]
-                    else:
-                        same = same and [x[1] for x in per_prompt] == eager_tokens
-                else:
+                if key == "llama_cpp":
                     rates[key].append(statistics.mean(per_prompt))
+                    continue
+                rates[key].append(statistics.mean(rate for rate, _ in per_prompt))
+                if key == "eager":
+                    eager_tokens = [t for _, t in per_prompt]
+                elif key == "compiled":
+                    same = same and [t for _, t in per_prompt] == eager_tokens
     bandwidth = statistics.median(bandwidths)
     ceiling = bandwidth / weight_bytes
     tok_s = {k: statistics.median(v) for k, v in rates.items()}

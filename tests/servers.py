@@ -19,9 +19,9 @@ KINDS = ("host", "djl")
 
 def missing(what: str) -> NoReturn:
     """A prerequisite is absent: a failure under CI=true (CI must have it), a skip that says why elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(f"missing in CI: {what}")
-    pytest.skip(f"not available here: {what}")
+    if not os.environ.get("CI"):
+        pytest.skip(f"not available here: {what}")
+    pytest.fail(f"missing in CI: {what}")
 
 
 def server_args(kind: str) -> dict:
