@@ -139,6 +139,8 @@ class Engine:
         stop_sequences: tuple[str, ...] = (),
         decode: str = "eager",
         decode_tokens: int = 512,
+        lora_rank: int = 0,
+        lora_targets: tuple[str, ...] = (),
     ):
         self.tokenizer = tokenizer
         self.device = device
@@ -149,6 +151,10 @@ class Engine:
         """eager, or compiled: one-row steps of the base model go through a :class:`CompiledDecoder`."""
         self.decode_tokens = decode_tokens
         """The compiled decoder's static cache length: a longer row decodes eagerly from there on."""
+        self.lora_rank = lora_rank
+        """The compiled step's adapter slot rank (``option.max_lora_rank``); 0: adapter rows decode eagerly."""
+        self.lora_targets = lora_targets
+        """The modules with an adapter slot (name suffixes); empty: every linear layer but the output head."""
         self.decoder: CompiledDecoder | None = None
 
     def new_sequence(self, prompt_ids: list[int], params: GenerationParams, adapter: str = "", key=None) -> Sequence:
@@ -216,24 +222,30 @@ class Engine:
         return self._advance(batch, out.logits[:, -1, :])
 
     def prepare(self, model, background: bool = True) -> CompiledDecoder | None:
-        """Compile the one-row step for ``model`` (on a background thread, or now) if this engine decodes
-        compiled and the model is the base (peft's layers are not compiled); return the decoder."""
-        if self.decode == "compiled" and self.decoder is None and not hasattr(model, "peft_config"):
-            self.decoder = CompiledDecoder(model, self.decode_tokens, self.device, warm=background)
+        """Compile the one-row step for ``model``'s base (on a background thread, or now) if this engine
+        decodes compiled; return the decoder. On CPU the step runs on a twin of the base that peft never
+        wraps, so it serves a base that peft has wrapped too (with adapter slots if ``lora_rank``)."""
+        if self.decode == "compiled" and self.decoder is None:
+            base = model.get_base_model() if hasattr(model, "peft_config") else model
+            if base is not model and self.device.type != "cpu":
+                return None  # there the step would run the served model itself, which peft has wrapped
+            self.decoder = CompiledDecoder(
+                base, self.decode_tokens, self.device, background, self.lora_rank, self.lora_targets
+            )
             if not background:
                 self.decoder.warm_up()
         return self.decoder
 
     def _compiled(self, model, batch: Batch) -> CompiledDecoder | None:
-        """The compiled decoder, if this step can take it: one row without padding, on the base model (peft's
-        layers are not compiled), once the decoder has compiled, with room left in its cache. The first such
-        step starts compiling in the background."""
+        """The compiled decoder, if this step can take it: one row without padding, on the base or an adapter
+        that fits the decoder's slots, once the decoder has compiled, with room left in its cache. The first
+        such step starts compiling in the background."""
         if len(batch) != 1:
             return None
         decoder = self.prepare(model)
-        if decoder is None or decoder.model is not model or not decoder.fits(batch.mask.shape[1]):
+        if decoder is None or not decoder.fits(batch.mask.shape[1]) or not decoder.serves(model):
             return None
-        if batch.decoder is None and not bool(batch.mask.all()):
+        if batch.decoder is None and not (bool(batch.mask.all()) and decoder.take(model, batch.rows[0].adapter)):
             return None
         return decoder
 

@@ -18,6 +18,7 @@ import threading
 import time
 
 import torch
+from torch import nn
 from transformers import DynamicCache, StaticCache
 
 log = logging.getLogger(__name__)
@@ -60,20 +61,93 @@ def attention_twin(model, attention: str = "eager"):
     config._attn_implementation = attention
     with torch.device("meta"):
         twin = type(model)(config)
-    twin.load_state_dict(model.state_dict(), assign=True, strict=True)
+    twin.load_state_dict(base_state(model), assign=True, strict=True)
     for name, buffer in model.named_buffers():  # non-persistent buffers (rotary frequencies) too
         owner, _, leaf = name.rpartition(".")
         twin.get_submodule(owner)._buffers[leaf] = buffer
     return twin.eval()
 
 
+class LoraSlot(nn.Linear):
+    """A twin's linear layer with room for one LoRA adapter of rank up to ``lora_a.shape[0]``: ``lora_a``
+    [rank, in] and ``lora_b`` [out, rank] (scaled, zero-padded; zeros: no adapter) are graph inputs, so one
+    compiled graph serves every adapter that fits. The two thin products are written as reductions: inductor
+    fuses them into its own kernels, where two library matmuls a layer would each cost a call (measured
+    ~2x the adapter's cost at batch 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low = (x.unsqueeze(-2) * self.lora_a).sum(-1)
+        return super().forward(x) + (low.unsqueeze(-2) * self.lora_b).sum(-1)
+
+
+def lora_twin(model, rank: int, targets: tuple[str, ...] = ()):
+    """:func:`attention_twin` whose linears (but the output head) are :class:`LoraSlot` of ``rank``, all zeros:
+    those whose names end in one of ``targets`` (vLLM's ``target_modules``), or every one."""
+    twin = attention_twin(model)
+    head = twin.get_output_embeddings()
+    names = {id(m): n for n, m in twin.named_modules()}
+    for module in twin.modules():
+        name = names[id(module)]
+        if targets and not any(name == t or name.endswith("." + t) for t in targets):
+            continue
+        if type(module) is nn.Linear and module is not head:
+            module.__class__ = LoraSlot
+            w = module.weight
+            module.register_buffer("lora_a", w.new_zeros(rank, w.shape[1]), persistent=False)
+            module.register_buffer("lora_b", w.new_zeros(w.shape[0], rank), persistent=False)
+    return twin
+
+
+def lora_weights(base, config, adapter: str, rank: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+    """Each module's (A, B x scaling) of peft's ``adapter`` (its ``config``) in ``base`` (the model peft
+    wrapped in place), keyed by module name; None where the compiled step cannot run it: a rank over ``rank``,
+    DoRA, LoRA biases, trained copies of modules or tokens, or a layer that is not a plain linear."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    if getattr(config, "peft_type", None) != "LORA" or config.use_dora or getattr(config, "lora_bias", False):
+        return None
+    if config.modules_to_save or getattr(config, "trainable_token_indices", None):
+        return None
+    out = {}
+    for name, module in base.named_modules():
+        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+            continue
+        if type(module) is not LoraLinear or module.r[adapter] > rank or module.fan_in_fan_out:
+            return None
+        out[name] = (module.lora_A[adapter].weight, module.lora_B[adapter].weight * module.scaling[adapter])
+    return out or None
+
+
+def base_state(model) -> dict[str, torch.Tensor]:
+    """``model``'s own weights by their names before peft wrapped it in place (its adapters' left out)."""
+    return {
+        k.replace(".base_layer.", "."): v
+        for k, v in model.state_dict().items()
+        if ".lora_" not in k  # lora_A, lora_B, lora_embedding_*, lora_magnitude_vector
+    }
+
+
 class CompiledDecoder:
     """One row's decode step (``model`` at batch 1) compiled over a ``max_len``-token static cache."""
 
-    def __init__(self, model, max_len: int, device: torch.device, warm: bool = True):
+    def __init__(
+        self,
+        model,
+        max_len: int,
+        device: torch.device,
+        warm: bool = True,
+        lora_rank: int = 0,
+        lora_targets: tuple[str, ...] = (),
+    ):
         self.model = model
-        """The served model this decoder stands in for (the engine uses it only for that model's rows)."""
+        """The served base model this decoder stands in for (also once peft has wrapped it, on CPU)."""
         self.twin = attention_twin(model) if device.type == "cpu" else model
+        self.lora_rank = lora_rank if device.type == "cpu" else 0
+        """The adapter slot's rank (``option.max_lora_rank``); 0: adapter rows decode eagerly."""
+        self.lora = lora_twin(model, self.lora_rank, lora_targets) if self.lora_rank else None
+        self.lora_ready = threading.Event()
+        self._slots = {n: m for n, m in self.lora.named_modules() if isinstance(m, LoraSlot)} if self.lora else {}
         self.max_len = max_len
         self.device = device
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -82,12 +156,22 @@ class CompiledDecoder:
         self.compile_seconds: float | None = None
         self.steps = 0
         """Steps decoded here (the warm-up's not counted)."""
-        self._step = torch.compile(self._forward, fullgraph=True, dynamic=False, options=compile_options(device))
+        options = compile_options(device)
+        self._step = torch.compile(self._forward, fullgraph=True, dynamic=False, options=options)
+        self._step_lora = torch.compile(self._forward_lora, fullgraph=True, dynamic=False, options=options)
+        self._adapter = False
+        """Whether the next steps take the adapter graph (:meth:`take`)."""
         if warm:
             threading.Thread(target=self.warm_up, name="decode-compile", daemon=True).start()
 
     def _forward(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         out = self.twin(
+            input_ids=ids, position_ids=position[None], cache_position=position, cache=self.cache, use_cache=True
+        )
+        return out.logits[:, -1, :]
+
+    def _forward_lora(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        out = self.lora(
             input_ids=ids, position_ids=position[None], cache_position=position, cache=self.cache, use_cache=True
         )
         return out.logits[:, -1, :]
@@ -111,6 +195,56 @@ class CompiledDecoder:
         except Exception as exc:  # the engine keeps decoding eagerly
             self.error = exc
             log.warning("compiling the one-row decode step failed; decoding stays eager: %s", exc)
+            return
+        if self.lora is not None:
+            self.warm_up_lora()
+
+    @torch.inference_mode()
+    def warm_up_lora(self) -> None:
+        """Compile the adapter step (the slots all zeros; as :meth:`warm_up`)."""
+        started = time.perf_counter()
+        try:
+            ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                for pos in (1, 2):
+                    self._step_lora(ids, torch.tensor([pos], device=self.device))
+            log.info(
+                "compiled the adapter decode step (rank %d) in %.1f s", self.lora_rank, time.perf_counter() - started
+            )
+            self.lora_ready.set()
+        except Exception as exc:  # adapter rows keep decoding eagerly
+            log.warning("compiling the adapter decode step failed; adapter rows stay eager: %s", exc)
+
+    def serves(self, model) -> bool:
+        """Whether ``model`` is the base this decoder stands in for, or (on CPU, where the step runs on a twin
+        that peft does not wrap) peft's wrapper of it, with the embeddings the twin shares (an adapter's added
+        tokens replace them: from then on every row decodes eagerly)."""
+        if model is not self.model:
+            if self.twin is self.model or getattr(model, "get_base_model", lambda: None)() is not self.model:
+                return False
+        mine, served = self.twin.get_input_embeddings().weight, self.model.get_input_embeddings().weight
+        return mine.data_ptr() == served.data_ptr() and mine.shape == served.shape
+
+    def take(self, model, adapter: str) -> bool:
+        """Point the next steps at the base graph, or at the adapter graph with ``adapter``'s weights copied
+        into its slots; False where the adapter cannot run here (not compiled, or :func:`lora_weights`)."""
+        if not adapter:
+            self._adapter = False
+            return True
+        if not self.lora_ready.is_set():
+            return False
+        weights = lora_weights(self.model, model.peft_config.get(adapter), adapter, self.lora_rank)
+        if weights is None or not weights.keys() <= self._slots.keys():
+            return False
+        for name, slot in self._slots.items():
+            slot.lora_a.zero_()
+            slot.lora_b.zero_()
+            if name in weights:
+                a, b = weights[name]
+                slot.lora_a[: a.shape[0]].copy_(a)
+                slot.lora_b[:, : b.shape[1]].copy_(b)
+        self._adapter = True
+        return True
 
     def fail(self, exc: BaseException) -> None:
         """A step failed (its row's first ``length`` cached tokens are intact either way): no more steps here;
@@ -142,5 +276,6 @@ class CompiledDecoder:
         # Only the guards that tell this decoder's graph from others' run (the shapes never change, and the
         # weights are the graph's inputs): dynamo's full guard check costs ~1 ms a step (measured).
         with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-            logits = self._step(next_id.view(1, 1), torch.tensor([length], device=self.device))
+            step = self._step_lora if self._adapter else self._step
+            logits = step(next_id.view(1, 1), torch.tensor([length], device=self.device))
         return logits.clone()

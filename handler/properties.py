@@ -62,6 +62,14 @@ class ServingOptions(Settings):
     (and static batching's streams). compiled: torch.compile over a static cache, compiled at start-up
     (continuous batching) or in the background at the first stream (static). auto is compiled on CPU
     where a C++ compiler is found."""
+    max_lora_rank: Positive = 16
+    """With ``enable_lora``: the compiled step's adapter slot rank (LMI's and vLLM's name and default). A
+    row alone on an adapter of at most this rank (a plain LoRA on linear layers) takes the compiled step too;
+    others decode eagerly. A larger slot costs each adapter step more."""
+    lora_target_modules: str = ""
+    """With ``enable_lora``: comma-separated module name suffixes (e.g. ``q_proj,v_proj``) that get the
+    compiled step's adapter slot (vLLM's ``target_modules``); empty: every linear layer but the output head.
+    An adapter on other modules decodes eagerly; fewer slots cost each adapter step less."""
     decode_tokens: Positive = 512
     """The compiled step's static cache length: a row longer than this decodes eagerly from there on (the
     step attends over the whole cache, so a longer cache costs every step)."""

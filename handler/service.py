@@ -367,6 +367,8 @@ class HandlerService:
         return {
             "decode": pick_decode(opts.decode, self.generator.device, opts.quantize),
             "decode_tokens": opts.decode_tokens,
+            "lora_rank": opts.max_lora_rank if opts.enable_lora else 0,
+            "lora_targets": tuple(t.strip() for t in opts.lora_target_modules.split(",") if t.strip()),
         }
 
     def _stream_scheduler(self, tokenizer) -> Scheduler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
@@ -124,10 +125,27 @@ def serving_properties(
     if adapters:
         first = next(iter(adapters))
         lines += [f"option.adapter_name={first}", f"option.adapter_checkpoint=adapters/{first}"]
+        targets = adapter_targets(adapters.values())
+        if targets and "lora_target_modules" not in options:
+            # the compiled one-row step gives these adapters' modules its LoRA slot, and no others: each
+            # slot costs an adapter step (README, Decode speed at batch 1)
+            lines.append(f"option.lora_target_modules={','.join(targets)}")
     defaults = ServingOptions()
     lines += [f"option.{k}={options.get(k, getattr(defaults, k))}" for k in LIMITS]
     lines += [f"option.{k}={v}" for k, v in options.items() if k not in LIMITS]
     return "\n".join(lines) + "\n"
+
+
+def adapter_targets(folders) -> list[str]:
+    """The union of the adapters' ``target_modules`` when each names them as a list; [] when one names them
+    otherwise (a regex, ``all-linear``), so that every linear layer keeps its slot."""
+    targets: set[str] = set()
+    for folder in folders:
+        names = json.loads((Path(folder) / "adapter_config.json").read_text()).get("target_modules")
+        if not isinstance(names, list):
+            return []
+        targets.update(names)
+    return sorted(targets)
 
 
 def requirements_txt() -> str:

@@ -96,16 +96,96 @@ def test_a_row_leaves_the_compiled_cache_when_another_joins_and_returns_when_alo
     assert_same(b, decode(eager, model, seq(eager, tok, QUESTIONS[2], 6)))
 
 
-def test_peft_models_and_padded_rows_decode_eagerly(loaded, compiled):
-    from peft import LoraConfig, get_peft_model
+def test_another_model_decodes_eagerly(loaded, compiled):
+    tok, model = loaded
+    other = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
+    before = compiled.decoder.steps
+    decode(compiled, other, seq(compiled, tok, QUESTIONS[0], 4))
+    assert compiled.decoder.steps == before  # not the model it compiled: eager
+
+
+RANK = 8  # the adapter slot's rank in these tests
+
+
+def lora(model, rank: int, seed: int, targets=None):
+    from peft import LoraConfig
+
+    targets = targets or (
+        ["query_key_value", "dense_4h_to_h"]
+        if model.config.model_type == "gpt_neox"
+        else ["q_proj", "v_proj", "down_proj"]
+    )
+    torch.manual_seed(seed)
+    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False)
+
+
+@pytest.fixture(scope="module")
+def adapters(loaded):
+    """A fresh copy of the model, wrapped by peft with adapters that fit the slot and some that do not;
+    an engine whose decoder has compiled both steps; and an eager engine."""
+    from peft import get_peft_model
 
     tok, model = loaded
-    eng = engine(tok, decode="compiled")
-    wrapped = get_peft_model(AutoModelForCausalLM.from_pretrained(model.name_or_path), LoraConfig(r=2)).eval()
-    assert eng.prepare(wrapped) is None  # peft's layers are not compiled: the engine stays eager
-    before = compiled.decoder.steps
-    decode(compiled, wrapped, seq(compiled, tok, QUESTIONS[0], 4))
-    assert compiled.decoder.steps == before  # not the model it compiled: eager
+    base = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
+    wrapped = get_peft_model(base, lora(base, RANK, 1), adapter_name="one").eval()
+    wrapped.add_adapter("two", lora(base, 4, 2))
+    wrapped.add_adapter("too_big", lora(base, 2 * RANK, 3))
+    head = [n for n, m in base.named_modules() if m is base.get_output_embeddings()]
+    wrapped.add_adapter("on_the_head", lora(base, 4, 4, targets=head))
+    eng = engine(tok, decode="compiled", decode_tokens=CACHE, lora_rank=RANK)
+    decoder = eng.prepare(wrapped, background=False)
+    assert decoder.lora_ready.is_set(), f"the adapter step did not compile: {decoder.error}"
+    return tok, wrapped, eng, engine(tok)
+
+
+def decode_on(eng, model, tok, question: str, adapter: str, n: int = 16):
+    ids = tok(format_prompt(question))["input_ids"]
+    return decode(eng, model, eng.new_sequence(ids, GenerationParams(max_new_tokens=n, min_new_tokens=n), adapter))
+
+
+@pytest.mark.parametrize("adapter", ["one", "two", ""])
+def test_rows_on_an_adapter_or_the_base_take_the_compiled_step_with_peft_s_results(adapters, adapter):
+    """Each row alone, on an adapter (its weights copied into the slots) or on the base beside loaded
+    adapters, decodes compiled and gets what peft's eager step gives it."""
+    tok, wrapped, eng, eager = adapters
+    for question in QUESTIONS[:2]:
+        before = eng.decoder.steps
+        got = decode_on(eng, wrapped, tok, question, adapter)
+        assert eng.decoder.steps - before == 15
+        assert_same(got, decode_on(eager, wrapped, tok, question, adapter))
+
+
+def test_switching_adapters_between_rows_leaves_nothing_behind(adapters):
+    tok, wrapped, eng, eager = adapters
+    order = ["one", "two", "", "one", ""]
+    got = [decode_on(eng, wrapped, tok, QUESTIONS[2], name) for name in order]
+    want = {name: decode_on(eager, wrapped, tok, QUESTIONS[2], name) for name in set(order)}
+    for name, g in zip(order, got):
+        assert_same(g, want[name])
+    assert got[0].tokens != got[1].tokens  # the adapters do change the output (random LoRA weights)
+
+
+@pytest.mark.parametrize("adapter", ["too_big", "on_the_head"])
+def test_adapters_that_do_not_fit_the_slot_decode_eagerly(adapters, adapter):
+    tok, wrapped, eng, eager = adapters
+    before = eng.decoder.steps
+    got = decode_on(eng, wrapped, tok, QUESTIONS[0], adapter)
+    assert eng.decoder.steps == before
+    assert_same(got, decode_on(eager, wrapped, tok, QUESTIONS[0], adapter))
+
+
+def test_grown_embeddings_end_the_compiled_step(loaded):
+    """An adapter with added tokens replaces the embeddings the twin shares: every row then decodes eagerly."""
+    tok, model = loaded
+    base = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
+    eng = engine(tok, decode="compiled", decode_tokens=CACHE)
+    decoder = eng.prepare(base, background=False)
+    assert decoder.serves(base)
+    base.resize_token_embeddings(base.config.vocab_size + 8)
+    assert not decoder.serves(base)
+    before = decoder.steps
+    decode(eng, base, seq(eng, tok, QUESTIONS[0], 4))
+    assert decoder.steps == before
 
 
 def test_auto_is_compiled_on_cpu_only():

@@ -1,6 +1,6 @@
-"""option.decode=compiled through each server: the one-row step compiles in the worker at start-up, a request
-alone then gets the eager path's tokens and log-probabilities, streamed or not, and a request that shares
-the batch for a while still gets its own."""
+"""option.decode=compiled through each server: the one-row steps (the base's, and the adapter slot's) compile in
+the worker at start-up; a request alone, on the base or on an adapter, then gets the eager path's tokens and
+log-probabilities, streamed or not, and a request that shares the batch for a while still gets its own."""
 
 import concurrent.futures as cf
 import json
@@ -9,18 +9,26 @@ import pytest
 import requests
 from harness import init_input, read_output, request_input
 from servers import KINDS, start_server
+from tiny_models import save_random_adapter
 
 from loraship.build import build_model_dir
 
 QUESTIONS = ["What is Amazon SageMaker?", "How do I train a model?"]
 COMPILED = "compiled the one-row decode step"
+COMPILED_LORA = "compiled the adapter decode step"
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_neox, tmp_path_factory):
+    return save_random_adapter(tiny_neox, tmp_path_factory.mktemp("decode-adapter") / "faq", seed=7)
 
 
 @pytest.fixture(scope="module", params=KINDS)
-def compiled(request, tiny_neox, tmp_path_factory):
+def compiled(request, tiny_neox, adapter, tmp_path_factory):
     md = build_model_dir(
         str(tiny_neox),
         tmp_path_factory.mktemp(f"{request.param}-decode") / "md-compiled",
+        {"faq": adapter},
         batching="continuous",
         options={"decode": "compiled", "decode_tokens": "256"},
     )
@@ -30,19 +38,20 @@ def compiled(request, tiny_neox, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def eager(tiny_neox):
-    """The reference: the handler in-process, decoding eagerly."""
+def eager(tiny_neox, adapter):
+    """The reference: the handler in-process with the same adapter, decoding eagerly (peft's layers)."""
     from loraship.handler.service import HandlerService
 
     svc = HandlerService()
-    props = {"model_id": str(tiny_neox), "model_dir": str(tiny_neox), "decode": "eager"}
+    props = {"model_id": str(tiny_neox), "model_dir": str(adapter.parent), "decode": "eager"}
+    props |= {"adapter_checkpoint": str(adapter), "adapter_name": "faq"}
     assert svc.handle(init_input(props)) is None
     return svc
 
 
-def body(question: str, n: int, stream: bool = False) -> dict:
+def body(question: str, n: int, stream: bool = False, adapter: str = "") -> dict:
     params = {"max_new_tokens": n, "min_new_tokens": n, "details": True}
-    return {"inputs": question, "stream": stream, "parameters": params}
+    return {"inputs": question, "stream": stream, "parameters": params} | ({"adapters": adapter} if adapter else {})
 
 
 def tokens_of(reply) -> list[tuple[int, float]]:
@@ -66,15 +75,20 @@ def assert_same(got, ref):
 def test_the_step_compiled_before_the_model_reported_ready(compiled):
     """Continuous batching compiles at start-up (the server is ready only after it)."""
     log = compiled.log_path.read_text(errors="replace")
-    assert COMPILED in log
+    assert COMPILED in log and COMPILED_LORA in log
     assert "compiling the one-row decode step failed" not in log
+    assert "compiling the adapter decode step failed" not in log
 
 
+@pytest.mark.parametrize("on", ["", "faq"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_request_alone_gets_the_eager_tokens_and_logprobs(compiled, eager, stream):
+def test_a_request_alone_gets_the_eager_tokens_and_logprobs(compiled, eager, stream, on):
     for question in QUESTIONS:
-        ref = tokens_of(read_output(eager.handle(request_input(body(question, 40))))[1])
-        assert_same(tokens_of(ask(compiled, body(question, 40, stream))), ref)
+        ref = tokens_of(read_output(eager.handle(request_input(body(question, 40, adapter=on))))[1])
+        assert_same(tokens_of(ask(compiled, body(question, 40, stream, on))), ref)
+    if on:  # the adapter does change the output: its rows did not run on the base
+        base = tokens_of(read_output(eager.handle(request_input(body(QUESTIONS[0], 40))))[1])
+        assert [i for i, _ in base] != [i for i, _ in ref]
 
 
 def test_rows_that_share_the_batch_for_a_while_get_their_own_results(compiled, eager):
