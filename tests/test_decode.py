@@ -174,6 +174,27 @@ def test_adapters_that_do_not_fit_the_slot_decode_eagerly(adapters, adapter):
     assert_same(got, decode_on(eager, wrapped, tok, QUESTIONS[0], adapter))
 
 
+def test_only_the_named_modules_get_a_slot_and_other_adapters_decode_eagerly(loaded):
+    """option.lora_target_modules: slots on those modules only; an adapter on others decodes eagerly."""
+    from peft import get_peft_model
+
+    tok, model = loaded
+    base = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
+    slot = "query_key_value" if base.config.model_type == "gpt_neox" else "q_proj"
+    wrapped = get_peft_model(base, lora(base, 4, 1, targets=[slot]), adapter_name="inside").eval()
+    wrapped.add_adapter("outside", lora(base, 4, 2))  # the default targets: more modules than the slot's
+    eng = engine(tok, decode="compiled", decode_tokens=CACHE, lora_rank=RANK, lora_targets=(slot,))
+    decoder = eng.prepare(wrapped, background=False)
+    assert decoder.lora_ready.is_set()
+    assert decoder._slots and all(name.endswith("." + slot) for name in decoder._slots)
+    eager = engine(tok)
+    for name, compiled_steps in (("inside", 15), ("outside", 0)):
+        before = decoder.steps
+        got = decode_on(eng, wrapped, tok, QUESTIONS[0], name)
+        assert decoder.steps - before == compiled_steps
+        assert_same(got, decode_on(eager, wrapped, tok, QUESTIONS[0], name))
+
+
 def test_grown_embeddings_end_the_compiled_step(loaded):
     """An adapter with added tokens replaces the embeddings the twin shares: every row then decodes eagerly."""
     tok, model = loaded

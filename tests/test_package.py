@@ -175,6 +175,27 @@ def test_a_hub_model_id_is_kept(tiny_adapter, tmp_path):
     assert read_archive(art.path).properties["option.model_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+def test_build_gives_the_packed_adapters_modules_the_compiled_step_s_lora_slot(tiny_neox, tiny_adapter, tmp_path):
+    props = read_properties(
+        (build_model_dir(str(tiny_neox), tmp_path / "a", {"faq": tiny_adapter}) / "serving.properties").read_text()
+    )
+    assert props["option.lora_target_modules"] == "query_key_value"  # the adapter's own target_modules
+    mine = build_model_dir(
+        str(tiny_neox), tmp_path / "b", {"faq": tiny_adapter}, options={"lora_target_modules": "dense"}
+    )
+    assert read_properties((mine / "serving.properties").read_text())["option.lora_target_modules"] == "dense"
+    regex = tmp_path / "regex-adapter"
+    shutil.copytree(tiny_adapter, regex)
+    cfg = json.loads((regex / "adapter_config.json").read_text())
+    (regex / "adapter_config.json").write_text(json.dumps(cfg | {"target_modules": "all-linear"}))
+    props = read_properties(
+        (
+            build_model_dir(str(tiny_neox), tmp_path / "c", {"faq": tiny_adapter, "x": regex}) / "serving.properties"
+        ).read_text()
+    )
+    assert "option.lora_target_modules" not in props  # not a list: every linear layer keeps its slot
+
+
 def _set(md, key, value):
     sp = md / "serving.properties"
     sp.write_text(merge_properties(sp.read_text(), {key: value}))
