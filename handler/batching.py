@@ -13,6 +13,7 @@ clients) drives it one :meth:`Engine.step` at a time.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +31,8 @@ from .decode import CompiledDecoder
 from .pipelines.base import cut_at_stop
 from .requests import GenerationParams
 from .results import GenerationResult, Token, next_piece, tokens_of
+
+log = logging.getLogger(__name__)
 
 BASE = "__base__"
 
@@ -229,9 +232,14 @@ class Engine:
             base = model.get_base_model() if hasattr(model, "peft_config") else model
             if base is not model and self.device.type != "cpu":
                 return None  # there the step would run the served model itself, which peft has wrapped
-            self.decoder = CompiledDecoder(
-                base, self.decode_tokens, self.device, background, self.lora_rank, self.lora_targets
-            )
+            try:
+                self.decoder = CompiledDecoder(
+                    base, self.decode_tokens, self.device, background, self.lora_rank, self.lora_targets
+                )
+            except Exception as exc:  # e.g. a model the twin cannot be built from: decode eagerly
+                log.warning("no compiled decode step for this model; decoding stays eager: %s", exc)
+                self.decode = "eager"
+                return None
             if not background:
                 self.decoder.warm_up()
         return self.decoder

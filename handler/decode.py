@@ -7,7 +7,8 @@ is bound by reading the weights (the README's performance section has the figure
 tens of seconds: continuous batching compiles it at start-up, before the model reports ready; static
 batching's streams compile it on a background thread at their first step and decode eagerly until
 :attr:`CompiledDecoder.ready` is set. The engine copies a row's cache in when the row is alone and back
-out when another row joins.
+out when another row joins. With adapter slots (``option.enable_lora``), a second graph runs a row alone
+on an adapter: its LoRA weights are copied into the slots when the row starts decoding alone.
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ def attention_twin(model, attention: str = "eager"):
 class LoraSlot(nn.Linear):
     """A twin's linear layer with room for one LoRA adapter of rank up to ``lora_a.shape[0]``: ``lora_a``
     [rank, in] and ``lora_b`` [out, rank] (scaled, zero-padded; zeros: no adapter) are graph inputs, so one
-    compiled graph serves every adapter that fits. The two thin products are written as reductions: inductor
-    fuses them into its own kernels, where two library matmuls a layer would each cost a call (measured
-    ~2x the adapter's cost at batch 1)."""
+    compiled graph serves every adapter that fits. The two thin products are written as reductions, so inductor
+    generates them into its own kernels instead of calling a library matmul for each (two more calls a slot,
+    each with its per-call cost)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low = (x.unsqueeze(-2) * self.lora_a).sum(-1)
@@ -85,9 +86,7 @@ def lora_twin(model, rank: int, targets: tuple[str, ...] = ()):
     those whose names end in one of ``targets`` (vLLM's ``target_modules``), or every one."""
     twin = attention_twin(model)
     head = twin.get_output_embeddings()
-    names = {id(m): n for n, m in twin.named_modules()}
-    for module in twin.modules():
-        name = names[id(module)]
+    for name, module in list(twin.named_modules()):
         if targets and not any(name == t or name.endswith("." + t) for t in targets):
             continue
         if type(module) is nn.Linear and module is not head:
@@ -178,7 +177,9 @@ class CompiledDecoder:
 
     @torch.inference_mode()
     def warm_up(self) -> None:
-        """Compile (two steps on a dummy row: the first traces, the second checks nothing recompiles)."""
+        """Compile (two steps on a dummy row: the first traces, the second checks nothing recompiles), the
+        adapter graph too if there are slots; only then is the decoder ready, since the warm-up writes the
+        static cache a row would be using."""
         started = time.perf_counter()
         try:
             ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
@@ -191,29 +192,22 @@ class CompiledDecoder:
                     self._step(ids, torch.tensor([pos], device=self.device))
             self.compile_seconds = time.perf_counter() - started
             log.info("compiled the one-row decode step in %.1f s", self.compile_seconds)
-            self.ready.set()
         except Exception as exc:  # the engine keeps decoding eagerly
             self.error = exc
             log.warning("compiling the one-row decode step failed; decoding stays eager: %s", exc)
             return
         if self.lora is not None:
-            self.warm_up_lora()
-
-    @torch.inference_mode()
-    def warm_up_lora(self) -> None:
-        """Compile the adapter step (the slots all zeros; as :meth:`warm_up`)."""
-        started = time.perf_counter()
-        try:
-            ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-                for pos in (1, 2):
-                    self._step_lora(ids, torch.tensor([pos], device=self.device))
-            log.info(
-                "compiled the adapter decode step (rank %d) in %.1f s", self.lora_rank, time.perf_counter() - started
-            )
-            self.lora_ready.set()
-        except Exception as exc:  # adapter rows keep decoding eagerly
-            log.warning("compiling the adapter decode step failed; adapter rows stay eager: %s", exc)
+            started = time.perf_counter()
+            try:
+                with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                    for pos in (1, 2):
+                        self._step_lora(ids, torch.tensor([pos], device=self.device))
+                seconds = time.perf_counter() - started
+                log.info("compiled the adapter decode step (rank %d) in %.1f s", self.lora_rank, seconds)
+                self.lora_ready.set()
+            except Exception as exc:  # adapter rows keep decoding eagerly
+                log.warning("compiling the adapter decode step failed; adapter rows stay eager: %s", exc)
+        self.ready.set()
 
     def serves(self, model) -> bool:
         """Whether ``model`` is the base this decoder stands in for, or (on CPU, where the step runs on a twin

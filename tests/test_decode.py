@@ -195,6 +195,26 @@ def test_only_the_named_modules_get_a_slot_and_other_adapters_decode_eagerly(loa
         assert_same(got, decode_on(eager, wrapped, tok, QUESTIONS[0], name))
 
 
+def test_a_model_the_twin_cannot_be_built_from_decodes_eagerly(loaded):
+    """peft's trained copy of a whole module (modules_to_save) renames the base's weights: no twin, no
+    compiled step, and the rows decode eagerly with their results."""
+    from peft import get_peft_model
+
+    tok, model = loaded
+    base = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
+    head = next(n for n, m in base.named_modules() if m is base.get_output_embeddings())
+    cfg = lora(base, 4, 5)
+    cfg.modules_to_save = [head]
+    wrapped = get_peft_model(base, cfg, adapter_name="saved").eval()
+    eng = engine(tok, decode="compiled", decode_tokens=CACHE, lora_rank=RANK)
+    assert eng.prepare(wrapped, background=False) is None and eng.decode == "eager"
+    eager = engine(tok)
+    for name in ("saved", ""):
+        assert_same(
+            decode_on(eng, wrapped, tok, QUESTIONS[0], name), decode_on(eager, wrapped, tok, QUESTIONS[0], name)
+        )
+
+
 def test_grown_embeddings_end_the_compiled_step(loaded):
     """An adapter with added tokens replaces the embeddings the twin shares: every row then decodes eagerly."""
     tok, model = loaded
