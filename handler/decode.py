@@ -147,6 +147,8 @@ class CompiledDecoder:
         self.lora = lora_twin(model, self.lora_rank, lora_targets) if self.lora_rank else None
         self.lora_ready = threading.Event()
         self._slots = {n: m for n, m in self.lora.named_modules() if isinstance(m, LoraSlot)} if self.lora else {}
+        self._refused: set[tuple[str, int]] = set()
+        """(adapter, id of its peft config) that do not fit the slots (a new version of one is asked anew)."""
         self.max_len = max_len
         self.device = device
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
@@ -227,8 +229,12 @@ class CompiledDecoder:
             return True
         if not self.lora_ready.is_set():
             return False
-        weights = lora_weights(self.model, model.peft_config.get(adapter), adapter, self.lora_rank)
+        config = model.peft_config.get(adapter)
+        if (adapter, id(config)) in self._refused:  # a lone row asks at every step: walk the model once
+            return False
+        weights = lora_weights(self.model, config, adapter, self.lora_rank)
         if weights is None or not weights.keys() <= self._slots.keys():
+            self._refused.add((adapter, id(config)))
             return False
         for name, slot in self._slots.items():
             slot.lora_a.zero_()
