@@ -96,7 +96,8 @@ def test_concurrent_streams_mixing_adapters_each_equal_their_result_alone(served
 
 def test_a_bad_request_and_an_unknown_adapter_get_their_status_while_others_generate(served):
     svc, loop, _ = served
-    long = {"inputs": QUESTIONS[0], "parameters": {"max_new_tokens": 60, "min_new_tokens": 60}}
+    # long enough to outlast the two answers by far, even with the compiled one-row step (~1 ms a token here)
+    long = {"inputs": QUESTIONS[0], "parameters": {"max_new_tokens": 400, "min_new_tokens": 400}}
 
     async def run():
         running = asyncio.ensure_future(collect(svc, long))
