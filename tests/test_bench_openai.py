@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import requests
 from test_bench import bench, level
 from tiny_models import save_tiny_model
 
+from loraship.peer import stop
 from loraship.runtime import free_port
 
 TEMPLATE = (
@@ -71,12 +71,7 @@ def transformers_serve(tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)  # the peer's own stop: its process group, SIGTERM then SIGKILL
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
