@@ -27,7 +27,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from .decode import CompiledDecoder
+from .decode import CompiledDecoder, base_model
 from .pipelines.base import cut_at_stop
 from .requests import GenerationParams
 from .results import GenerationResult, Token, next_piece, tokens_of
@@ -229,7 +229,7 @@ class Engine:
         decodes compiled; return the decoder. On CPU the step runs on a twin of the base that peft never
         wraps, so it serves a base that peft has wrapped too (with adapter slots if ``lora_rank``)."""
         if self.decode == "compiled" and self.decoder is None:
-            base = model.get_base_model() if hasattr(model, "peft_config") else model
+            base = base_model(model)
             if base is not model and self.device.type != "cpu":
                 return None  # there the step would run the served model itself, which peft has wrapped
             try:

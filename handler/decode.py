@@ -118,6 +118,11 @@ def lora_weights(base, config, adapter: str, rank: int) -> dict[str, tuple[torch
     return out or None
 
 
+def base_model(model):
+    """The model peft wraps (in place), or ``model`` itself when peft has not wrapped it."""
+    return model.get_base_model() if hasattr(model, "peft_config") else model
+
+
 def base_state(model) -> dict[str, torch.Tensor]:
     """``model``'s own weights by their names before peft wrapped it in place (its adapters' left out)."""
     return {
@@ -165,33 +170,39 @@ class CompiledDecoder:
         if warm:
             threading.Thread(target=self.warm_up, name="decode-compile", daemon=True).start()
 
-    def _forward(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        out = self.twin(
+    def _logits(self, twin, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        out = twin(
             input_ids=ids, position_ids=position[None], cache_position=position, cache=self.cache, use_cache=True
         )
         return out.logits[:, -1, :]
 
+    # Two methods, so two code objects: dynamo keeps each graph in its own cache.
+    def _forward(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.twin, ids, position)
+
     def _forward_lora(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        out = self.lora(
-            input_ids=ids, position_ids=position[None], cache_position=position, cache=self.cache, use_cache=True
-        )
-        return out.logits[:, -1, :]
+        return self._logits(self.lora, ids, position)
+
+    def _compile(self, step, ids: torch.Tensor) -> float:
+        """Two steps on a dummy row (the first traces, the second checks nothing recompiles); seconds taken.
+        Past dynamo's recompile limit (one compiled code object serves every decoder in a process) a step
+        would run eagerly without a word: fail instead, and the engine stays eager."""
+        started = time.perf_counter()
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            for pos in (1, 2):
+                step(ids, torch.tensor([pos], device=self.device))
+        return time.perf_counter() - started
 
     @torch.inference_mode()
     def warm_up(self) -> None:
-        """Compile (two steps on a dummy row: the first traces, the second checks nothing recompiles), the
-        adapter graph too if there are slots; only then is the decoder ready, since the warm-up writes the
-        static cache a row would be using."""
+        """Compile the step, and the adapter graph too if there are slots; only then is the decoder ready,
+        since the warm-up writes the static cache a row would be using."""
         started = time.perf_counter()
         try:
             ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
             self.cache.reset()
             self._forward(ids, torch.tensor([0], device=self.device))  # eager: allocates the cache's tensors
-            # Past dynamo's recompile limit (one compiled code object serves every decoder in a process) it
-            # would run eagerly without a word: fail instead, and the engine stays eager.
-            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-                for pos in (1, 2):
-                    self._step(ids, torch.tensor([pos], device=self.device))
+            self._compile(self._step, ids)
             self.compile_seconds = time.perf_counter() - started
             log.info("compiled the one-row decode step in %.1f s", self.compile_seconds)
         except Exception as exc:  # the engine keeps decoding eagerly
@@ -199,12 +210,8 @@ class CompiledDecoder:
             log.warning("compiling the one-row decode step failed; decoding stays eager: %s", exc)
             return
         if self.lora is not None:
-            started = time.perf_counter()
             try:
-                with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-                    for pos in (1, 2):
-                        self._step_lora(ids, torch.tensor([pos], device=self.device))
-                seconds = time.perf_counter() - started
+                seconds = self._compile(self._step_lora, ids)
                 log.info("compiled the adapter decode step (rank %d) in %.1f s", self.lora_rank, seconds)
                 self.lora_ready.set()
             except Exception as exc:  # adapter rows keep decoding eagerly
@@ -215,9 +222,8 @@ class CompiledDecoder:
         """Whether ``model`` is the base this decoder stands in for, or (on CPU, where the step runs on a twin
         that peft does not wrap) peft's wrapper of it, with the embeddings the twin shares (an adapter's added
         tokens replace them: from then on every row decodes eagerly)."""
-        if model is not self.model:
-            if self.twin is self.model or getattr(model, "get_base_model", lambda: None)() is not self.model:
-                return False
+        if model is not self.model and (self.twin is self.model or base_model(model) is not self.model):
+            return False
         mine, served = self.twin.get_input_embeddings().weight, self.model.get_input_embeddings().weight
         return mine.data_ptr() == served.data_ptr() and mine.shape == served.shape
 
