@@ -2,13 +2,15 @@
 
 Eager ``transformers`` decoding of a small model at batch 1 spends about a third of each step outside the
 matrix products (30 layers of small ops, each a Python call and a kernel launch). ``torch.compile`` over
-transformers' ``StaticCache`` fuses those ops into a few kernels and keeps the shapes fixed, so the step
-is bound by reading the weights (the README's performance section has the figures). Compiling takes
-tens of seconds: continuous batching compiles it at start-up, before the model reports ready; static
-batching's streams compile it on a background thread at their first step and decode eagerly until
-:attr:`CompiledDecoder.ready` is set. The engine copies a row's cache in when the row is alone and back
-out when another row joins. With adapter slots (``option.enable_lora``), a second graph runs a row alone
-on an adapter: its LoRA weights are copied into the slots when the row starts decoding alone.
+transformers' ``StaticCache`` fuses those ops into a few kernels, so the step is bound by reading the
+weights (the README's performance section has the figures): its products run on a one-row kernel built for
+the CPU (:mod:`.row_kernel`), and its attention reads only the row's part of the cache
+(:func:`window_attention`, one graph for every length). Compiling takes tens of seconds: continuous
+batching compiles it at start-up, before the model reports ready; static batching's streams compile it on
+a background thread at their first step and decode eagerly until :attr:`CompiledDecoder.ready` is set.
+The engine copies a row's cache in when the row is alone and back out when another row joins. With adapter
+slots (``option.enable_lora``), a second graph runs a row alone on an adapter: its LoRA weights are copied
+into the slots when the row starts decoding alone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ import time
 
 import torch
 from torch import nn
-from transformers import DynamicCache, StaticCache
+from transformers import AttentionInterface, DynamicCache, StaticCache
+from transformers.cache_utils import StaticLayer
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from . import row_kernel
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +58,50 @@ def compile_options(device: torch.device) -> dict:
     return {}
 
 
-def attention_twin(model, attention: str = "eager"):
-    """The same model (its very weight tensors, no copy) with its own config, on another attention kernel.
+WINDOW = "loraship_window"
 
-    In the compiled one-row step, transformers' eager attention (a matmul, a softmax, a matmul) fuses into
-    inductor's kernels, where SDPA's CPU kernel costs ~100 us a layer over a short cache (measured ~10%
-    of a step); the served model keeps its own attention for prefill and batched steps."""
+
+def window_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, window=None, **kwargs):
+    """Eager attention over the static cache's first ``window.shape[0]`` positions only (the row's tokens so
+    far; ``window`` is a graph input whose length is dynamic), where transformers' eager attention reads every
+    position of the cache and repeats the key/value heads for each query head: over a 512-token cache that
+    took ~5% of the step, growing with the cache (measured). Query heads are grouped by the key/value head
+    they share instead."""
+    if kwargs.get("s_aux") is not None:  # attention sinks: not written here (the step then stays eager)
+        raise NotImplementedError("window attention has no attention sinks")
+    n = key.shape[2] if window is None else window.shape[0]
+    key, value = key[:, :, :n], value[:, :, :n]
+    b, heads, q, d = query.shape
+    groups = key.shape[1]
+    scores = torch.matmul(query.reshape(b, groups, heads // groups * q, d), key.transpose(2, 3)) * scaling
+    if kwargs.get("softcap") is not None:
+        scores = torch.tanh(scores / kwargs["softcap"]) * kwargs["softcap"]
+    if attention_mask is not None:  # [b, 1, q, cache]: causal, and sliding windows where the model has them
+        scores = (scores.view(b, groups, heads // groups, q, n) + attention_mask[:, :, None, :, :n]).view_as(scores)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(weights, value).reshape(b, heads, q, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(WINDOW, window_attention)
+AttentionMaskInterface.register(WINDOW, eager_mask)
+
+
+class RowLinear(nn.Linear):
+    """A twin's linear layer on ``loraship::row_linear`` (:mod:`.row_kernel`): one row's fp32 product
+    streams the weights faster than ATen's (MKL's), which bounds the batch-1 step."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.loraship.row_linear(x, self.weight, self.bias)
+
+
+def attention_twin(model, attention: str = WINDOW, rows: bool = True):
+    """The same model (its very weight tensors, no copy) with its own config, on another attention kernel,
+    its fp32 linear layers on :class:`RowLinear` where that kernel builds (and ``rows``).
+
+    The compiled one-row step attends with :func:`window_attention` (written as a matmul, a softmax and a
+    matmul, which inductor fuses around; SDPA's CPU kernel cost ~100 us a layer over a short cache, ~10% of
+    a step, measured); the served model keeps its own attention for prefill and batched steps."""
     config = copy.deepcopy(model.config)
     config._attn_implementation = attention
     with torch.device("meta"):
@@ -66,6 +110,10 @@ def attention_twin(model, attention: str = "eager"):
     for name, buffer in model.named_buffers():  # non-persistent buffers (rotary frequencies) too
         owner, _, leaf = name.rpartition(".")
         twin.get_submodule(owner)._buffers[leaf] = buffer
+    if rows and row_kernel.load():
+        for module in twin.modules():
+            if type(module) is nn.Linear and module.weight.dtype == torch.float32:
+                module.__class__ = RowLinear
     return twin.eval()
 
 
@@ -76,20 +124,25 @@ class LoraSlot(nn.Linear):
     generates them into its own kernels instead of calling a library matmul for each (two more calls a slot,
     each with its per-call cost)."""
 
+    row = False
+    """Whether the base product is :class:`RowLinear`'s (as the layer's was before it became a slot)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         low = (x.unsqueeze(-2) * self.lora_a).sum(-1)
-        return super().forward(x) + (low.unsqueeze(-2) * self.lora_b).sum(-1)
+        base = RowLinear.forward(self, x) if self.row else super().forward(x)
+        return base + (low.unsqueeze(-2) * self.lora_b).sum(-1)
 
 
-def lora_twin(model, rank: int, targets: tuple[str, ...] = ()):
+def lora_twin(model, rank: int, targets: tuple[str, ...] = (), rows: bool = True):
     """:func:`attention_twin` whose linears (but the output head) are :class:`LoraSlot` of ``rank``, all zeros:
     those whose names end in one of ``targets`` (vLLM's ``target_modules``), or every one."""
-    twin = attention_twin(model)
+    twin = attention_twin(model, rows=rows)
     head = twin.get_output_embeddings()
     for name, module in list(twin.named_modules()):
         if targets and not any(name == t or name.endswith("." + t) for t in targets):
             continue
-        if type(module) is nn.Linear and module is not head:
+        if type(module) in (nn.Linear, RowLinear) and module is not head:
+            module.row = type(module) is RowLinear
             module.__class__ = LoraSlot
             w = module.weight
             module.register_buffer("lora_a", w.new_zeros(rank, w.shape[1]), persistent=False)
@@ -143,20 +196,32 @@ class CompiledDecoder:
         warm: bool = True,
         lora_rank: int = 0,
         lora_targets: tuple[str, ...] = (),
+        rows: bool = True,
     ):
+        """``rows``: whether the products may run on the row kernel (``loraship perf`` compares without)."""
         self.model = model
         """The served base model this decoder stands in for (also once peft has wrapped it, on CPU)."""
-        self.twin = attention_twin(model) if device.type == "cpu" else model
+        self.twin = attention_twin(model, rows=rows) if device.type == "cpu" else model
+        self.row_kernel = any(isinstance(m, RowLinear) for m in self.twin.modules())
+        """Whether the step's products run on :class:`RowLinear` (or ATen's)."""
         self.lora_rank = lora_rank if device.type == "cpu" else 0
         """The adapter slot's rank (``option.max_lora_rank``); 0: adapter rows decode eagerly."""
-        self.lora = lora_twin(model, self.lora_rank, lora_targets) if self.lora_rank else None
+        self.lora = lora_twin(model, self.lora_rank, lora_targets, rows) if self.lora_rank else None
         self.lora_ready = threading.Event()
         self._slots = {n: m for n, m in self.lora.named_modules() if isinstance(m, LoraSlot)} if self.lora else {}
         self._refused: set[tuple[str, int]] = set()
         """(adapter, id of its peft config) that do not fit the slots (a new version of one is asked anew)."""
         self.max_len = max_len
         self.device = device
-        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        # One position more than a row may fill: attention reads a window of the cache (the row's tokens), and a
+        # window the cache's full length would be a special case the dynamic graph does not cover.
+        self.cache = StaticCache(config=model.config, max_cache_len=max_len + 1)
+        if any(type(layer) is not StaticLayer for layer in self.cache.layers):
+            # a sliding-window layer keeps its last tokens only: neither a row's window nor load/export fit it
+            raise ValueError("the compiled decode step needs a full static cache; sliding-window layers decode eagerly")
+        self.windowed = self.twin is not model
+        """Whether the step attends over its row's window of the cache (:func:`window_attention`; on CPU)."""
+        self._window = torch.empty(max_len + 1, device=device)
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.compile_seconds: float | None = None
@@ -170,27 +235,36 @@ class CompiledDecoder:
         if warm:
             threading.Thread(target=self.warm_up, name="decode-compile", daemon=True).start()
 
-    def _logits(self, twin, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    def _logits(self, twin, ids: torch.Tensor, position: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        extra = {"window": window} if self.windowed else {}
         out = twin(
-            input_ids=ids, position_ids=position[None], cache_position=position, cache=self.cache, use_cache=True
+            input_ids=ids,
+            position_ids=position[None],
+            cache_position=position,
+            cache=self.cache,
+            use_cache=True,
+            **extra,
         )
         return out.logits[:, -1, :]
 
     # Two methods, so two code objects: dynamo keeps each graph in its own cache.
-    def _forward(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        return self._logits(self.twin, ids, position)
+    def _forward(self, ids: torch.Tensor, position: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.twin, ids, position, window)
 
-    def _forward_lora(self, ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        return self._logits(self.lora, ids, position)
+    def _forward_lora(self, ids: torch.Tensor, position: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.lora, ids, position, window)
 
     def _compile(self, step, ids: torch.Tensor) -> float:
         """Two steps on a dummy row (the first traces, the second checks nothing recompiles); seconds taken.
         Past dynamo's recompile limit (one compiled code object serves every decoder in a process) a step
-        would run eagerly without a word: fail instead, and the engine stays eager."""
+        would run eagerly without a word: fail instead, and the engine stays eager. The window's length is
+        dynamic (one graph for every length), and an error if something in the graph fixed it."""
         started = time.perf_counter()
         with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
             for pos in (1, 2):
-                step(ids, torch.tensor([pos], device=self.device))
+                window = self._window[: pos + 1]
+                torch._dynamo.mark_dynamic(window, 0, min=2, max=self.max_len)
+                step(ids, torch.tensor([pos], device=self.device), window)
         return time.perf_counter() - started
 
     @torch.inference_mode()
@@ -201,10 +275,11 @@ class CompiledDecoder:
         try:
             ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
             self.cache.reset()
-            self._forward(ids, torch.tensor([0], device=self.device))  # eager: allocates the cache's tensors
+            self._forward(ids, torch.tensor([0], device=self.device), self._window[:1])  # eager: allocates the cache
             self._compile(self._step, ids)
             self.compile_seconds = time.perf_counter() - started
-            log.info("compiled the one-row decode step in %.1f s", self.compile_seconds)
+            products = "the row kernel" if self.row_kernel else "ATen"
+            log.info("compiled the one-row decode step in %.1f s (products on %s)", self.compile_seconds, products)
         except Exception as exc:  # the engine keeps decoding eagerly
             self.error = exc
             log.warning("compiling the one-row decode step failed; decoding stays eager: %s", exc)
@@ -260,8 +335,9 @@ class CompiledDecoder:
         log.warning("the compiled decode step failed; decoding stays eager from here: %s", exc)
 
     def fits(self, length: int) -> bool:
-        """Whether a row with ``length`` cached tokens can take one more step here."""
-        return self.ready.is_set() and length < self.max_len
+        """Whether a row with ``length`` cached tokens (at least one: the graph's window is 2 or more) can take
+        one more step here."""
+        return self.ready.is_set() and 0 < length < self.max_len
 
     def load(self, cache: DynamicCache, length: int) -> None:
         """Copy a one-row dynamic cache of ``length`` tokens into the static cache."""
@@ -283,5 +359,5 @@ class CompiledDecoder:
         # weights are the graph's inputs): dynamo's full guard check costs ~1 ms a step (measured).
         with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
             step = self._step_lora if self._adapter else self._step
-            logits = step(next_id.view(1, 1), torch.tensor([length], device=self.device))
+            logits = step(next_id.view(1, 1), torch.tensor([length], device=self.device), self._window[: length + 1])
         return logits.clone()

@@ -24,7 +24,8 @@ HANDLER_SRC = Path(handler.__file__).resolve().parent
 #: Admission limits written into every model dir (defaults: ServingOptions; --option KEY=VALUE overrides).
 LIMITS = ("max_inputs_per_request", "max_request_tokens", "max_batch_total_tokens")
 #: Pinned into requirements.txt. torch is left to the host: the LMI container's build matches its CUDA.
-RUNTIME_REQUIREMENTS = ("transformers", "peft", "accelerate", "safetensors")
+#: ninja: torch's extension builder needs it for the decode step's row kernel (handler/row_kernel.py).
+RUNTIME_REQUIREMENTS = ("transformers", "peft", "accelerate", "safetensors", "ninja")
 
 
 class BuildError(LorashipError):

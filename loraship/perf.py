@@ -414,6 +414,7 @@ def run_decode(model: str = "default", tokens: int = 64, prompts: int = 4, round
     import importlib.util
 
     from loraship.handler.batching import Engine
+    from loraship.handler.decode import CompiledDecoder
     from loraship.handler.loading import load
     from loraship.handler.pipelines.instruction import format_prompt
     from loraship.handler.properties import ServingOptions
@@ -439,6 +440,13 @@ def run_decode(model: str = "default", tokens: int = 64, prompts: int = 4, round
         if decoder.error is not None:
             raise RuntimeError(f"the decode step did not compile: {decoder.error}")
         fig["compile_s"] = decoder.compile_seconds
+        fig["row_kernel"] = decoder.row_kernel
+        # the same step on ATen's (MKL's) products: what the row kernel contributes, in the same rounds
+        aten = Engine(tok, gen.device, gen.eos_ids, decode="compiled", decode_tokens=512)
+        aten.decoder = CompiledDecoder(model_, 512, gen.device, warm=False, rows=False)
+        aten.decoder.warm_up()
+        if aten.decoder.error is not None:
+            raise RuntimeError(f"the decode step did not compile: {aten.decoder.error}")
         peft_model = with_adapter.adapters.ensure_loaded([name])
         gen_a = with_adapter.generator
         adapter_eager = Engine(tok, gen_a.device, gen_a.eos_ids)
@@ -455,6 +463,7 @@ def run_decode(model: str = "default", tokens: int = 64, prompts: int = 4, round
         paths = {
             "eager": lambda i: _step_rate(eager, model_, ids[i], tokens),
             "compiled": lambda i: _step_rate(compiled, model_, ids[i], tokens),
+            "compiled_aten": lambda i: _step_rate(aten, model_, ids[i], tokens),
             "adapter_row": lambda i: _step_rate(adapter_compiled, peft_model, ids[i], tokens, name),
             "adapter_row_eager": lambda i: _step_rate(adapter_eager, peft_model, ids[i], tokens, name),
             "base_row_beside_adapters": lambda i: _step_rate(adapter_compiled, peft_model, ids[i], tokens),
@@ -473,7 +482,7 @@ def run_decode(model: str = "default", tokens: int = 64, prompts: int = 4, round
             path(0)  # warm-up
         rates: dict[str, list[float]] = {k: [] for k in paths}
         bandwidths, tokens_of = [], {}
-        same = {"compiled": "eager", "adapter_row": "adapter_row_eager"}  # each compiled path's eager twin
+        same = {"compiled": "eager", "compiled_aten": "eager", "adapter_row": "adapter_row_eager"}  # eager twins
         equal = dict.fromkeys(same, True)
         for r in range(rounds):
             print(f"round {r + 1} of {rounds} ...", flush=True)
@@ -497,7 +506,8 @@ def run_decode(model: str = "default", tokens: int = 64, prompts: int = 4, round
         tok_s=tok_s,
         rounds=rates,
         fraction_of_ceiling={k: v / ceiling for k, v in tok_s.items() if not k.startswith("adapter_row")},
-        compiled_greedy_equals_eager=equal["compiled"],
+        compiled_greedy_equals_eager=equal["compiled"] and equal["compiled_aten"],
+        row_kernel_vs_aten=tok_s["compiled"] / tok_s["compiled_aten"],
         adapter_compiled_greedy_equals_eager=equal["adapter_row"],
         compiled_vs_eager=tok_s["compiled"] / tok_s["eager"],
         adapter_cost_batch1=1 - tok_s["adapter_row"] / tok_s["compiled"],
@@ -521,6 +531,7 @@ def print_decode(fig: dict) -> None:
     labels = {
         "eager": "eager step (option.decode=eager)",
         "compiled": "compiled step (option.decode=compiled)",
+        "compiled_aten": "compiled, ATen's products (no row kernel)",
         "llama_cpp": "llama.cpp, F32 GGUF of the same weights",
         "base_row_beside_adapters": "base row, an adapter loaded (compiled)",
         "adapter_row": "adapter row (compiled, rank-16 slot)",
@@ -536,7 +547,8 @@ def print_decode(fig: dict) -> None:
         print(f"  {label:44s} {t[key]:6.1f} tok/s  {extra}")
     print(
         f"  compiled vs eager {fig['compiled_vs_eager']:.2f}x (greedy tokens equal: "
-        f"{fig['compiled_greedy_equals_eager']}; compiled in {fig['compile_s']:.0f} s)"
+        f"{fig['compiled_greedy_equals_eager']}; compiled in {fig['compile_s']:.0f} s); the row kernel "
+        f"{'on' if fig['row_kernel'] else 'off (did not build)'}: {fig['row_kernel_vs_aten']:.2f}x ATen's products"
     )
     print(
         f"  adapter cost at batch 1: compiled {fig['adapter_cost_batch1']:.0%} of the compiled base step "

@@ -5,8 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from loraship.handler import row_kernel
 from loraship.handler.batching import Engine, merge
-from loraship.handler.decode import pick_decode
+from loraship.handler.decode import WINDOW, RowLinear, pick_decode
 from loraship.handler.pipelines.instruction import format_prompt
 from loraship.handler.requests import GenerationParams
 
@@ -94,6 +95,46 @@ def test_a_row_leaves_the_compiled_cache_when_another_joins_and_returns_when_alo
     eager = engine(tok)
     assert_same(a, decode(eager, model, seq(eager, tok, QUESTIONS[1], 30)))
     assert_same(b, decode(eager, model, seq(eager, tok, QUESTIONS[2], 6)))
+
+
+def test_the_step_runs_on_the_row_kernel_and_attends_over_the_row_s_window(loaded, compiled):
+    """The twin's linear layers are the row kernel's and its attention reads the row's tokens only: a row's
+    steps at every length run one graph (a recompile would be refused, and the row would go eager)."""
+    tok, model = loaded
+    twin = compiled.decoder.twin
+    assert twin.config._attn_implementation == WINDOW
+    assert {type(m) for m in twin.modules() if isinstance(m, torch.nn.Linear)} == {RowLinear}
+    before = compiled.decoder.steps
+    n = CACHE - len(tok(format_prompt(QUESTIONS[2]))["input_ids"])  # to the end of the cache
+    decode(compiled, model, seq(compiled, tok, QUESTIONS[2], n))
+    assert compiled.decoder.error is None and compiled.decoder.steps - before == n - 1
+
+
+def test_without_the_row_kernel_the_step_keeps_aten_s_product(loaded, monkeypatch):
+    tok, model = loaded
+    monkeypatch.setattr(row_kernel, "load", lambda: False)
+    eng = engine(tok, decode="compiled", decode_tokens=CACHE)
+    decoder = eng.prepare(model, background=False)
+    assert decoder.ready.is_set(), decoder.error
+    assert not any(isinstance(m, RowLinear) for m in decoder.twin.modules())
+    got = decode(eng, model, seq(eng, tok, QUESTIONS[0], 12))
+    assert decoder.steps == 11
+    eager = engine(tok)
+    assert_same(got, decode(eager, model, seq(eager, tok, QUESTIONS[0], 12)))
+
+
+def test_a_sliding_window_model_decodes_eagerly(tmp_path):
+    """A sliding-window layer's cache keeps its last tokens only, which the compiled step cannot read: eager."""
+    from tiny_models import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "mistral", "mistral")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    eng = engine(tok, decode="compiled", decode_tokens=CACHE)
+    assert eng.prepare(model, background=False) is None and eng.decode == "eager"
+    eager = engine(tok)
+    assert_same(
+        decode(eng, model, seq(eng, tok, QUESTIONS[0], 8)), decode(eager, model, seq(eager, tok, QUESTIONS[0], 8))
+    )
 
 
 def test_another_model_decodes_eagerly(loaded, compiled):

@@ -87,6 +87,7 @@ def test_archive_has_the_sagemaker_layout_and_a_manifest(model_dir, tmp_path):
         "adapters/faq/adapter_model.safetensors",
         "model/config.json",
         "handler/service.py",
+        "handler/kernels/row_linear.cpp",
     } <= set(entries)
     for m in entries.values():
         assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (0, 0, 0, "", "")
@@ -97,7 +98,7 @@ def test_archive_has_the_sagemaker_layout_and_a_manifest(model_dir, tmp_path):
     assert contents.sha256 == art.sha256 == hashlib.sha256(art.path.read_bytes()).hexdigest()
     assert set(art.manifest["files"]) == set(entries) - {"manifest.json"} - {n for n, m in entries.items() if m.isdir()}
     requirements = dict(line.split("==") for line in (model_dir / "requirements.txt").read_text().split())
-    assert set(requirements) == {"transformers", "peft", "accelerate", "safetensors"}
+    assert set(requirements) == {"transformers", "peft", "accelerate", "safetensors", "ninja"}
 
 
 def test_same_inputs_give_the_same_sha256(model_dir, tmp_path):

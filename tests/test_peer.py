@@ -226,11 +226,12 @@ def test_perf_decode_runs_llama_cpp_beside_the_handler(src, smol, capsys):
     from loraship.perf import print_decode, run_decode
 
     fig = run_decode(str(smol[0]), tokens=6, prompts=2, rounds=1)
-    paths = {"eager", "compiled", "adapter_row", "adapter_row_eager", "base_row_beside_adapters"}
+    paths = {"eager", "compiled", "compiled_aten", "adapter_row", "adapter_row_eager", "base_row_beside_adapters"}
     assert set(fig["tok_s"]) == paths | {"llama_cpp"}
     assert all(v > 0 for v in fig["tok_s"].values())
     assert fig["compiled_greedy_equals_eager"] is True and fig["adapter_compiled_greedy_equals_eager"] is True
     assert fig["read_bandwidth_gb_s"] > 0 and fig["ceiling_tok_s"] > 0
+    assert fig["row_kernel"] is True and fig["row_kernel_vs_aten"] > 0  # built here, and compared with ATen
     assert set(fig["vs_llama_cpp"]) == paths
     print_decode(fig)
     out = capsys.readouterr().out

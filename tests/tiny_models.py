@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig, MistralConfig, PreTrainedTokenizerFast
 
 from loraship.handler.pipelines.instruction import END_KEY, INSTRUCTION_KEY, INTRO_BLURB, RESPONSE_KEY
 from loraship.training.data import FAQ_CSV, read_qa_csv
@@ -29,7 +29,7 @@ def train_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
 
 
 def save_tiny_model(folder: Path, arch: str = "gpt_neox", seed: int = 0) -> Path:
-    """Build and save a random ``gpt_neox`` (Dolly's architecture) or ``llama`` model."""
+    """Build and save a random ``gpt_neox`` (Dolly's architecture), ``llama`` or ``mistral`` model."""
     import torch
 
     torch.manual_seed(seed)
@@ -49,6 +49,8 @@ def save_tiny_model(folder: Path, arch: str = "gpt_neox", seed: int = 0) -> Path
         config = GPTNeoXConfig(**common)
     elif arch == "llama":
         config = LlamaConfig(num_key_value_heads=2, **common)
+    elif arch == "mistral":  # sliding-window attention over the last 16 tokens
+        config = MistralConfig(num_key_value_heads=2, sliding_window=16, **common)
     else:
         raise ValueError(arch)
     model = AutoModelForCausalLM.from_config(config)

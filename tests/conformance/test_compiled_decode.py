@@ -76,6 +76,7 @@ def test_the_step_compiled_before_the_model_reported_ready(compiled):
     """Continuous batching compiles at start-up (the server is ready only after it)."""
     log = compiled.log_path.read_text(errors="replace")
     assert COMPILED in log and COMPILED_LORA in log
+    assert "(products on the row kernel)" in log  # the model dir's worker built handler/kernels/row_linear.cpp
     assert "compiling the one-row decode step failed" not in log
     assert "compiling the adapter decode step failed" not in log
 
