@@ -38,6 +38,15 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{key}: {FIGURES.values[key]}")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_dynamo():
+    """Each test module's compiled decode steps start from dynamo's empty cache: one compiled function serves
+    every decoder in a process, up to dynamo's recompile limit (8), and a whole session builds more."""
+    yield
+    if "torch._dynamo" in sys.modules:
+        sys.modules["torch._dynamo"].reset()
+
+
 @pytest.fixture(scope="session")
 def djl_available():
     """The host's DJL runtime (``make runtime``); missing it fails in CI and skips elsewhere."""
