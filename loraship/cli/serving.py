@@ -119,9 +119,10 @@ class PerfOptions(ServerChoice):
     """instead: only continuous batching's in-process figures (mixed-adapter step cost, memory over 200
     requests)"""
     decode: bool = False
-    """instead: batch-1 decode steps in-process: eager vs compiled (option.decode), the machine's read-bandwidth
-    ceiling and each path's fraction of it, an adapter's cost at batch 1, and llama.cpp on the same fp32
-    weights when the peer is installed (pip install 'loraship[peers]')"""
+    """instead: batch-1 decode steps in-process: eager vs compiled (option.decode; the compiled step also on
+    ATen's products instead of the row kernel), the machine's read-bandwidth ceiling and each path's fraction of
+    it, an adapter's cost at batch 1, and llama.cpp on the same fp32 weights when the peer is installed (pip
+    install 'loraship[peers]')"""
     rounds: Annotated[int, Field(ge=1)] = 3
     """with --decode: rounds taking each path in turn (figures are their medians)"""
     thread_sweep: Annotated[list[str], Flag(csv=True, metavar="POLICY,...")] = []

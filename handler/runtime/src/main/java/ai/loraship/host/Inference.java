@@ -141,6 +141,28 @@ final class Inference {
         }
     }
 
+    /**
+     * The last chunk, if it is still on its way when the stream already reads as complete. DJL's
+     * {@code ChunkedBytesSupplier.appendContent(data, true)} (0.34.0 and 0.36.0) marks the supplier complete
+     * before it queues the data, so a reader between the two sees no next chunk and would drop the last line
+     * of a stream (the one with the answer); seen in a few of a thousand streams under continuous batching.
+     * The two steps are adjacent, so the chunk is polled for a short while (a stream that did end waits that
+     * long, once).
+     */
+    private static byte[] lateLastChunk(ChunkedBytesSupplier chunks) {
+        long deadline = System.nanoTime() + LATE_CHUNK_NANOS;
+        do {
+            byte[] late = chunks.pollChunk();
+            if (late != null) {
+                return late;
+            }
+            Thread.onSpinWait();
+        } while (System.nanoTime() < deadline);
+        return null;
+    }
+
+    private static final long LATE_CHUNK_NANOS = 1_000_000;
+
     /** Status, headers and body from the Output, streamed when its data is chunked (see DJL's sendOutput). */
     private void sendOutput(HttpExchange ex, Input input, Output output) throws IOException {
         BytesSupplier data = output.getData();
@@ -150,28 +172,23 @@ final class Inference {
         }
         OutputStream os = null;
         try {
-            while (chunks.hasNext()) {
-                byte[] buf = chunks.nextChunk(config.chunkedReadTimeoutSeconds, TimeUnit.SECONDS);
-                if (os == null) {
-                    if (!chunks.hasNext()) {
-                        // One chunk only: not a stream, send a normal response.
-                        sendFull(ex, output, buf == null ? new byte[0] : buf);
-                        return;
-                    }
-                    // Code and headers are read only now: Python may set them with its first chunk.
-                    copyHeaders(ex, output);
-                    ex.sendResponseHeaders(output.getCode(), 0);
-                    os = ex.getResponseBody();
-                }
-                if (buf != null && buf.length > 0) {
-                    try {
-                        os.write(buf);
-                        os.flush();
-                    } catch (IOException e) {
-                        clientGone(input);
-                        throw e;
-                    }
-                }
+            byte[] buf = next(chunks);
+            byte[] late = null;
+            if (buf == END || !chunks.hasNext() && (late = lateLastChunk(chunks)) == null) {
+                // One chunk (or none): not a stream, send a normal response.
+                sendFull(ex, output, buf == END ? new byte[0] : buf);
+                return;
+            }
+            // Code and headers are read only now: Python may set them with its first chunk.
+            copyHeaders(ex, output);
+            ex.sendResponseHeaders(output.getCode(), 0);
+            os = ex.getResponseBody();
+            while (buf != END) {
+                write(os, buf, input);
+                buf = late != null ? END : next(chunks);
+            }
+            if (late != null) {
+                write(os, late, input);
             }
         } catch (InterruptedException | IllegalStateException e) {
             if (os == null) {
@@ -181,12 +198,33 @@ final class Inference {
             // Headers are gone: closing the connection without the last chunk tells the client.
             throw new IOException("Response stream aborted: " + e.getMessage(), e);
         }
-        if (os == null) {
-            sendFull(ex, output, new byte[0]);
-        } else {
-            os.close();
+        os.close();
+    }
+
+    private void write(OutputStream os, byte[] buf, Input input) throws IOException {
+        if (buf.length == 0) {
+            return;
+        }
+        try {
+            os.write(buf);
+            os.flush();
+        } catch (IOException e) {
+            clientGone(input);
+            throw e;
         }
     }
+
+    /** The next chunk of a stream (empty for a null one), or {@link #END}. */
+    private byte[] next(ChunkedBytesSupplier chunks) throws InterruptedException {
+        if (chunks.hasNext()) {
+            byte[] buf = chunks.nextChunk(config.chunkedReadTimeoutSeconds, TimeUnit.SECONDS);
+            return buf == null ? new byte[0] : buf;
+        }
+        byte[] late = lateLastChunk(chunks);
+        return late == null ? END : late;
+    }
+
+    private static final byte[] END = new byte[0];
 
     /**
      * A streamed request whose client went away. In DJL's async mode (the Input then has the
