@@ -49,7 +49,7 @@ def _fresh_dynamo():
 
 @pytest.fixture(scope="session")
 def djl_available():
-    """The host's DJL runtime (``make runtime``); missing it fails in CI and skips elsewhere."""
+    """The host's DJL runtime (``make runtime``); missing it fails."""
     from servers import server_args
 
     server_args("host")

@@ -21,7 +21,7 @@ REQUEST = {"inputs": "What is Amazon SageMaker?", "parameters": {"max_new_tokens
 @pytest.fixture(scope="module", params=["engine", "djl-serving"])
 def djl_jar(request):
     """djl_python from DJL's Python engine jar (``make runtime``, 0.34.0) and from the DJL Serving install
-    (``$DJL_SERVING_HOME/lib``, 0.36.0 as in LMI); a missing one fails in CI and skips elsewhere."""
+    (``$DJL_SERVING_HOME/lib``, 0.36.0 as in LMI); a missing one fails."""
     if request.param == "engine":
         folder = runtime_dir() / "djl"
     else:

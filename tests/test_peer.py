@@ -32,7 +32,7 @@ LAYERS, HEADS, KV_HEADS = 2, 4, 2
 
 @pytest.fixture(scope="module")
 def src() -> Path:
-    """llama.cpp's converters of the installed llama-cpp-python (fails in CI without them, skips elsewhere)."""
+    """llama.cpp's converters of the installed llama-cpp-python (fails without them)."""
     if importlib.util.find_spec("llama_cpp") is None:
         missing("llama-cpp-python (pip install 'loraship[peers]')")
     try:
