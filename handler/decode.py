@@ -199,6 +199,12 @@ class CompiledDecoder:
         rows: bool = True,
     ):
         """``rows``: whether the products may run on the row kernel (``loraship perf`` compares without)."""
+        # One position more than a row may fill: attention reads a window of the cache (the row's tokens), and a
+        # window the cache's full length would be a special case the dynamic graph does not cover.
+        self.cache = StaticCache(config=model.config, max_cache_len=max_len + 1)
+        if any(type(layer) is not StaticLayer for layer in self.cache.layers):
+            # a sliding-window layer keeps its last tokens only: neither a row's window nor load/export fit it
+            raise ValueError("the compiled decode step needs a full static cache; sliding-window layers decode eagerly")
         self.model = model
         """The served base model this decoder stands in for (also once peft has wrapped it, on CPU)."""
         self.twin = attention_twin(model, rows=rows) if device.type == "cpu" else model
@@ -213,12 +219,6 @@ class CompiledDecoder:
         """(adapter, id of its peft config) that do not fit the slots (a new version of one is asked anew)."""
         self.max_len = max_len
         self.device = device
-        # One position more than a row may fill: attention reads a window of the cache (the row's tokens), and a
-        # window the cache's full length would be a special case the dynamic graph does not cover.
-        self.cache = StaticCache(config=model.config, max_cache_len=max_len + 1)
-        if any(type(layer) is not StaticLayer for layer in self.cache.layers):
-            # a sliding-window layer keeps its last tokens only: neither a row's window nor load/export fit it
-            raise ValueError("the compiled decode step needs a full static cache; sliding-window layers decode eagerly")
         self.windowed = self.twin is not model
         """Whether the step attends over its row's window of the cache (:func:`window_attention`; on CPU)."""
         self._window = torch.empty(max_len + 1, device=device)
