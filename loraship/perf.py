@@ -409,8 +409,8 @@ def _llama_cpp_rate(llm, ids: list[int], tokens: int) -> float:
 def run_decode(model: str = "default", tokens: int = 64, prompts: int = 4, rounds: int = 3, peer: bool = True) -> dict:
     """Batch-1 decode in this process: eager and compiled steps (option.decode) against the machine's
     read-bandwidth ceiling, an adapter's cost at batch 1, and llama.cpp on the same fp32 weights (an F32 GGUF
-    made by its own converter) when the peer is installed. Every figure is a median over ``rounds`` rounds
-    that take each path in turn, so a noisy neighbour hits them alike."""
+    made by its own converter) when the peer is installed. Every figure is a median over ``rounds`` rounds;
+    a round takes each path in turn on one prompt, then on the next, so a noisy neighbour hits them alike."""
     import importlib.util
 
     from loraship.handler.batching import Engine
@@ -487,13 +487,18 @@ def run_decode(model: str = "default", tokens: int = 64, prompts: int = 4, round
         for r in range(rounds):
             print(f"round {r + 1} of {rounds} ...", flush=True)
             bandwidths.append(read_bandwidth())
-            for key, path in paths.items():
-                per_prompt = [path(i) for i in range(len(ids))]
+            # every path on one prompt, then the next prompt: a busy spell on this shared host lasts seconds,
+            # and a path's whole round (4 prompts) takes ~8 s, so path by path it would fall on one path alone
+            per_prompt: dict[str, list] = {k: [] for k in paths}
+            for i in range(len(ids)):
+                for key, path in paths.items():
+                    per_prompt[key].append(path(i))
+            for key, runs in per_prompt.items():
                 if key == "llama_cpp":
-                    rates[key].append(statistics.mean(per_prompt))
+                    rates[key].append(statistics.mean(runs))
                     continue
-                rates[key].append(statistics.mean(rate for rate, _ in per_prompt))
-                tokens_of[key] = [t for _, t in per_prompt]
+                rates[key].append(statistics.mean(rate for rate, _ in runs))
+                tokens_of[key] = [t for _, t in runs]
             for key, twin in same.items():
                 equal[key] = equal[key] and tokens_of[key] == tokens_of[twin]
     bandwidth = statistics.median(bandwidths)

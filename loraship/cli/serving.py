@@ -124,7 +124,7 @@ class PerfOptions(ServerChoice):
     it, an adapter's cost at batch 1, and llama.cpp on the same fp32 weights when the peer is installed (pip
     install 'loraship[peers]')"""
     rounds: Annotated[int, Field(ge=1)] = 3
-    """with --decode: rounds taking each path in turn (figures are their medians)"""
+    """with --decode: rounds, each taking every prompt on each path in turn (figures are their medians)"""
     thread_sweep: Annotated[list[str], Flag(csv=True, metavar="POLICY,...")] = []
     """instead: batch-1 and batch-CONCURRENCY seconds for each worker thread policy, quiet and with one busy
     process; a policy is N (OMP_NUM_THREADS) or N/passive (OMP_WAIT_POLICY too)"""
