@@ -112,7 +112,9 @@ def serving_properties(
         # LMI would turn on its own rolling batch / async mode for a causal LM: this handler batches itself.
         "option.rolling_batch=disable",
         f"option.predict_timeout={predict_timeout}",
-        "option.model_loading_timeout=240",
+        # continuous batching compiles the decode step before the model reports ready: ~2 min the first time
+        # for the default model on 2 cores (DJL's default, 240 s, leaves little room on a busy host)
+        "option.model_loading_timeout=600",
         # continuous: DJL's async mode hands every request to the handler at once (batch_size must be 1);
         # the handler's scheduler batches between decode steps, up to option.max_rolling_batch_size rows.
         *(["option.async_mode=true", "batch_size=1"] if batching == "continuous" else [f"batch_size={batch_size}"]),
