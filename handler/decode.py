@@ -52,7 +52,7 @@ def pick_decode(name: str, device: torch.device, quantize: str = "") -> str:
 def compile_options(device: torch.device) -> dict:
     """Inductor options for the decode step: on CUDA the step is captured as a CUDA graph (no per-kernel
     launch cost). On CPU the step's ~500 kernel and operator calls are made from C++ (``cpp_wrapper``)
-    rather than Python: 1.07x the step, measured. Its wrapper is built apart from the kernels at -O1
+    rather than Python: ~1.06x the step, measured. Its wrapper is built apart from the kernels at -O1
     (``cpp_wrapper_build_separate``; built with them at -O3 it took ~3 min), ~40-60 s the first time on 2
     cores, then inductor's on-disk cache holds it. No size, stride or alignment checks around each call
     (~0.25 ms a step from Python): the shapes are fixed but for the window, and the row kernel's shape
