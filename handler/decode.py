@@ -55,9 +55,10 @@ def compile_options(device: torch.device) -> dict:
     rather than Python: ~1.06x the step, measured. Its wrapper is built apart from the kernels at -O1
     (``cpp_wrapper_build_separate``; built with them at -O3 it took ~3 min), ~40-60 s the first time on 2
     cores, then inductor's on-disk cache holds it. No size, stride or alignment checks around each call
-    (~0.25 ms a step from Python): the shapes are fixed but for the window, and the row kernel's shape
-    function is tested. ``freezing`` (weights folded in as constants) measured no faster (the README's
-    performance section), and a frozen weight would not see an in-place change to it."""
+    (they cost ~0.25 ms a step when Python made the calls; the 1.06x was measured without them): the shapes
+    are fixed but for the window, and the row kernel's shape function is tested. ``freezing`` (weights folded
+    in as constants) measured no faster (the README's performance section), and a frozen weight would not see
+    an in-place change to it."""
     if device.type == "cuda":
         return {"triton.cudagraphs": True}
     return {
